@@ -1,0 +1,190 @@
+"""The model bundle: the single file the sender ships to the receiver. Never pickled.
+
+Layout: MAGIC (8 bytes) + msgpack map {"version", "sha256", "payload"}, where payload is a zstd frame
+of a msgpack map {"config", "normalization", "meta", "tensors": [{"name", "dtype", "shape", "data"}]}
+and sha256 is the hex digest of the compressed payload (checked before anything is decompressed).
+Loading bounds every size, validates the config, and checks each tensor against the model the
+config builds, so a corrupt, truncated, foreign or oversized file fails with one clear BundleError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import torch
+import zstandard
+
+from .errors import BundleError, VsaeError
+from .model import AutoEncoder, ModelConfig, Normalization
+from .ops import Codec
+
+MAGIC = b"\x89VSAE\r\n\x1a"
+FORMAT_VERSION = 1
+# Bounds: a bundle above these is refused before decompressing / allocating.
+MAX_BUNDLE_BYTES = 256 * 1024 * 1024
+MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
+MAX_TENSORS = 1024
+MAX_META_ITEMS = 64
+ZSTD_LEVEL = 10
+DTYPES = {"f16": np.float16, "f32": np.float32, "i64": np.int64}
+
+
+def _tensor_entry(name: str, tensor: torch.Tensor, precision: str) -> dict:
+    t = tensor.detach().cpu()
+    if t.is_floating_point():
+        code = precision
+    else:
+        code = "i64"
+    array = t.numpy().astype(DTYPES[code], copy=False)
+    return {"name": name, "dtype": code, "shape": list(array.shape), "data": np.ascontiguousarray(array).tobytes()}
+
+
+def dumps(codec: Codec, precision: str = "f16") -> bytes:
+    """Serialize a fitted codec to bundle bytes (fp16 weights by default, `f32` optional)."""
+    if precision not in ("f16", "f32"):
+        raise VsaeError(f"bundle precision must be f16 or f32, not {precision!r}")
+    state = codec.model.state_dict()
+    inner = {
+        "config": codec.model.config.to_dict(),
+        "normalization": {"mean": list(codec.normalization.mean), "std": list(codec.normalization.std)},
+        "meta": codec.meta,
+        "tensors": [_tensor_entry(k, v, precision) for k, v in state.items()],
+    }
+    payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(inner, use_bin_type=True))
+    outer = {"version": FORMAT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+    return MAGIC + msgpack.packb(outer, use_bin_type=True)
+
+
+def save(codec: Codec, path: str | Path, precision: str = "f16") -> int:
+    """Write a bundle atomically; returns its size in bytes."""
+    data = dumps(codec, precision)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return len(data)
+
+
+def _unpack(data: bytes, what: str, max_bin: int) -> object:
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, max_bin_len=max_bin, max_str_len=4096,
+            max_array_len=MAX_TENSORS, max_map_len=MAX_META_ITEMS, max_ext_len=0,
+        )
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise BundleError(f"model bundle {what} is corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def _decompress(payload: bytes) -> bytes:
+    """zstd decompression that never produces more than MAX_PAYLOAD_BYTES, whatever the header claims."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
+        out = reader.read(MAX_PAYLOAD_BYTES + 1)
+    except zstandard.ZstdError as exc:
+        raise BundleError(f"model bundle payload does not decompress ({exc})") from None
+    if len(out) > MAX_PAYLOAD_BYTES:
+        raise BundleError(f"model bundle payload expands beyond {MAX_PAYLOAD_BYTES} bytes")
+    return out
+
+
+def _check_meta(meta: object) -> dict:
+    if not isinstance(meta, dict):
+        raise BundleError("model bundle meta must be a map")
+    for k, v in meta.items():
+        if not isinstance(k, str) or not isinstance(v, (str, int, float, bool, type(None), list)):
+            raise BundleError(f"model bundle meta field {k!r} has an unsupported type")
+    return meta
+
+
+def loads(data: bytes, device: str | torch.device = "cpu") -> Codec:
+    """Parse and fully validate bundle bytes into a ready Codec. Raises BundleError on anything wrong."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BundleError("model bundle must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleError(f"model bundle is {len(data)} bytes, above the {MAX_BUNDLE_BYTES} limit")
+    if not data.startswith(MAGIC):
+        raise BundleError("not a vsae model bundle (bad magic bytes)")
+    outer = _unpack(data[len(MAGIC):], "header", MAX_BUNDLE_BYTES)
+    if not isinstance(outer, dict) or set(outer) != {"version", "sha256", "payload"}:
+        raise BundleError("model bundle header is malformed")
+    if outer["version"] != FORMAT_VERSION:
+        raise BundleError(f"model bundle format version {outer['version']!r} is not supported (expected {FORMAT_VERSION})")
+    payload = outer["payload"]
+    if not isinstance(payload, bytes) or not isinstance(outer["sha256"], str):
+        raise BundleError("model bundle header is malformed")
+    if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
+        raise BundleError("model bundle checksum mismatch (file corrupted or truncated)")
+    inner = _unpack(_decompress(payload), "payload", MAX_PAYLOAD_BYTES)
+    if not isinstance(inner, dict) or set(inner) != {"config", "normalization", "meta", "tensors"}:
+        raise BundleError("model bundle payload is malformed")
+    try:
+        config = ModelConfig.from_dict(inner["config"])
+    except VsaeError as exc:
+        raise BundleError(f"model bundle config invalid: {exc}") from None
+    norm = inner["normalization"]
+    if (
+        not isinstance(norm, dict)
+        or set(norm) != {"mean", "std"}
+        or not all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v) for v in norm.values())
+        or not all(s > 0 for s in norm["std"])
+    ):
+        raise BundleError("model bundle normalization is invalid")
+    meta = _check_meta(inner["meta"])
+    model = AutoEncoder(config)
+    expected = model.state_dict()
+    tensors = inner["tensors"]
+    if not isinstance(tensors, list) or len(tensors) != len(expected):
+        raise BundleError(f"model bundle holds {len(tensors) if isinstance(tensors, list) else '?'} tensors, the config needs {len(expected)}")
+    state = {}
+    for entry in tensors:
+        if not isinstance(entry, dict) or set(entry) != {"name", "dtype", "shape", "data"}:
+            raise BundleError("model bundle tensor entry is malformed")
+        name, code, shape, raw = entry["name"], entry["dtype"], entry["shape"], entry["data"]
+        if not isinstance(name, str) or not isinstance(code, str):
+            raise BundleError("model bundle tensor entry is malformed")
+        if name not in expected or name in state:
+            raise BundleError(f"model bundle has an unexpected or repeated tensor {name!r}")
+        want = tuple(expected[name].shape)
+        if not isinstance(shape, list) or tuple(shape) != want:
+            raise BundleError(f"tensor {name!r} has shape {shape}, the config needs {list(want)}")
+        if code not in DTYPES or (code == "i64") == expected[name].is_floating_point():
+            raise BundleError(f"tensor {name!r} has an unsupported dtype {code!r}")
+        if not isinstance(raw, bytes) or len(raw) != math.prod(want) * np.dtype(DTYPES[code]).itemsize:
+            raise BundleError(f"tensor {name!r} data length does not match its shape")
+        array = np.frombuffer(raw, dtype=DTYPES[code]).reshape(want)
+        if code != "i64" and not np.isfinite(array).all():
+            raise BundleError(f"tensor {name!r} holds non-finite values")
+        state[name] = torch.from_numpy(array.copy()).to(expected[name].dtype)
+    model.load_state_dict(state)
+    return Codec(model, Normalization(list(map(float, norm["mean"])), list(map(float, norm["std"]))), torch.device(device), meta)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Codec:
+    """Read and validate a bundle file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{path}: {size} bytes, above the {MAX_BUNDLE_BYTES}-byte bundle limit")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"model file not found: {path}") from None
+    except IsADirectoryError:
+        raise BundleError(f"model path is a directory: {path}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read model file {path}: {exc.strerror}") from None
+    try:
+        return loads(data, device)
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+
+
+def digest(data: bytes) -> str:
+    """SHA-256 of a whole bundle file: its identity on the wire."""
+    return hashlib.sha256(data).hexdigest()

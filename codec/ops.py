@@ -1,0 +1,203 @@
+"""Operations on a fitted autoencoder: reprojection, spatial and temporal super-resolution (paper sec. 3, 6).
+
+All functions take and return float RGB frames (N, 3, H, W) in [0, 1]; normalization, padding and
+device moves happen here, once, so callers never repeat them. Everything runs under
+`torch.inference_mode` and in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .model import AutoEncoder, Normalization
+
+# Defaults chosen from the measurements in the README.
+DEFAULT_ITERATIONS = 1
+# Frames per forward pass: bounds memory at large sizes, big enough to keep the CPU busy.
+BATCH = 16
+# Temporal rebuild methods: `latent` is the paper's eq. 8; `residual` keeps the key frames' own detail
+# (pixel blend) and adds the motion the latent interpolation predicts; `motion` motion-compensates the
+# key frames themselves, choosing per pixel the motion that agrees with the `residual` prediction.
+TEMPORAL_METHODS = ("latent", "residual", "motion")
+DEFAULT_TEMPORAL_METHOD = "motion"
+# `motion` search: total motion between two keys searched up to this many pixels each way ...
+MOTION_RADIUS = 3
+# ... with match costs pooled over this box window (pixels) ...
+MOTION_WINDOW = 7
+# ... weighing agreement with the manifold's prediction this much against key-to-key agreement ...
+MOTION_GUIDE_WEIGHT = 8.0
+# ... and preferring small motions by this much per squared pixel (breaks ties in flat areas).
+MOTION_PENALTY = 1e-4
+# Candidate motions evaluated per batch (bounds memory at large frame sizes).
+MOTION_CHUNK = 25
+
+
+@dataclass
+class Projection:
+    """Result of reprojection: the output frames and the latent they decode from (computed once)."""
+
+    frames: torch.Tensor
+    latent: torch.Tensor
+    size: tuple[int, int]
+
+
+@dataclass
+class Codec:
+    """A fitted autoencoder ready for inference, plus what the bundle says about it."""
+
+    model: AutoEncoder
+    normalization: Normalization
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval().to(self.device).to(memory_format=torch.channels_last)
+
+    # -- primitives ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, rgb: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """f(x): latent codes of RGB frames (padded to the stride); returns the latent and the frame size."""
+        x = self.normalization.apply(rgb.to(self.device, torch.float32))
+        x, size = self.model.pad(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.cat([self.model.encode(c) for c in x.split(BATCH)]), size
+
+    @torch.inference_mode()
+    def decode(self, latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """g(z): RGB frames of the given size from latent codes."""
+        out = torch.cat([self.model.decode(c.contiguous(memory_format=torch.channels_last)) for c in latent.split(BATCH)])
+        return self.normalization.invert(self.model.crop(out, size)).clamp_(0, 1).contiguous()
+
+    # -- operations ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def project(self, rgb: torch.Tensor, iterations: int = DEFAULT_ITERATIONS) -> Projection:
+        """Project_n(x) = g(f(...g(f(x)))): n round trips onto the video's manifold (n >= 1)."""
+        if iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        frames = rgb
+        for _ in range(iterations):
+            latent, size = self.encode(frames)
+            frames = self.decode(latent, size)
+        return Projection(frames, latent, size)
+
+    @torch.inference_mode()
+    def super_resolve(self, low: torch.Tensor, size: tuple[int, int], iterations: int = DEFAULT_ITERATIONS) -> Projection:
+        """Spatial super-resolution: bilinear upsample of low-res frames to size (H, W), then project."""
+        return self.project(upsample(low.to(self.device), size), iterations)
+
+    @torch.inference_mode()
+    def interpolate(self, latent_a: torch.Tensor, latent_b: torch.Tensor, alphas: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Temporal super-resolution (eq. 8): g((1 - a) f(x_a) + a f(x_b)) for each a in alphas.
+
+        latent_a, latent_b: (1, C, h, w) codes of the two key frames. a = 0 gives g(f(x_a)), a = 1 g(f(x_b)).
+        """
+        a = alphas.to(self.device, latent_a.dtype).view(-1, 1, 1, 1)
+        return self.decode((1 - a) * latent_a + a * latent_b, size)
+
+    @torch.inference_mode()
+    def in_between(
+        self, key_a: "Key", key_b: "Key", count: int, method: str = DEFAULT_TEMPORAL_METHOD
+    ) -> torch.Tensor:
+        """The `count` frames strictly between two key frames, evenly spaced in time."""
+        if count <= 0:
+            return key_a.frame.new_zeros((0, *key_a.frame.shape[1:]))
+        alphas = torch.arange(1, count + 1, dtype=torch.float32, device=self.device) / (count + 1)
+        predicted = self.interpolate(key_a.latent, key_b.latent, alphas, key_a.size)
+        if method == "latent":
+            return predicted
+        if method not in TEMPORAL_METHODS:
+            raise ValueError(f"unknown temporal method {method!r}")
+        a = alphas.view(-1, 1, 1, 1)
+        # Blend of what the receiver actually has, plus the motion the manifold predicts beyond that blend.
+        blend = (1 - a) * key_a.frame + a * key_b.frame
+        blend_decoded = (1 - a) * key_a.decoded + a * key_b.decoded
+        residual = (blend + predicted - blend_decoded).clamp_(0, 1)
+        if method == "residual":
+            return residual
+        return torch.cat([
+            motion_interpolate(key_a.frame, key_b.frame, float(alpha), residual[i : i + 1])
+            for i, alpha in enumerate(alphas.tolist())
+        ])
+
+    @torch.inference_mode()
+    def key(self, frame: torch.Tensor, size: tuple[int, int], iterations: int = DEFAULT_ITERATIONS) -> "Key":
+        """Turn one received frame (1, 3, h, w) into a key frame at size (H, W).
+
+        A low-res frame is super-resolved (its output is g(z), so `decoded` is the frame itself);
+        a full-size frame is kept as received and only encoded once, for interpolation.
+        """
+        frame = frame.to(self.device, torch.float32)
+        if tuple(frame.shape[-2:]) == tuple(size):
+            latent, _ = self.encode(frame)
+            return Key(frame, latent, self.decode(latent, size), size)
+        proj = self.super_resolve(frame, size, iterations)
+        return Key(proj.frames, proj.latent, proj.frames, size)
+
+
+@dataclass
+class Key:
+    """A reconstructed key frame: what is shown, its latent, and g(latent)."""
+
+    frame: torch.Tensor
+    latent: torch.Tensor
+    decoded: torch.Tensor
+    size: tuple[int, int]
+
+
+def upsample(low: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Bilinear (receiver input) or bicubic (baseline) upsampling to size (H, W), clamped to [0, 1]."""
+    if tuple(low.shape[-2:]) == tuple(size):
+        return low
+    return F.interpolate(low, size=size, mode=mode, align_corners=False).clamp_(0, 1)
+
+
+def motion_interpolate(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    alpha: float,
+    guide: torch.Tensor,
+    radius: int = MOTION_RADIUS,
+    window: int = MOTION_WINDOW,
+    guide_weight: float = MOTION_GUIDE_WEIGHT,
+) -> torch.Tensor:
+    """Bilateral motion-compensated interpolation of frame (1 - alpha) * a + alpha * b.
+
+    For each pixel p and candidate motion v (|v_x|, |v_y| <= radius, the motion from a to b), the two
+    samples a(p - alpha v) and b(p + (1 - alpha) v) are compared with each other and their blend with
+    `guide` (the manifold's prediction of the in-between frame); costs are pooled over a box window and
+    the cheapest motion's blend is the output. The guide disambiguates where key-to-key matching alone
+    is ambiguous; the output keeps the key frames' own detail.
+    """
+    _, _, h, w = a.shape
+    ys = torch.arange(h, device=a.device, dtype=a.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=a.device, dtype=a.dtype).view(1, 1, w)
+    motions = [(vy, vx) for vy in range(-radius, radius + 1) for vx in range(-radius, radius + 1)]
+    best_cost, best = None, None
+    for start in range(0, len(motions), MOTION_CHUNK):
+        chunk = torch.tensor(motions[start : start + MOTION_CHUNK], device=a.device, dtype=a.dtype)
+        n = len(chunk)
+        vy, vx = chunk[:, 0].view(n, 1, 1), chunk[:, 1].view(n, 1, 1)
+
+        def sample(img: torch.Tensor, t: float) -> torch.Tensor:
+            gx = (xs + t * vx) * (2 / max(w - 1, 1)) - 1
+            gy = (ys + t * vy) * (2 / max(h - 1, 1)) - 1
+            grid = torch.stack([gx.expand(n, h, w), gy.expand(n, h, w)], dim=-1)
+            return F.grid_sample(img.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+        wa, wb = sample(a, -alpha), sample(b, 1 - alpha)
+        out = (1 - alpha) * wa + alpha * wb
+        cost = (wa - wb).pow_(2).sum(1, keepdim=True) + guide_weight * (out - guide).pow(2).sum(1, keepdim=True)
+        cost = F.avg_pool2d(cost, window, 1, window // 2, count_include_pad=False)
+        cost += MOTION_PENALTY * (vy * vy + vx * vx).view(n, 1, 1, 1)
+        cost, pick = cost.min(dim=0, keepdim=True)
+        out = out.gather(0, pick.expand(1, 3, h, w))
+        if best is None:
+            best_cost, best = cost, out
+        else:
+            better = cost < best_cost
+            best_cost = torch.where(better, cost, best_cost)
+            best = torch.where(better, out, best)
+    return best.clamp_(0, 1)

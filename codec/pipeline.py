@@ -1,0 +1,93 @@
+"""The receiver's rebuild, as one streaming object used by `vsae reconstruct`, `vsae eval` and the receiver.
+
+Feed received frames (low-res or full-size) with their source index, in increasing order; get back
+hi-res frames at the full source rate, each exactly once, in order. Missing frames between two keys
+are rebuilt by temporal interpolation; a gap longer than the temporal factor (a lost frame) is
+interpolated the same way and counted as concealed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+
+from .ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec, Key
+
+
+@dataclass
+class OutputFrame:
+    index: int
+    frame: torch.Tensor  # (3, H, W) in [0, 1]
+    concealed: bool  # rebuilt across a gap larger than the temporal factor (frame loss)
+    key: bool  # a received frame (reprojected), not an in-between
+
+
+class Reconstructor:
+    """Streaming receiver-side reconstruction at a fixed output size (H, W)."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        size: tuple[int, int],
+        temporal: int = 1,
+        iterations: int = DEFAULT_ITERATIONS,
+        method: str = DEFAULT_TEMPORAL_METHOD,
+    ):
+        if temporal < 1:
+            raise ValueError("temporal factor must be >= 1")
+        self.codec, self.size, self.temporal = codec, tuple(size), temporal
+        self.iterations, self.method = iterations, method
+        self._last: tuple[int, Key] | None = None
+        self.next_index = 0  # the next source index to output
+        self.concealed = 0
+
+    def push(self, index: int, frame: torch.Tensor) -> list[OutputFrame]:
+        """Add a received frame (3, h, w) or (1, 3, h, w) with its source index; returns frames now final.
+
+        Frames arriving late (index already output) are ignored and return nothing.
+        """
+        if index < self.next_index:
+            return []
+        if frame.ndim == 3:
+            frame = frame.unsqueeze(0)
+        key = self.codec.key(frame, self.size, self.iterations)
+        out: list[OutputFrame] = []
+        if self._last is None:
+            # Frames before the first received one cannot be interpolated: hold the first key.
+            for i in range(self.next_index, index):
+                out.append(OutputFrame(i, key.frame[0], True, False))
+        else:
+            last_index, last_key = self._last
+            count = index - last_index - 1
+            lost = count > self.temporal - 1
+            between = self.codec.in_between(last_key, key, count, self.method)
+            for j in range(count):
+                out.append(OutputFrame(last_index + 1 + j, between[j], lost, False))
+        out.append(OutputFrame(index, key.frame[0], False, True))
+        self.concealed += sum(f.concealed for f in out)
+        self._last = (index, key)
+        self.next_index = index + 1
+        return out
+
+    def flush(self, total: int | None = None) -> list[OutputFrame]:
+        """End of stream: hold the last key for any frames up to `total` (exclusive) never received."""
+        out: list[OutputFrame] = []
+        if self._last is not None and total is not None:
+            held = self._last[1].frame[0]
+            # Up to T-1 trailing frames are expected (the stream ended between keys); more were lost.
+            for i in range(self.next_index, total):
+                out.append(OutputFrame(i, held, i - self._last[0] > self.temporal - 1, False))
+            self.concealed += sum(f.concealed for f in out)
+            self.next_index = max(self.next_index, total)
+        return out
+
+
+def reconstruct_stream(
+    reconstructor: Reconstructor, received: Iterable[tuple[int, torch.Tensor]], total: int | None = None
+) -> Iterator[OutputFrame]:
+    """Run a whole received stream through a Reconstructor."""
+    for index, frame in received:
+        yield from reconstructor.push(index, frame)
+    yield from reconstructor.flush(total)

@@ -1,0 +1,1 @@
+"""protocol: filled by a later issue (see README)."""

@@ -1,0 +1,1 @@
+"""receiver: filled by a later issue (see README)."""

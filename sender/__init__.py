@@ -1,0 +1,1 @@
+"""sender: filled by a later issue (see README)."""
