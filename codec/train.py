@@ -29,6 +29,8 @@ DEGRADE_FACTORS = (1, 2, 4, 8)
 
 @dataclass
 class FitOptions:
+    """Fit settings. Budgets: epochs and/or wall-clock minutes, whichever ends first (minutes=None: epochs only)."""
+
     epochs: int | None = None
     minutes: float | None = DEFAULT_MINUTES
     lr: float = DEFAULT_LR
@@ -38,9 +40,6 @@ class FitOptions:
     device: str = "auto"
     # bf16 autocast on CPU trains about 3x faster here with no measurable PSNR loss (README).
     bf16: bool = True
-    # Weight of the latent-interpolation loss: batches are triplets of consecutive training frames and
-    # g((f(x_a) + f(x_c)) / 2) is pulled towards x_b, so latent interpolation follows the motion.
-    interp_weight: float = 0.0
     progress: bool = True
 
 
@@ -94,7 +93,7 @@ def lr_at(progress: float, lr: float) -> float:
 
 
 def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = None) -> FitResult:
-    """Fit an autoencoder on float frames (N, 3, H, W) in [0, 1]. Budget: epochs, or minutes of wall clock."""
+    """Fit an autoencoder on float frames (N, 3, H, W) in [0, 1]. Budget: epochs and/or minutes of wall clock."""
     opts = options or FitOptions()
     if opts.epochs is None and opts.minutes is None:
         raise VsaeError("give a budget: epochs or minutes")
@@ -131,32 +130,24 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     model.train()
     while True:
         elapsed = time.perf_counter() - start
-        progress = step / total_steps if total_steps is not None else elapsed / budget_s
+        # With both budgets, whichever runs out first ends the fit (and drives the lr schedule).
+        progress = max(
+            step / total_steps if total_steps is not None else 0.0,
+            elapsed / budget_s if budget_s is not None else 0.0,
+        )
         if progress >= 1.0:
             break
-        triplets = opts.interp_weight > 0 and n >= 3 and batch >= 3
-        if triplets:
-            starts = torch.randint(n - 2, (batch // 3,), generator=generator).tolist()
-            idx = [s + j for s in starts for j in range(3)]
-        else:
-            if len(order) < batch:
-                order += torch.randperm(n, generator=generator).tolist()
-            idx, order = order[:batch], order[batch:]
+        if len(order) < batch:
+            order += torch.randperm(n, generator=generator).tolist()
+        idx, order = order[:batch], order[batch:]
         target = data[idx]
         inputs = norm.apply(degrade(target, tuple(opts.degrade), generator))
         target_n = norm.apply(target)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress, opts.lr)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            padded, size = model.pad(inputs.contiguous(memory_format=torch.channels_last))
-            latent = model.encode(padded)
-            output = model.crop(model.decode(latent), size)
-            if triplets:
-                z = latent.view(len(idx) // 3, 3, *latent.shape[1:])
-                middle = model.crop(model.decode((z[:, 0] + z[:, 2]) / 2), size)
+            output = model(inputs.contiguous(memory_format=torch.channels_last))
         loss = F.mse_loss(output.float(), target_n)
-        if triplets:
-            loss = loss + opts.interp_weight * F.mse_loss(middle.float(), target_n[1::3])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
