@@ -198,7 +198,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise VsaeError("the model records no frame size; pass --size WxH")
     low, fps = read_video(args.lowres)
     size = (size_wh[1], size_wh[0])
+    ref = to_tensor(read_video(args.reference, args.reference_frames, size_wh)[0]) if args.reference else None
+    # The stream ends on a key; with a reference, frames after the last key are held so the output
+    # aligns frame by frame with the source (up to T-1 frames, never sent).
     total = (len(low) - 1) * args.temporal + 1
+    if ref is not None and total < len(ref) <= total + args.temporal - 1:
+        total = len(ref)
     rec = Reconstructor(codec, size, args.temporal, args.iterations, args.method)
     received = ((i * args.temporal, to_tensor(f[None])) for i, f in enumerate(low))
     start = time.perf_counter()
@@ -206,8 +211,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     write_video(args.output, to_uint8(out), fps * args.temporal)
     summary = {"frames_in": len(low), "frames_out": len(out), "fps_reconstruct": round(len(out) / seconds, 2)}
-    if args.reference:
-        ref = to_tensor(read_video(args.reference, args.reference_frames, size_wh)[0])
+    if ref is not None:
         n = min(len(ref), len(out))
         summary["psnr"] = round(float(psnr_per_frame(out[:n], ref[:n]).mean()), 3)
         summary["ssim"] = round(ssim(out[:n], ref[:n]), 4)

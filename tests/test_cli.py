@@ -175,7 +175,10 @@ def test_lowres_reconstruct_round_trip(capsys, tmp_path, fitted_bundle, temporal
     )
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
-    expected = (k - 1) * temporal + 1
+    # The stream ends on its last key; with a reference, the untransmitted tail is held so the
+    # output aligns frame by frame with the 24 reference frames.
+    expected = 24
+    assert (k - 1) * temporal + 1 <= expected
     assert summary["frames_in"] == k and summary["frames_out"] == expected
     with av.open(str(rebuilt)) as c:
         s = c.streams.video[0]
