@@ -40,9 +40,6 @@ class FitOptions:
     device: str = "auto"
     # bf16 autocast on CPU trains about 3x faster here with no measurable PSNR loss (README).
     bf16: bool = True
-    # Train on random crops of this many pixels a side (None: whole frames). The model is fully
-    # convolutional, so crops raise samples per second on large frames; see README for when it pays.
-    crop: int | None = None
     progress: bool = True
 
 
@@ -86,18 +83,6 @@ def degrade(batch: torch.Tensor, factors: tuple[int, ...], generator: torch.Gene
             low = downscale(batch[i : i + 1], s)
             out[i : i + 1] = F.interpolate(low, size=batch.shape[-2:], mode="bilinear", align_corners=False)
     return out
-
-
-def random_crop(batch: torch.Tensor, crop: int | None, stride: int, generator: torch.Generator) -> torch.Tensor:
-    """One random crop (a multiple of the stride, at most the frame) shared by the whole batch."""
-    if crop is None:
-        return batch
-    h, w = batch.shape[-2:]
-    ch = min(h, max(stride, crop // stride * stride))
-    cw = min(w, max(stride, crop // stride * stride))
-    y = int(torch.randint(h - ch + 1, (1,), generator=generator))
-    x = int(torch.randint(w - cw + 1, (1,), generator=generator))
-    return batch[..., y : y + ch, x : x + cw]
 
 
 def lr_at(progress: float, lr: float) -> float:
@@ -155,7 +140,7 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         if len(order) < batch:
             order += torch.randperm(n, generator=generator).tolist()
         idx, order = order[:batch], order[batch:]
-        target = random_crop(data[idx], opts.crop, config.stride, generator)
+        target = data[idx]
         inputs = norm.apply(degrade(target, tuple(opts.degrade), generator))
         target_n = norm.apply(target)
         for group in optimizer.param_groups:

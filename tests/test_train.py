@@ -137,3 +137,4 @@ def test_real_fit_beats_bicubic(real_fit):
     # Training went somewhere: the train-batch PSNR history rises.
     hist = real_fit.result.history
     assert hist[-1]["psnr"] > hist[0]["psnr"] + 3
+
