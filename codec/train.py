@@ -38,7 +38,7 @@ class FitOptions:
     degrade: tuple[int, ...] = DEGRADE_FACTORS
     seed: int = 0
     device: str = "auto"
-    # bf16 autocast on CPU trains about 3x faster here with no measurable PSNR loss (README).
+    # bf16 autocast on CPU: 1.7x the steps of fp32 in the same wall clock here, +0.8 dB at 4 minutes (README).
     bf16: bool = True
     progress: bool = True
 
