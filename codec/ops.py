@@ -102,14 +102,14 @@ class Codec:
         self, key_a: "Key", key_b: "Key", count: int, method: str = DEFAULT_TEMPORAL_METHOD
     ) -> torch.Tensor:
         """The `count` frames strictly between two key frames, evenly spaced in time."""
+        if method not in TEMPORAL_METHODS:
+            raise ValueError(f"unknown temporal method {method!r}")
         if count <= 0:
             return key_a.frame.new_zeros((0, *key_a.frame.shape[1:]))
         alphas = torch.arange(1, count + 1, dtype=torch.float32, device=self.device) / (count + 1)
         predicted = self.interpolate(key_a.latent, key_b.latent, alphas, key_a.size)
         if method == "latent":
             return predicted
-        if method not in TEMPORAL_METHODS:
-            raise ValueError(f"unknown temporal method {method!r}")
         a = alphas.view(-1, 1, 1, 1)
         # Blend of what the receiver actually has, plus the motion the manifold predicts beyond that blend.
         blend = (1 - a) * key_a.frame + a * key_b.frame

@@ -117,12 +117,15 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     use_amp = opts.bf16 if device.type == "cpu" else True
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
+    by_steps = total_steps is not None
     bar = tqdm(
-        total=total_steps if total_steps is not None else round(budget_s),
+        total=total_steps if by_steps else round(budget_s),
         disable=not opts.progress,
-        unit="step" if total_steps is not None else "s",
+        unit="step",
         desc="fit",
         dynamic_ncols=True,
+        # A wall-clock budget counts seconds: show them as elapsed/total, not as a rate.
+        bar_format=None if by_steps else "{l_bar}{bar}| {n}/{total} s{postfix}",
     )
     start = time.perf_counter()
     step, history, ema_mse = 0, [], None
@@ -160,13 +163,13 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         psnr = -10 * math.log10(max(ema_mse, 1e-12))
         if step % 20 == 0:
             history.append({"step": step, "seconds": round(time.perf_counter() - start, 2), "psnr": round(psnr, 3)})
-        if total_steps is not None:
+        if step % 10 == 0:
+            # refresh=False: tqdm's own rate limit decides when to redraw.
+            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", epoch=f"{step / steps_per_epoch:.0f}", refresh=False)
+        if by_steps:
             bar.update(1)
         else:
-            bar.n = min(round(time.perf_counter() - start), bar.total)
-            bar.refresh() if step % 10 == 0 else None
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", epoch=f"{step / steps_per_epoch:.0f}")
+            bar.update(min(round(time.perf_counter() - start), bar.total) - bar.n)
     bar.close()
     model.eval()
     # Model memory format back to default so saved/loaded models behave the same.

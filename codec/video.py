@@ -90,7 +90,8 @@ def read_video(
     except VsaeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise VsaeError(f"cannot read video {path}: {exc}") from None
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise VsaeError(f"cannot read video {path}: {detail}") from None
     if not decoded:
         raise VsaeError(f"{path}: the video has no frames")
     chosen = select_frames(len(decoded), frames)
