@@ -184,7 +184,3 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Codec:
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from None
 
-
-def digest(data: bytes) -> str:
-    """SHA-256 of a whole bundle file: its identity on the wire."""
-    return hashlib.sha256(data).hexdigest()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from pytorch_msssim import ssim as _ssim
 
@@ -28,10 +26,3 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     win = 11 if min(a.shape[-2:]) >= 11 else (min(a.shape[-2:]) // 2) * 2 - 1
     return float(_ssim(a8, b8, data_range=255.0, size_average=True, win_size=max(win, 3)))
 
-
-def mean_or_none(values: list[float]) -> float | None:
-    return None if not values else round(sum(values) / len(values), 3)
-
-
-def finite(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else round(x, 3)

@@ -52,7 +52,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Validated construction from untrusted data (a bundle or a flag)."""
         if not isinstance(d, dict) or set(d) != {"width", "multipliers", "encoder_kernel", "decoder_kernel"}:
-            raise VsaeError(f"model config must have exactly width, multipliers, encoder_kernel, decoder_kernel")
+            raise VsaeError("model config must have exactly width, multipliers, encoder_kernel, decoder_kernel")
         width, mults = d["width"], d["multipliers"]
         ints = [width, d["encoder_kernel"], d["decoder_kernel"]]
         if not isinstance(mults, (list, tuple)) or not all(type(v) is int for v in [*ints, *mults]):
