@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from codec import bundle
 from codec.evaluate import evaluate
 from codec.model import ModelConfig
@@ -81,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tag", default="run")
     p.add_argument("--out", default=None, help="append the JSON line to this file too")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     row = run(args)
     print(json.dumps(row))
     if args.out:

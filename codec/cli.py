@@ -92,7 +92,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     frames, fps = read_video(path, args.frames, parse_size(args.size))
     x = to_tensor(frames)
     config = model_config(args.model, args.width)
-    torch.manual_seed(args.seed)
     opts = FitOptions(
         epochs=args.epochs,
         minutes=None if args.epochs is not None and args.minutes is None else (args.minutes or DEFAULT_MINUTES),

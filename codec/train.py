@@ -127,6 +127,8 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         # A wall-clock budget counts seconds: show them as elapsed/total, not as a rate.
         bar_format=None if by_steps else "{l_bar}{bar}| {n}/{total} s{postfix}",
     )
+    # Model space is RGB scaled per channel by 1/std: multiply back to report PSNR in RGB [0, 1].
+    std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
     start = time.perf_counter()
     step, history, ema_mse = 0, [], None
     order: list[int] = []
@@ -156,8 +158,6 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        # PSNR of the training batch in RGB [0, 1] space (model space is scaled by std per channel).
-        std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
         mse = ((output.detach().float() - target_n) * std).pow(2).mean().item()
         ema_mse = mse if ema_mse is None else 0.95 * ema_mse + 0.05 * mse
         psnr = -10 * math.log10(max(ema_mse, 1e-12))
