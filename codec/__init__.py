@@ -8,11 +8,11 @@ from .errors import BundleError, VsaeError
 from .evaluate import evaluate
 from .model import DEFAULT_MODEL, MODELS, AutoEncoder, ModelConfig, Normalization, model_config
 from .ops import Codec, Key, Projection, upsample
-from .pipeline import OutputFrame, Reconstructor
+from .pipeline import BaselineReconstructor, OutputFrame, Reconstructor
 from .train import FitOptions, FitResult, fit
 
 __all__ = [
     "AutoEncoder", "BundleError", "Codec", "DEFAULT_MODEL", "FitOptions", "FitResult", "Key", "MODELS",
-    "ModelConfig", "Normalization", "OutputFrame", "Projection", "Reconstructor", "VsaeError", "dumps",
+    "BaselineReconstructor", "ModelConfig", "Normalization", "OutputFrame", "Projection", "Reconstructor", "VsaeError", "dumps",
     "evaluate", "fit", "load", "loads", "model_config", "save", "upsample",
 ]

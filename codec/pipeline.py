@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec, Key
+from .ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec, Key, upsample
 
 
 @dataclass
@@ -80,6 +80,43 @@ class Reconstructor:
             for i in range(self.next_index, total):
                 out.append(OutputFrame(i, held, i - self._last[0] > self.temporal - 1, False))
             self.concealed += sum(f.concealed for f in out)
+            self.next_index = max(self.next_index, total)
+        return out
+
+
+class BaselineReconstructor:
+    """What a plain receiver shows from the same low-res stream: bicubic upsampling, linear blends between
+    keys (and across gaps), the first key held before it and the last after it. Same interface as
+    `Reconstructor`, so the two run side by side on the same received frames."""
+
+    def __init__(self, size: tuple[int, int], temporal: int = 1):
+        self.size, self.temporal = tuple(size), temporal
+        self._last: tuple[int, torch.Tensor] | None = None
+        self.next_index = 0
+
+    def push(self, index: int, frame: torch.Tensor) -> list[OutputFrame]:
+        if index < self.next_index:
+            return []
+        if frame.ndim == 3:
+            frame = frame.unsqueeze(0)
+        key = upsample(frame.float(), self.size, mode="bicubic")[0]
+        out: list[OutputFrame] = []
+        if self._last is None:
+            out += [OutputFrame(i, key, True, False) for i in range(self.next_index, index)]
+        else:
+            last_index, last = self._last
+            gap = index - last_index
+            for i in range(last_index + 1, index):
+                t = (i - last_index) / gap
+                out.append(OutputFrame(i, torch.lerp(last, key, t), gap > self.temporal, False))
+        out.append(OutputFrame(index, key, False, True))
+        self._last, self.next_index = (index, key), index + 1
+        return out
+
+    def flush(self, total: int | None = None) -> list[OutputFrame]:
+        out: list[OutputFrame] = []
+        if self._last is not None and total is not None:
+            out = [OutputFrame(i, self._last[1], i - self._last[0] > self.temporal - 1, False) for i in range(self.next_index, total)]
             self.next_index = max(self.next_index, total)
         return out
 

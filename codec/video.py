@@ -103,26 +103,54 @@ def read_video(
     return array, rate
 
 
+class VideoWriter:
+    """Streaming H.264 MP4 writer for uint8 RGB frames (H, W, 3): frames go to disk as they come."""
+
+    def __init__(self, path: str | Path, size: tuple[int, int], fps: float = 30.0, codec: str = "libx264", crf: int = 12):
+        from fractions import Fraction
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.height, self.width = size
+        try:
+            self._container = av.open(str(self.path), mode="w")
+        except (OSError, av.FFmpegError) as exc:
+            raise VsaeError(f"cannot write {self.path}: {getattr(exc, 'strerror', None) or exc}") from None
+        self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        # yuv420p needs even sizes: pad by one edge row/column where odd.
+        self._stream.width, self._stream.height = self.width + (self.width % 2), self.height + (self.height % 2)
+        self._stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self._stream.options = {"crf": str(crf), "preset": "medium"}
+        self.frames = 0
+
+    def write(self, image: np.ndarray) -> None:
+        if image.shape[:2] != (self._stream.height, self._stream.width):
+            image = np.pad(image, ((0, self._stream.height - self.height), (0, self._stream.width - self.width), (0, 0)), mode="edge")
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 30.0, codec: str = "libx264", crf: int = 12) -> None:
     """Write uint8 RGB frames (N, H, W, 3) as an H.264 MP4 that any player opens."""
-    from fractions import Fraction
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames.shape[1:3]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = w + (w % 2), h + (h % 2)  # yuv420p needs even sizes
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "medium"}
+    with VideoWriter(path, frames.shape[1:3], fps, codec, crf) as writer:
         for image in frames:
-            if image.shape[:2] != (stream.height, stream.width):
-                image = np.pad(image, ((0, stream.height - h), (0, stream.width - w), (0, 0)), mode="edge")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(image)
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:

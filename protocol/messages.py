@@ -1,0 +1,236 @@
+"""The vsae wire messages: a small, versioned set of msgpack maps, each validated on the way in.
+
+Every message is a msgpack map `{"v": VERSION, "kind": <name>, <fields>...}`. `decode` never lets a
+peer's bytes raise anything but `ProtocolError`: wrong types, unknown kinds or fields, oversized values
+and a version mismatch all become a `ProtocolError` whose `code` goes back to the peer in an `Error`
+message before the session closes.
+
+Session (sender -> receiver unless marked <-):
+  Hello(role="sender", model_sha256, model_bytes)   <- Hello(role="receiver", have_model)
+  Config(stream parameters)
+  ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model)
+  <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
+  Frame(index, capture_time) per sent frame, on the unordered meta channel
+  <- Keyframe()    -- the receiver lost low-res frames and wants a fresh keyframe
+  Bye(frames, video_bytes, ...)   <- Bye(frames)
+  Error(code, message) either way, then close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import msgpack
+
+VERSION = 1
+# Model bytes per chunk message, leaving room for the map around it: a whole chunk message stays
+# within 16 KiB (aiortc's SCTP takes up to 64 KiB, smaller messages interleave better with control).
+CHUNK_BYTES = 16 * 1024 - 64
+MAX_MESSAGE_BYTES = 16 * 1024
+MAX_TEXT = 256  # any string field
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+MAX_FRAMES = 10_000_000
+MAX_SIDE = 8192
+SHA256_HEX = 64
+
+
+class ProtocolError(Exception):
+    """A message that is not valid vsae protocol; `code` is sent back to the peer in an Error."""
+
+    def __init__(self, code: str, text: str):
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: ClassVar[str] = ""
+    # field name -> (low, high) for numbers, max length for str/bytes
+    limits: ClassVar[dict] = {}
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    kind: ClassVar[str] = "hello"
+    role: str  # "sender" or "receiver"
+    software: str = "vsae"
+    model_sha256: str = ""  # sender: the model it will use
+    model_bytes: int = 0  # sender: its size
+    have_model: bool = False  # receiver: it already holds that model (skip the transfer)
+    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES)}
+
+
+@dataclass(frozen=True)
+class Config(Message):
+    """The stream: source size and rate, what is sent (every `temporal`-th frame ÷ `scale`) and how."""
+
+    kind: ClassVar[str] = "config"
+    width: int  # source (= output) frame size
+    height: int
+    low_width: int  # the low-res frames on the video track
+    low_height: int
+    fps: float  # source frame rate; the output has this rate
+    scale: int
+    temporal: int
+    frames: int  # source frames in the stream
+    codec: str  # "vp8" or "h264"
+    kbps: float  # target bitrate of the video track
+    ticks: int  # RTP 90 kHz ticks per source frame (frame identity, see receiver.mapping)
+    start_time: float  # sender wall clock of source frame 0 (latency reference)
+    limits: ClassVar[dict] = {
+        "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
+        "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
+        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "start_time": (0.0, 1e11),
+    }
+
+
+@dataclass(frozen=True)
+class ModelChunk(Message):
+    kind: ClassVar[str] = "model_chunk"
+    seq: int
+    data: bytes
+    limits: ClassVar[dict] = {"seq": (0, MAX_MODEL_BYTES // 1024), "data": CHUNK_BYTES}
+
+
+@dataclass(frozen=True)
+class ModelDone(Message):
+    kind: ClassVar[str] = "model_done"
+    size: int
+    sha256: str
+    limits: ClassVar[dict] = {"size": (1, MAX_MODEL_BYTES), "sha256": SHA256_HEX}
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    kind: ClassVar[str] = "ack"
+    sha256: str
+    limits: ClassVar[dict] = {"sha256": SHA256_HEX}
+
+
+@dataclass(frozen=True)
+class Frame(Message):
+    kind: ClassVar[str] = "frame"
+    index: int
+    capture_time: float
+    limits: ClassVar[dict] = {"index": (0, MAX_FRAMES), "capture_time": (0.0, 1e11)}
+
+
+@dataclass(frozen=True)
+class Keyframe(Message):
+    kind: ClassVar[str] = "keyframe"
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    kind: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    kind: ClassVar[str] = "bye"
+    frames: int  # sender: source frames streamed; receiver: frames output
+    video_bytes: int = 0  # sender: RTP payload bytes sent (getStats)
+    video_packets: int = 0
+    limits: ClassVar[dict] = {"frames": (0, MAX_FRAMES), "video_bytes": (0, 1 << 50), "video_packets": (0, 1 << 40)}
+
+
+KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Hello, Config, ModelChunk, ModelDone, Ack, Frame, Keyframe, Error, Bye)}
+ROLES = ("sender", "receiver")
+CODECS = ("vp8", "h264")
+
+
+def _check_field(cls: type[Message], name: str, kind: type, value: object) -> object:
+    where = f"{cls.kind}.{name}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError("bad_type", f"{where}: expected a bool, got {type(value).__name__}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError("bad_type", f"{where}: expected an integer, got {type(value).__name__}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError("bad_type", f"{where}: expected a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ProtocolError("bad_value", f"{where}: not a finite number")
+    elif kind in (str, bytes):
+        if not isinstance(value, kind):
+            raise ProtocolError("bad_type", f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+        limit = cls.limits.get(name, MAX_TEXT)
+        if len(value) > limit:
+            raise ProtocolError("too_large", f"{where}: {len(value)} long, at most {limit}")
+    bounds = cls.limits.get(name)
+    if isinstance(bounds, tuple) and not bounds[0] <= value <= bounds[1]:
+        raise ProtocolError("bad_value", f"{where}: {value!r} outside [{bounds[0]}, {bounds[1]}]")
+    return value
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bytes": bytes, "bool": bool}
+
+
+def _validate(cls: type[Message], fields: dict) -> Message:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(fields) - set(known)
+    if unknown:
+        raise ProtocolError("bad_field", f"{cls.kind}: unknown field {sorted(map(str, unknown))[0]!r}")
+    values = {}
+    for name, f in known.items():
+        if name not in fields:
+            if f.default is dataclasses.MISSING:
+                raise ProtocolError("missing_field", f"{cls.kind}: missing field {name!r}")
+            continue
+        values[name] = _check_field(cls, name, _TYPES[f.type], fields[name])
+    message = cls(**values)
+    if isinstance(message, Hello) and message.role not in ROLES:
+        raise ProtocolError("bad_value", f"hello.role: expected one of {ROLES}, got {message.role!r}")
+    if isinstance(message, Hello) and message.model_sha256 and not _is_sha256(message.model_sha256):
+        raise ProtocolError("bad_value", "hello.model_sha256: not a SHA-256 hex digest")
+    if isinstance(message, (ModelDone, Ack)) and not _is_sha256(message.sha256):
+        raise ProtocolError("bad_value", f"{cls.kind}.sha256: not a SHA-256 hex digest")
+    if isinstance(message, Config) and message.codec not in CODECS:
+        raise ProtocolError("bad_value", f"config.codec: expected one of {CODECS}, got {message.codec!r}")
+    return message
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == SHA256_HEX and all(c in "0123456789abcdef" for c in text)
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a message (validated first, so we never send what we would refuse)."""
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    _validate(type(message), fields)
+    return msgpack.packb({"v": VERSION, "kind": message.kind, **fields}, use_bin_type=True)
+
+
+def decode(data: bytes | str) -> Message:
+    """Parse and validate one message from a peer; raises only ProtocolError."""
+    if isinstance(data, str):
+        raise ProtocolError("bad_encoding", "text message; vsae messages are binary msgpack")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_encoding", f"unexpected payload type {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message of {len(data)} bytes, at most {MAX_MESSAGE_BYTES}")
+    try:
+        obj = msgpack.unpackb(
+            bytes(data), raw=False, strict_map_key=True, use_list=True,
+            max_str_len=MAX_MESSAGE_BYTES, max_bin_len=MAX_MESSAGE_BYTES,
+            max_array_len=64, max_map_len=32, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several types (ExtraData, StackError, ValueError, ...)
+        raise ProtocolError("bad_encoding", f"not a msgpack message ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_encoding", f"expected a map, got {type(obj).__name__}")
+    version = obj.pop("v", None)
+    if version != VERSION:
+        raise ProtocolError("version", f"protocol version {version!r}, this side speaks {VERSION}")
+    kind = obj.pop("kind", None)
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError("unknown_kind", f"unknown message kind {str(kind)[:40]!r}")
+    return _validate(cls, obj)

@@ -1,0 +1,94 @@
+"""`vsae recv`: wait for a sender, rebuild its stream, write the video and stats (a `vsae` CLI plug-in)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from codec import bundle
+from codec.cli import _positive, _positive_float
+from codec.errors import VsaeError
+from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, TEMPORAL_METHODS
+from codec.video import read_video
+from protocol.peer import install_event_loop, parse_address
+
+from .session import Receiver, ReceiveOptions
+
+# Torch threads for reconstruction: one core stays free for decoding and the event loop.
+RECEIVER_THREADS = max(1, (torch.get_num_threads() or 1) - 1)
+
+
+def summary_line(stats: dict) -> str:
+    parts = [f"{stats['frames_out']}/{stats['frames_in']} frames ({stats['frames_concealed']} concealed)"]
+    if stats.get("video_kbps") is not None:
+        parts.append(f"{stats['video_kbps']:.1f} kbps sent")
+    if stats.get("psnr") is not None:
+        parts.append(f"PSNR vsae {stats['psnr']:.2f} dB vs bicubic {stats['psnr_bicubic']:.2f} dB")
+    if stats.get("fps_reconstruct"):
+        parts.append(f"{stats['fps_reconstruct']:.1f} fps reconstruct")
+    if stats.get("latency_ms") is not None:
+        parts.append(f"latency {stats['latency_ms']:.0f} ms")
+    return ", ".join(parts)
+
+
+async def _serve(options: ReceiveOptions, timeout: float | None) -> dict:
+    receiver = Receiver(options)
+    try:
+        port = await receiver.start()
+    except ConnectionError as exc:
+        raise VsaeError(str(exc)) from None
+    print(f"vsae recv: listening on {options.host}:{port}", flush=True)
+    try:
+        return await receiver.wait(timeout)
+    except asyncio.TimeoutError:
+        detail = f"; {len(receiver.failures)} failed session(s), last: {receiver.failures[-1]}" if receiver.failures else ""
+        raise VsaeError(f"no complete session within {timeout:g} s{detail}") from None
+
+
+def cmd_recv(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_address(args.listen)
+    except ValueError as exc:
+        raise VsaeError(f"--listen: {exc}") from None
+    models = {}
+    if args.model:
+        try:
+            data = Path(args.model).read_bytes()
+        except OSError as exc:
+            raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
+        models[hashlib.sha256(data).hexdigest()] = bundle.loads(data, args.device)
+    reference = read_video(args.reference, args.reference_frames)[0] if args.reference else None
+    torch.set_num_threads(args.threads)
+    options = ReceiveOptions(host=host, port=port, output=args.output, stats=args.stats, reference=reference,
+                             bicubic_output=args.bicubic_output, iterations=args.iterations, method=args.method,
+                             device=args.device, models=models)
+    install_event_loop()
+    stats = asyncio.run(_serve(options, args.timeout))
+    if args.stats:
+        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.stats).write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"vsae recv: wrote {args.output}: {summary_line(stats)}", flush=True)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recv", help="receive a vsae stream over WebRTC and rebuild hi-res, full-rate video")
+    p.add_argument("--listen", default="127.0.0.1:8765", metavar="HOST:PORT", help="signaling address (port 0: any free port)")
+    p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    p.add_argument("--stats", default=None, help="write the session's stats as JSON here")
+    p.add_argument("--reference", default=None, help="the original video: report PSNR/SSIM of vsae and bicubic")
+    p.add_argument("--reference-frames", default=None, help="frame selection of the reference (match the sender's --frames)")
+    p.add_argument("--model", default=None, help="a model bundle already here (a sender with the same one skips the transfer)")
+    p.add_argument("--bicubic-output", default=None, help="also write the bicubic baseline from the same stream")
+    p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS, help="reprojection iterations n")
+    p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD, help="temporal rebuild")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=_positive, default=RECEIVER_THREADS, help="torch threads for reconstruction")
+    p.add_argument("--timeout", type=_positive_float, default=None, help="give up after this many seconds without a complete session")
+    p.set_defaults(func=cmd_recv)

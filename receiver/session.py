@@ -1,0 +1,380 @@
+"""The receiver: answer one sender at a time, take its model, rebuild hi-res video from its low-res track.
+
+A session goes hello -> config -> (model chunks -> model done) -> ack -> video -> bye. Anything out of
+place, malformed or failing verification gets an `error` message and a clean close of that session;
+the receiver itself keeps listening for the next one until a session completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from codec import bundle
+from codec.errors import BundleError
+from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec
+from codec.video import resize, to_tensor, to_uint8
+from protocol import messages as msg
+from protocol.peer import DEFAULT_HOST, new_peer_connection, send_message
+from protocol.signaling import Busy, serve
+from protocol.timing import IndexMapper
+
+from .worker import ReconstructWorker, StreamInfo
+
+log = logging.getLogger("vsae.receiver")
+
+# Ask for a keyframe at most this often when low-res frames go missing.
+KEYFRAME_REQUEST_INTERVAL_S = 0.5
+# A session that has not finished the handshake and model transfer by then is dropped.
+HANDSHAKE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ReceiveOptions:
+    host: str = DEFAULT_HOST
+    port: int = 8765
+    output: str = "vsae_out.mp4"
+    stats: str | None = None
+    reference: np.ndarray | None = None  # uint8 (N, H, W, 3), aligned with the sender's frames
+    bicubic_output: str | None = None
+    iterations: int = DEFAULT_ITERATIONS
+    method: str = DEFAULT_TEMPORAL_METHOD
+    device: str = "cpu"
+    models: dict[str, Codec] = field(default_factory=dict)  # sha256 -> loaded model the receiver holds
+
+
+class Session:
+    """One sender's session on the receiver."""
+
+    def __init__(self, receiver: "Receiver"):
+        self.receiver = receiver
+        self.options = receiver.options
+        self.pc = new_peer_connection(self.options.host)
+        self.control: RTCDataChannel | None = None
+        self.state = "hello"
+        self.hello: msg.Hello | None = None
+        self.config: msg.Config | None = None
+        self.chunks: list[bytes] = []
+        self.chunk_bytes = 0
+        self.codec: Codec | None = None
+        self.model_bytes = 0
+        self.model_transferred = False
+        self.datachannel_bytes = 0
+        self.worker: ReconstructWorker | None = None
+        self.mapper: IndexMapper | None = None
+        self.last_index = -1
+        self.keyframe_requests = 0
+        self._last_keyframe_request = 0.0
+        self.sender_bye: msg.Bye | None = None
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()  # stats dict or error text
+        self.began = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed") and not self.done.done():
+            self._spawn(self.close(f"connection {self.pc.connectionState} before the stream ended"))
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == "control":
+            self.control = channel
+            channel.on("message", lambda data: self._spawn(self._on_control(data)))
+        elif channel.label == "meta":
+            channel.on("message", self._on_meta)
+        else:
+            self._spawn(self.refuse("unexpected", f"unknown data channel {channel.label[:40]!r}"))
+
+    def _on_meta(self, data) -> None:
+        self.datachannel_bytes += len(data)
+        try:
+            message = msg.decode(data)
+        except msg.ProtocolError as exc:
+            self._spawn(self.refuse(exc.code, f"meta channel: {exc}"))
+            return
+        if not isinstance(message, msg.Frame):
+            self._spawn(self.refuse("unexpected", f"meta channel carries frame messages, got {message.kind}"))
+        elif self.worker is not None:
+            self.worker.note_capture(message.index, message.capture_time)
+
+    async def send(self, message: msg.Message) -> None:
+        if self.control is not None and self.control.readyState == "open":
+            self.datachannel_bytes += await send_message(self.control, message)
+
+    async def refuse(self, code: str, text: str) -> None:
+        """Tell the peer what was wrong, then end the session."""
+        if self.done.done():
+            return
+        log.warning("refusing sender: %s: %s", code, text)
+        self._fail(f"{code}: {text}")  # first: the peer's reaction (closing) must not mask the reason
+        try:
+            await self.send(msg.Error(code=code, message=text[: msg.MAX_TEXT]))
+            await asyncio.sleep(0.2)  # let the error reach the peer before the close
+        except (ConnectionError, msg.ProtocolError):
+            pass
+        await self.close()
+
+    def _fail(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(SessionFailed(reason))
+
+    async def close(self, error: str | None = None) -> None:
+        """End the session: a complete one has its stats set already; anything else failed."""
+        if error is not None:
+            self._fail(error)
+        if self.worker is not None and self.state != "finished":
+            self.state = "finished"
+            await asyncio.get_running_loop().run_in_executor(None, self.worker.finish, None)
+        await self.pc.close()
+
+    # -- control messages ----------------------------------------------------------------------------
+    async def _on_control(self, data) -> None:
+        if self.done.done():
+            return
+        self.datachannel_bytes += len(data)
+        try:
+            message = msg.decode(data)
+        except msg.ProtocolError as exc:
+            await self.refuse(exc.code, str(exc))
+            return
+        handler = {
+            ("hello", "hello"): self._hello,
+            ("config", "config"): self._config,
+            ("model", "model_chunk"): self._chunk,
+            ("model", "model_done"): self._model_done,
+            ("streaming", "bye"): self._bye,
+        }.get((self.state, message.kind))
+        if isinstance(message, msg.Error):
+            await self.close(f"sender reported {message.code}: {message.message}")
+        elif handler is None:
+            await self.refuse("unexpected", f"{message.kind} message while expecting {self._expecting()}")
+        else:
+            await handler(message)
+
+    def _expecting(self) -> str:
+        return {"hello": "hello", "config": "config", "model": "model chunks", "streaming": "video or bye"}.get(self.state, self.state)
+
+    async def _hello(self, hello: msg.Hello) -> None:
+        if hello.role != "sender" or not hello.model_sha256:
+            await self.refuse("bad_value", "expected a sender hello naming its model's SHA-256")
+            return
+        self.hello = hello
+        have = hello.model_sha256 in self.options.models
+        self.state = "config"
+        await self.send(msg.Hello(role="receiver", have_model=have))
+
+    async def _config(self, config: msg.Config) -> None:
+        self.config = config
+        if self.options.reference is not None and len(self.options.reference) < config.frames:
+            log.warning("reference has %d frames, the stream %d: metrics cover the overlap", len(self.options.reference), config.frames)
+        codec = self.options.models.get(self.hello.model_sha256)
+        if codec is not None:
+            await self._start(codec)
+        else:
+            self.state = "model"
+
+    async def _chunk(self, chunk: msg.ModelChunk) -> None:
+        if chunk.seq != len(self.chunks):
+            await self.refuse("bad_chunk", f"model chunk {chunk.seq} out of order (expected {len(self.chunks)})")
+            return
+        if self.chunk_bytes + len(chunk.data) > self.hello.model_bytes:
+            await self.refuse("model_rejected", f"model larger than the announced {self.hello.model_bytes} bytes")
+            return
+        self.chunks.append(chunk.data)
+        self.chunk_bytes += len(chunk.data)
+
+    async def _model_done(self, done: msg.ModelDone) -> None:
+        data = b"".join(self.chunks)
+        self.chunks = []
+        if done.size != len(data) or done.size != self.hello.model_bytes:
+            await self.refuse("model_rejected", f"model size {len(data)} B does not match the announced {done.size} B")
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != done.sha256 or digest != self.hello.model_sha256:
+            await self.refuse("model_rejected", "model SHA-256 does not match the announced one (corrupted in transfer?)")
+            return
+        try:
+            codec = await asyncio.get_running_loop().run_in_executor(None, bundle.loads, data, self.options.device)
+        except BundleError as exc:
+            await self.refuse("model_rejected", f"model does not load: {exc}")
+            return
+        self.model_bytes, self.model_transferred = len(data), True
+        self.options.models[digest] = codec
+        await self._start(codec)
+
+    async def _start(self, codec: Codec) -> None:
+        config = self.config
+        self.codec = codec
+        self.model_bytes = self.model_bytes or self.hello.model_bytes
+        info = StreamInfo((config.height, config.width), config.fps, config.temporal, config.frames, config.start_time)
+        reference = self.options.reference
+        if reference is not None and reference.shape[1:3] != info.size:
+            log.warning("reference is %dx%d, the stream %dx%d: comparing at the stream's size",
+                        reference.shape[2], reference.shape[1], config.width, config.height)
+            reference = to_uint8(resize(to_tensor(reference), info.size))
+        loop = asyncio.get_running_loop()
+        try:
+            self.worker = await loop.run_in_executor(
+                None, lambda: ReconstructWorker(codec, info, self.options.output, self.options.iterations,
+                                                self.options.method, reference, self.options.bicubic_output),
+            )
+        except Exception as exc:  # e.g. the output file cannot be written
+            await self.refuse("receiver_failed", f"cannot start reconstruction: {exc}")
+            return
+        self.mapper = IndexMapper(config.ticks)
+        self.state = "streaming"
+        await self.send(msg.Ack(sha256=self.hello.model_sha256))
+
+    async def _bye(self, bye: msg.Bye) -> None:
+        self.sender_bye = bye
+        self.state = "finished"
+        await asyncio.get_running_loop().run_in_executor(None, self.worker.finish, self.config.frames)
+        if self.worker.error is not None:
+            await self.refuse("receiver_failed", f"reconstruction failed: {self.worker.error}")
+            return
+        if not self.done.done():  # complete before the sender's close arrives
+            self.done.set_result(self._stats())
+        try:
+            await self.send(msg.Bye(frames=self.worker.frames_out))
+            await asyncio.sleep(0.1)
+        except ConnectionError:
+            pass  # the stream is complete; the sender just misses our count
+        await self.pc.close()
+
+    # -- video ---------------------------------------------------------------------------------------
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            self._spawn(self._receive_video(track))
+
+    async def _receive_video(self, track: MediaStreamTrack) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self.state != "streaming":
+                if self.state in ("hello", "config", "model"):
+                    await self.refuse("unexpected", "video arrived before the model was acknowledged")
+                return
+            index = self.mapper.index(frame.pts)
+            if index is None or index <= self.last_index or index >= self.config.frames:
+                continue  # a sync frame, a duplicate, or beyond the announced stream
+            if index > self.last_index + self.config.temporal and loop.time() - self._last_keyframe_request > KEYFRAME_REQUEST_INTERVAL_S:
+                # Low-res frames went missing: later frames reference them, so ask for a fresh start.
+                self._last_keyframe_request = loop.time()
+                self.keyframe_requests += 1
+                self._spawn(self.send(msg.Keyframe()))
+            self.last_index = index
+            rgb = frame.to_ndarray(format="rgb24")
+            self.worker.submit(index, rgb)
+
+    # -- stats ---------------------------------------------------------------------------------------
+    def _stats(self) -> dict:
+        config, bye = self.config, self.sender_bye
+        worker = self.worker.stats() if self.worker else {}
+        duration = config.frames / config.fps if config else None
+        stats = {
+            "frames_in": config.frames if config else 0,
+            "frames_out": worker.get("frames_out", 0),
+            "frames_concealed": worker.get("frames_concealed", 0),
+            "video_kbps": round(bye.video_bytes * 8 / duration / 1000, 3) if bye and duration else None,
+            "model_bytes": self.model_bytes,
+            "datachannel_bytes": self.datachannel_bytes,
+            "fps_reconstruct": worker.get("fps_reconstruct"),
+            "latency_ms": worker.get("latency_ms"),
+            "psnr": worker.get("psnr"),
+            "psnr_bicubic": worker.get("psnr_bicubic"),
+            "ssim": worker.get("ssim"),
+        }
+        stats.update({k: v for k, v in worker.items() if k not in stats})
+        stats.update({
+            "video_bytes": bye.video_bytes if bye else None,
+            "video_packets": bye.video_packets if bye else None,
+            "target_kbps": config.kbps if config else None,
+            "codec": config.codec if config else None,
+            "scale": config.scale if config else None,
+            "temporal": config.temporal if config else None,
+            "fps": config.fps if config else None,
+            "size": [config.width, config.height] if config else None,
+            "low_size": [config.low_width, config.low_height] if config else None,
+            "iterations": self.options.iterations,
+            "method": self.options.method,
+            "model_transferred": self.model_transferred,
+            "model_sha256": self.hello.model_sha256 if self.hello else None,
+            "keyframe_requests": self.keyframe_requests,
+            "timestamps_anchored": self.mapper.anchored if self.mapper else None,
+            "session_s": round(time.monotonic() - self.began, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        })
+        return stats
+
+
+class SessionFailed(Exception):
+    """A session ended without a complete stream (refused, dropped, or the peer misbehaved)."""
+
+
+class Receiver:
+    """Listens for offers; runs one session at a time; `run()` returns the stats of the first complete one."""
+
+    def __init__(self, options: ReceiveOptions):
+        self.options = options
+        self.session: Session | None = None
+        self.port: int | None = None
+        self._completed: asyncio.Future | None = None
+        self.failures: list[str] = []
+
+    async def _answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        if self.session is not None and not self.session.done.done():
+            raise Busy("receiver busy with another session")
+        session = Session(self)
+        self.session = session
+        session.done.add_done_callback(self._session_done)
+        await session.pc.setRemoteDescription(offer)
+        await session.pc.setLocalDescription(await session.pc.createAnswer())
+        asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._check_handshake, session)
+        return session.pc.localDescription
+
+    def _check_handshake(self, session: Session) -> None:
+        if session.state in ("hello", "config", "model") and not session.done.done():
+            asyncio.ensure_future(session.close("handshake timed out"))
+
+    def _session_done(self, done: asyncio.Future) -> None:
+        if done.exception() is not None:
+            self.failures.append(str(done.exception()))
+            log.error("session failed: %s", done.exception())
+        elif not self._completed.done():
+            self._completed.set_result(done.result())
+
+    async def start(self) -> int:
+        """Start listening; returns the bound port."""
+        self._completed = asyncio.get_running_loop().create_future()
+        self._runner, self.port = await serve(self.options.host, self.options.port, self._answer)
+        return self.port
+
+    async def wait(self, timeout: float | None = None) -> dict:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._completed), timeout)
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.pc.close()
+        await self._runner.cleanup()

@@ -1,0 +1,169 @@
+"""The receiver's reconstruction thread: received low-res frames in, hi-res full-rate video out.
+
+Runs the codec core's `Reconstructor` (the same code path as `vsae reconstruct`) off the event loop,
+so inference never blocks WebRTC. If it falls behind by more than MAX_BACKLOG frames, the oldest
+waiting frame is dropped and later concealed by interpolation across the gap: a slow receiver loses
+quality, never the connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.metrics import psnr_per_frame, ssim
+from codec.ops import Codec
+from codec.pipeline import BaselineReconstructor, OutputFrame, Reconstructor
+from codec.video import VideoWriter, to_tensor, to_uint8
+
+MAX_BACKLOG = 8
+
+
+@dataclass
+class StreamInfo:
+    """What the worker needs to know about the stream (from the sender's config)."""
+
+    size: tuple[int, int]  # output (H, W)
+    fps: float
+    temporal: int
+    frames: int
+    start_time: float  # sender wall clock of source frame 0
+
+
+class ReconstructWorker:
+    def __init__(
+        self,
+        codec: Codec,
+        info: StreamInfo,
+        output: str,
+        iterations: int,
+        method: str,
+        reference: np.ndarray | None = None,
+        bicubic_output: str | None = None,
+    ):
+        self.info = info
+        self.reconstructor = Reconstructor(codec, info.size, info.temporal, iterations, method)
+        self.baseline = BaselineReconstructor(info.size, info.temporal) if (reference is not None or bicubic_output) else None
+        self.reference = reference
+        self.writer = VideoWriter(output, info.size, info.fps)
+        self.bicubic_writer = VideoWriter(bicubic_output, info.size, info.fps) if bicubic_output else None
+        self._queue: collections.deque = collections.deque()
+        self._wake = threading.Condition()
+        self._total: int | None = None
+        self._closing = False
+        self.error: BaseException | None = None
+        self.frames_received = 0
+        self.frames_dropped = 0  # dropped from the backlog (receiver too slow)
+        self.frames_out = 0
+        self.capture_times: dict[int, float] = {}
+        self.latencies_ms: list[float] = []
+        self.psnr: list[float] = []
+        self.psnr_bicubic: list[float] = []
+        self.ssim: list[float] = []
+        self.reconstruct_s = 0.0
+        self.busy_s = 0.0
+        self.first_arrival: float | None = None
+        self.last_output: float | None = None
+        self._thread = threading.Thread(target=self._run, name="vsae-reconstruct", daemon=True)
+        self._thread.start()
+
+    # -- called from the event loop -----------------------------------------------------------------
+    def submit(self, index: int, rgb: np.ndarray, capture_time: float | None = None) -> None:
+        """Queue a received low-res frame (h, w, 3) uint8 with its source index."""
+        now = time.time()
+        self.first_arrival = self.first_arrival or now
+        self.frames_received += 1
+        self.capture_times[index] = capture_time or (self.info.start_time + index / self.info.fps)
+        with self._wake:
+            if len(self._queue) >= MAX_BACKLOG:
+                self._queue.popleft()
+                self.frames_dropped += 1
+            self._queue.append((index, rgb))
+            self._wake.notify()
+
+    def note_capture(self, index: int, capture_time: float) -> None:
+        self.capture_times.setdefault(index, capture_time)
+
+    def finish(self, total: int | None = None, timeout: float | None = None) -> None:
+        """End of stream: process what is queued, emit frames up to `total`, close the files (blocking)."""
+        with self._wake:
+            self._total, self._closing = total, True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._queue and not self._closing:
+                        self._wake.wait()
+                    item = self._queue.popleft() if self._queue else None
+                if item is None:
+                    break
+                began = time.perf_counter()
+                index, rgb = item
+                frame = to_tensor(rgb[None])[0]
+                outputs = self.reconstructor.push(index, frame)
+                self.reconstruct_s += time.perf_counter() - began
+                baseline = self.baseline.push(index, frame) if self.baseline else []
+                self._emit(outputs, baseline)
+                self.busy_s += time.perf_counter() - began
+            began = time.perf_counter()
+            outputs = self.reconstructor.flush(self._total)
+            self.reconstruct_s += time.perf_counter() - began
+            self._emit(outputs, self.baseline.flush(self._total) if self.baseline else [])
+            self.busy_s += time.perf_counter() - began
+        except BaseException as exc:  # reported by the session; the thread must not die silently
+            self.error = exc
+        finally:
+            self.writer.close()
+            if self.bicubic_writer:
+                self.bicubic_writer.close()
+
+    def _emit(self, outputs: list[OutputFrame], baseline: list[OutputFrame]) -> None:
+        now = time.time()
+        for j, out in enumerate(outputs):
+            image = to_uint8(out.frame[None])[0]
+            self.writer.write(image)
+            self.frames_out += 1
+            capture = self.capture_times.pop(out.index, self.info.start_time + out.index / self.info.fps)
+            self.latencies_ms.append((now - capture) * 1000)
+            base = baseline[j].frame if j < len(baseline) else None
+            if self.bicubic_writer is not None and base is not None:
+                self.bicubic_writer.write(to_uint8(base[None])[0])
+            if self.reference is not None and out.index < len(self.reference):
+                # Metrics quantize to 8 bits first: they score what the viewer sees.
+                ref = to_tensor(self.reference[out.index][None])
+                self.psnr.append(float(psnr_per_frame(out.frame[None], ref)[0]))
+                self.ssim.append(ssim(out.frame[None], ref))
+                if base is not None:
+                    self.psnr_bicubic.append(float(psnr_per_frame(base[None], ref)[0]))
+        if outputs:
+            self.last_output = now
+
+    # -- results -------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        def mean(values: list[float]) -> float | None:
+            return round(statistics.fmean(values), 3) if values else None
+
+        return {
+            "frames_received": self.frames_received,
+            "frames_out": self.frames_out,
+            "frames_concealed": self.reconstructor.concealed,
+            "frames_dropped_backlog": self.frames_dropped,
+            "fps_reconstruct": round(self.frames_out / self.reconstruct_s, 2) if self.reconstruct_s else None,
+            "fps_pipeline": round(self.frames_out / self.busy_s, 2) if self.busy_s else None,
+            "latency_ms": round(statistics.median(self.latencies_ms), 1) if self.latencies_ms else None,
+            "latency_ms_p95": round(float(np.percentile(self.latencies_ms, 95)), 1) if self.latencies_ms else None,
+            "psnr": mean(self.psnr),
+            "psnr_bicubic": mean(self.psnr_bicubic),
+            "ssim": round(statistics.fmean(self.ssim), 4) if self.ssim else None,
+            "psnr_frames": len(self.psnr) if self.psnr else 0,
+        }
+

@@ -1,0 +1,66 @@
+"""`vsae send`: stream a video to a listening `vsae recv` (plugged into the `vsae` CLI by entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from codec import bundle
+from codec.cli import _positive, _positive_float
+from codec.errors import VsaeError
+from codec.video import read_video
+from protocol.messages import CODECS
+from protocol.peer import install_event_loop, parse_address
+
+from .session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SessionError, send
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_address(args.connect)
+    except ValueError as exc:
+        raise VsaeError(f"--connect: {exc}") from None
+    try:
+        model = open(args.model, "rb").read()
+    except OSError as exc:
+        raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
+    bundle.loads(model)  # refuse a broken or foreign model here, before any connection
+    frames, fps = read_video(args.video, args.frames)
+    options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
+                          codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout)
+    install_event_loop()
+    print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
+          f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
+    try:
+        result = asyncio.run(send(frames, fps, model, options))
+    except SessionError as exc:
+        raise VsaeError(str(exc)) from None
+    summary = {
+        "frames": result.frames, "frames_sent": result.frames_sent, "video_kbps": round(result.video_kbps, 3),
+        "video_bytes": result.video_bytes, "video_packets": result.video_packets,
+        "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
+        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), **result.extra,
+    }
+    print(json.dumps(summary) if args.json else
+          f"vsae send: done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "
+          f"(target {args.kbps:g}), model {'sent' if result.model_bytes_sent else 'already at the receiver'}, "
+          f"receiver output {result.receiver_frames_out} frames")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("send", help="stream a video's low-res frames to a vsae receiver over WebRTC")
+    p.add_argument("video", help="video file or bundled clip name (carphone, bikes)")
+    p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the receiver's signaling address, e.g. 127.0.0.1:8765")
+    p.add_argument("--model", required=True, help="the video's model bundle (.vsae)")
+    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE, help="spatial factor S: send frames ÷S")
+    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL, help="temporal factor T: send every T-th frame")
+    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS, help="video bitrate target (kbps)")
+    p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
+    p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
+    p.add_argument("--fps", type=_positive_float, default=None, help="source frame rate to stream at (default: the video's)")
+    p.add_argument("--connect-timeout", type=_positive_float, default=15.0, help="seconds to wait for the receiver")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_send)

@@ -1,0 +1,293 @@
+"""The sender: ship the model over a reliable data channel, then stream the low-res frames on a video track.
+
+One session: signaling (HTTP offer/answer), `hello` both ways, the stream `config`, the model in
+chunks (skipped when the receiver already has it), the receiver's `ack`, then every T-th source frame,
+area-downsized by S, encoded at the target bitrate and paced at the source frame rate, and finally
+`bye` with the bytes the RTP sender reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiortc import MediaStreamTrack, RTCDataChannel
+from aiortc.mediastreams import MediaStreamError
+
+from codec.video import resize, to_tensor, to_uint8
+from protocol import messages as msg
+from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_message
+from protocol.signaling import request_answer
+from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
+
+from .encoder import LowResEncoder
+
+log = logging.getLogger("vsae.sender")
+
+DEFAULT_SCALE = 4
+DEFAULT_TEMPORAL = 2
+DEFAULT_KBPS = 20.0
+DEFAULT_CODEC = "vp8"
+# How long to wait for each step the receiver must answer (hello, model ack, final bye).
+HANDSHAKE_TIMEOUT_S = 30.0
+MODEL_TIMEOUT_S = 120.0
+BYE_TIMEOUT_S = 120.0
+# After the last frame, let the last RTP packets and RTCP reports go out before reading the stats.
+DRAIN_S = 0.5
+
+
+class SessionError(Exception):
+    """The session failed: refused by the peer, timed out, or the connection dropped."""
+
+
+@dataclass
+class SendOptions:
+    host: str = DEFAULT_HOST
+    port: int = 8765
+    scale: int = DEFAULT_SCALE
+    temporal: int = DEFAULT_TEMPORAL
+    kbps: float = DEFAULT_KBPS
+    codec: str = DEFAULT_CODEC
+    fps: float | None = None  # send at this rate (default: the source's)
+    connect_timeout: float = 15.0
+
+
+@dataclass
+class SendResult:
+    frames: int  # source frames covered
+    frames_sent: int  # low-res frames sent
+    video_bytes: int  # RTP payload bytes (getStats)
+    video_packets: int
+    video_kbps: float  # video_bytes over the stream's media duration
+    model_bytes_sent: int  # 0 when the receiver already had the model
+    keyframe_requests: int
+    receiver_frames_out: int
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def low_res_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """The low-res frame size (h, w): ÷scale, rounded down to even sides (yuv420p, H.264) and >= 2."""
+    return max(2, round(height / scale) // 2 * 2), max(2, round(width / scale) // 2 * 2)
+
+
+def prepare_low_res(frames: np.ndarray, scale: int, temporal: int) -> tuple[list[int], np.ndarray]:
+    """The sender's subsampling: every `temporal`-th frame, area-downsized ÷`scale`."""
+    indices = list(range(0, len(frames), temporal))
+    size = low_res_size(frames.shape[1], frames.shape[2], scale)
+    # In chunks: float copies of a long hi-res clip would not fit in memory at once.
+    chunks = [to_uint8(resize(to_tensor(frames[indices[j : j + 64]]), size)) for j in range(0, len(indices), 64)]
+    return indices, np.concatenate(chunks)
+
+
+class LowResTrack(MediaStreamTrack):
+    """A video track of pre-encoded low-res frames (aiortc only packetizes them), paced in real time.
+
+    Waits for `start` (the receiver's model ack), sends the sync frames (see protocol.timing), then each
+    kept frame stamped with its source index. `on_frame(index, capture_time)` runs as each is sent.
+    """
+
+    kind = "video"
+
+    def __init__(self, low: np.ndarray, indices: list[int], fps: float, ticks: int, codec: str, kbps: float, temporal: int):
+        super().__init__()
+        self.low, self.indices, self.fps, self.ticks, self.temporal = low, indices, fps, ticks, temporal
+        h, w = low.shape[1:3]
+        self.encoder = LowResEncoder(codec, w, h, kbps, fps / temporal)
+        self._sync_encoder = LowResEncoder(codec, w, h, kbps, fps / temporal)
+        self.start = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.start_time = 0.0
+        self.keyframe_wanted = True  # the first real frame is a keyframe
+        self.on_frame = None
+        self._next = 0
+        self._sync = 0
+        self.keyframe_requests = 0
+
+    def request_keyframe(self) -> None:
+        self.keyframe_requests += 1
+        self.keyframe_wanted = True
+
+    async def recv(self):
+        await self.start.wait()
+        loop = asyncio.get_running_loop()
+        if self._sync < SYNC_FRAMES:
+            k, self._sync = self._sync, self._sync + 1
+            if k:
+                await asyncio.sleep(SYNC_INTERVAL_S)
+            black = np.zeros_like(self.low[0])
+            return await loop.run_in_executor(None, self._sync_encoder.encode, black, sync_pts(k), k == 0)
+        if self._next == len(self.indices):
+            # aiortc's jitter buffer releases a frame only when the next one starts: one trailing frame,
+            # stamped past the stream's end (the receiver ignores it), pushes the last real one out.
+            self._next += 1
+            trailer = frame_pts(self.indices[-1] + self.temporal, self.ticks) if self.indices else sync_pts(SYNC_FRAMES)
+            await asyncio.sleep(self.temporal / self.fps)
+            return await loop.run_in_executor(None, self.encoder.encode, self.low[-1], trailer, False)
+        if self._next > len(self.indices):
+            self.finished.set()
+            self.stop()
+            raise MediaStreamError
+        if self._next == 0:
+            self.start_time = time.time()
+        j, self._next = self._next, self._next + 1
+        index = self.indices[j]
+        capture_time = self.start_time + index / self.fps
+        await asyncio.sleep(max(0.0, capture_time - time.time()))
+        keyframe, self.keyframe_wanted = self.keyframe_wanted, False
+        packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
+        if self.on_frame is not None:
+            self.on_frame(index, capture_time)
+        return packet
+
+
+async def send(frames: np.ndarray, source_fps: float, model: bytes, options: SendOptions) -> SendResult:
+    """Run one sender session against a listening receiver; raises SessionError on failure."""
+    if options.codec not in msg.CODECS:
+        raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
+    began = time.monotonic()
+    fps = options.fps or source_fps
+    indices, low = prepare_low_res(frames, options.scale, options.temporal)
+    ticks = ticks_per_frame(fps)
+    sha = hashlib.sha256(model).hexdigest()
+    track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
+
+    pc = new_peer_connection(options.host)
+    control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
+    meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, best effort
+    prefer_codec(pc.addTransceiver(track, direction="sendonly"), options.codec)
+
+    inbox: asyncio.Queue = asyncio.Queue()
+    failure: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def fail(reason: str) -> None:
+        if not failure.done():
+            failure.set_result(reason)
+
+    @control.on("message")
+    def on_control(data) -> None:
+        try:
+            message = msg.decode(data)
+        except msg.ProtocolError as exc:
+            asyncio.ensure_future(_refuse(control, exc.code, str(exc)))
+            fail(f"receiver sent a malformed message: {exc}")
+            return
+        if isinstance(message, msg.Error):
+            fail(f"receiver refused: {message.code}: {message.message}")
+        elif isinstance(message, msg.Keyframe):
+            track.request_keyframe()
+        else:
+            inbox.put_nowait(message)
+
+    ice_states: list[str] = []
+    pc.on("iceconnectionstatechange", lambda: ice_states.append(pc.iceConnectionState))
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            fail(f"connection {pc.connectionState}")
+
+    def on_frame(index: int, capture_time: float) -> None:
+        if meta.readyState == "open":
+            meta.send(msg.encode(msg.Frame(index=index, capture_time=capture_time)))
+
+    track.on_frame = on_frame
+
+    async def expect(kind: type, timeout: float):
+        getter = asyncio.ensure_future(inbox.get())
+        done, _ = await asyncio.wait({getter, failure}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if failure in done:
+            getter.cancel()
+            raise SessionError(failure.result())
+        if getter not in done:
+            getter.cancel()
+            raise SessionError(f"timed out after {timeout:.0f} s waiting for the receiver's {kind.kind}")
+        message = getter.result()
+        if not isinstance(message, kind):
+            await _refuse(control, "unexpected", f"expected {kind.kind}, got {message.kind}")
+            raise SessionError(f"receiver sent {message.kind} where {kind.kind} was expected")
+        return message
+
+    opened = asyncio.Event()
+    control.on("open", opened.set)
+    model_sent = 0
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            answer = await request_answer(options.host, options.port, pc.localDescription, options.connect_timeout)
+        except ConnectionError as exc:
+            raise SessionError(str(exc)) from None
+        await pc.setRemoteDescription(answer)
+        opener = asyncio.ensure_future(opened.wait())
+        done, _ = await asyncio.wait({opener, failure}, timeout=HANDSHAKE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if opener not in done:
+            opener.cancel()
+            raise SessionError(failure.result() if failure.done() else "timed out opening the data channel")
+        log.info("connected (ICE %s)", pc.iceConnectionState)
+
+        await send_message(control, msg.Hello(role="sender", model_sha256=sha, model_bytes=len(model)))
+        hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
+        height, width = frames.shape[1:3]
+        config = msg.Config(
+            width=width, height=height, low_width=low.shape[2], low_height=low.shape[1], fps=fps,
+            scale=options.scale, temporal=options.temporal, frames=len(frames), codec=options.codec,
+            kbps=options.kbps, ticks=ticks, start_time=time.time(),
+        )
+        await send_message(control, config)
+        if not hello.have_model:
+            model_sent = await _ship_model(control, model, sha)
+        ack = await expect(msg.Ack, MODEL_TIMEOUT_S)
+        if ack.sha256 != sha:
+            raise SessionError("receiver acknowledged a different model")
+
+        track.start.set()
+        finished = asyncio.ensure_future(track.finished.wait())
+        stream_s = len(frames) / fps + 60.0
+        done, _ = await asyncio.wait({finished, failure}, timeout=stream_s, return_when=asyncio.FIRST_COMPLETED)
+        if finished not in done:
+            finished.cancel()
+            raise SessionError(failure.result() if failure.done() else "timed out streaming")
+        await asyncio.sleep(DRAIN_S)
+        video_bytes, video_packets = await _rtp_sent(pc)
+        await send_message(control, msg.Bye(frames=len(frames), video_bytes=video_bytes, video_packets=video_packets))
+        bye = await expect(msg.Bye, BYE_TIMEOUT_S)
+    finally:
+        await pc.close()
+    return SendResult(
+        frames=len(frames), frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
+        video_kbps=video_bytes * 8 / (len(frames) / fps) / 1000, model_bytes_sent=model_sent,
+        keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
+        extra={"encoded_bytes": track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
+               "ice_states": ice_states},
+    )
+
+
+async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str) -> int:
+    sent = 0
+    for seq, start in enumerate(range(0, len(model), msg.CHUNK_BYTES)):
+        sent += await send_message(channel, msg.ModelChunk(seq=seq, data=model[start : start + msg.CHUNK_BYTES]))
+    sent += await send_message(channel, msg.ModelDone(size=len(model), sha256=sha))
+    return sent
+
+
+async def _rtp_sent(pc) -> tuple[int, int]:
+    """RTP payload bytes and packets the video sender reports (getStats outbound-rtp)."""
+    for sender in pc.getSenders():
+        if sender.track is not None or sender.kind == "video":
+            stats = await sender.getStats()
+            for report in stats.values():
+                if report.type == "outbound-rtp":
+                    return report.bytesSent, report.packetsSent
+    return 0, 0
+
+
+async def _refuse(channel: RTCDataChannel, code: str, text: str) -> None:
+    if channel.readyState == "open":
+        try:
+            await send_message(channel, msg.Error(code=code[:64], message=text[:msg.MAX_TEXT]))
+        except (ConnectionError, msg.ProtocolError):
+            pass
