@@ -214,8 +214,9 @@ def decode(data: bytes | str) -> Message:
         raise ProtocolError("bad_encoding", "text message; vsae messages are binary msgpack")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("bad_encoding", f"unexpected payload type {type(data).__name__}")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"message of {len(data)} bytes, at most {MAX_MESSAGE_BYTES}")
+    size = memoryview(data).nbytes
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message of {size} bytes, at most {MAX_MESSAGE_BYTES}")
     try:
         obj = msgpack.unpackb(
             bytes(data), raw=False, strict_map_key=True, use_list=True,
@@ -227,7 +228,7 @@ def decode(data: bytes | str) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_encoding", f"expected a map, got {type(obj).__name__}")
     version = obj.pop("v", None)
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # True and 1.0 compare equal to 1
         raise ProtocolError("version", f"protocol version {version!r}, this side speaks {VERSION}")
     kind = obj.pop("kind", None)
     cls = KINDS.get(kind) if isinstance(kind, str) else None
