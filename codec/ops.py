@@ -8,6 +8,7 @@ device moves happen here, once, so callers never repeat them. Everything runs un
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,8 @@ MOTION_GUIDE_WEIGHT = 8.0
 MOTION_PENALTY = 1e-4
 # Candidate motions evaluated per batch (bounds memory at large frame sizes).
 MOTION_CHUNK = 25
+# In-between positions must be fractions k/m with m up to this (temporal factors up to 32).
+MOTION_MAX_STEPS = 32
 
 
 @dataclass
@@ -170,28 +173,37 @@ def motion_interpolate(
     `guide` (the manifold's prediction of the in-between frame); costs are pooled over a box window and
     the cheapest motion's blend is the output. The guide disambiguates where key-to-key matching alone
     is ambiguous; the output keeps the key frames' own detail.
+
+    alpha must be a fraction k/m with m <= MOTION_MAX_STEPS (in-betweens are i/(count+1)): every sample
+    then lies on a 1/m-pixel grid, so the key frames are upsampled onto it once (bilinear, border
+    replicated, exactly what per-candidate bilinear sampling would read) and each candidate is a strided
+    slice of that grid instead of a resampling.
     """
     _, _, h, w = a.shape
-    ys = torch.arange(h, device=a.device, dtype=a.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=a.device, dtype=a.dtype).view(1, 1, w)
+    step = Fraction(alpha).limit_denominator(MOTION_MAX_STEPS)
+    if abs(float(step) - alpha) > 1e-6 or not 0 <= step <= 1:
+        raise ValueError(f"alpha must be a fraction k/m in [0, 1] with m <= {MOTION_MAX_STEPS}, got {alpha}")
+    k, m = step.numerator, step.denominator
+    fine_a, fine_b = _fine_grid(a, radius, m), _fine_grid(b, radius, m)
+
+    def take(fine: torch.Tensor, oy: int, ox: int) -> torch.Tensor:
+        return fine[0, :, oy : oy + m * (h - 1) + 1 : m, ox : ox + m * (w - 1) + 1 : m]
+
+    origin = m * radius
     motions = [(vy, vx) for vy in range(-radius, radius + 1) for vx in range(-radius, radius + 1)]
+    counts = _box_counts(h, w, window, a)
     best_cost, best = None, None
     for start in range(0, len(motions), MOTION_CHUNK):
-        chunk = torch.tensor(motions[start : start + MOTION_CHUNK], device=a.device, dtype=a.dtype)
+        chunk = motions[start : start + MOTION_CHUNK]
         n = len(chunk)
-        vy, vx = chunk[:, 0].view(n, 1, 1), chunk[:, 1].view(n, 1, 1)
-
-        def sample(img: torch.Tensor, t: float) -> torch.Tensor:
-            gx = (xs + t * vx) * (2 / max(w - 1, 1)) - 1
-            gy = (ys + t * vy) * (2 / max(h - 1, 1)) - 1
-            grid = torch.stack([gx.expand(n, h, w), gy.expand(n, h, w)], dim=-1)
-            return F.grid_sample(img.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-        wa, wb = sample(a, -alpha), sample(b, 1 - alpha)
-        out = (1 - alpha) * wa + alpha * wb
-        cost = (wa - wb).pow_(2).sum(1, keepdim=True) + guide_weight * (out - guide).pow(2).sum(1, keepdim=True)
-        cost = F.avg_pool2d(cost, window, 1, window // 2, count_include_pad=False)
-        cost += MOTION_PENALTY * (vy * vy + vx * vx).view(n, 1, 1, 1)
+        wa = torch.stack([take(fine_a, origin - k * vy, origin - k * vx) for vy, vx in chunk])
+        wb = torch.stack([take(fine_b, origin + (m - k) * vy, origin + (m - k) * vx) for vy, vx in chunk])
+        out = torch.lerp(wa, wb, float(step))
+        cost = (wa - wb).pow_(2).sum(1, keepdim=True)
+        cost += guide_weight * (out - guide).pow_(2).sum(1, keepdim=True)
+        cost = _box_mean(cost, window, counts)
+        penalty = torch.tensor([vy * vy + vx * vx for vy, vx in chunk], dtype=a.dtype, device=a.device)
+        cost += MOTION_PENALTY * penalty.view(n, 1, 1, 1)
         cost, pick = cost.min(dim=0, keepdim=True)
         out = out.gather(0, pick.expand(1, 3, h, w))
         if best is None:
@@ -201,3 +213,30 @@ def motion_interpolate(
             best_cost = torch.where(better, cost, best_cost)
             best = torch.where(better, out, best)
     return best.clamp_(0, 1)
+
+
+def _fine_grid(img: torch.Tensor, radius: int, m: int) -> torch.Tensor:
+    """img (1, C, H, W), border-replicated by `radius`, bilinearly upsampled so index j is position j/m."""
+    padded = F.pad(img, (radius, radius, radius, radius), mode="replicate")
+    if m == 1:
+        return padded
+    hp, wp = padded.shape[-2:]
+    return F.interpolate(padded, size=((hp - 1) * m + 1, (wp - 1) * m + 1), mode="bilinear", align_corners=True)
+
+
+def _box_counts(h: int, w: int, window: int, like: torch.Tensor) -> torch.Tensor:
+    """How many in-frame pixels each window covers (the mean ignores what lies outside the frame)."""
+    r = window // 2
+    rows = (torch.arange(h, device=like.device).clamp(max=r) + 1 + (h - 1 - torch.arange(h, device=like.device)).clamp(max=r))
+    cols = (torch.arange(w, device=like.device).clamp(max=r) + 1 + (w - 1 - torch.arange(w, device=like.device)).clamp(max=r))
+    return (rows.view(h, 1) * cols.view(1, w)).to(like.dtype)
+
+
+def _box_mean(x: torch.Tensor, window: int, counts: torch.Tensor) -> torch.Tensor:
+    """Mean over a window x window box around each pixel, in-frame pixels only, via running sums:
+    O(1) per pixel whatever the window, several times faster than avg_pool2d here."""
+    r = window // 2
+    s = F.pad(x, (r + 1, r, r + 1, r)).cumsum(3)
+    s = s[..., window:] - s[..., :-window]
+    s = s.cumsum(2)
+    return (s[..., window:, :] - s[..., :-window, :]) / counts
