@@ -78,12 +78,11 @@ class Config(Message):
     frames: int  # source frames in the stream
     codec: str  # "vp8" or "h264"
     kbps: float  # target bitrate of the video track
-    ticks: int  # RTP 90 kHz ticks per source frame (frame identity, see receiver.mapping)
-    start_time: float  # sender wall clock of source frame 0 (latency reference)
+    ticks: int  # RTP 90 kHz ticks per source frame (frame identity, see protocol.timing)
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
-        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "start_time": (0.0, 1e11),
+        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000),
     }
 
 

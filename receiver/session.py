@@ -222,7 +222,7 @@ class Session:
         config = self.config
         self.codec = codec
         self.model_bytes = self.model_bytes or self.hello.model_bytes
-        info = StreamInfo((config.height, config.width), config.fps, config.temporal, config.frames, config.start_time)
+        info = StreamInfo((config.height, config.width), config.fps, config.temporal, config.frames)
         reference = self.options.reference
         if reference is not None and reference.shape[1:3] != info.size:
             log.warning("reference is %dx%d, the stream %dx%d: comparing at the stream's size",

@@ -22,6 +22,8 @@ from codec.pipeline import BaselineReconstructor, OutputFrame, Reconstructor
 from codec.video import VideoWriter, to_tensor, to_uint8
 
 MAX_BACKLOG = 8
+# Capture times kept for frames not yet output (bounds memory if a peer floods frame meta).
+MAX_PENDING_CAPTURES = 4096
 
 
 @dataclass
@@ -32,7 +34,6 @@ class StreamInfo:
     fps: float
     temporal: int
     frames: int
-    start_time: float  # sender wall clock of source frame 0
 
 
 class ReconstructWorker:
@@ -61,24 +62,20 @@ class ReconstructWorker:
         self.frames_dropped = 0  # dropped from the backlog (receiver too slow)
         self.frames_out = 0
         self.capture_times: dict[int, float] = {}
+        self.stream_t0: float | None = None
         self.latencies_ms: list[float] = []
         self.psnr: list[float] = []
         self.psnr_bicubic: list[float] = []
         self.ssim: list[float] = []
         self.reconstruct_s = 0.0
         self.busy_s = 0.0
-        self.first_arrival: float | None = None
-        self.last_output: float | None = None
         self._thread = threading.Thread(target=self._run, name="vsae-reconstruct", daemon=True)
         self._thread.start()
 
     # -- called from the event loop -----------------------------------------------------------------
-    def submit(self, index: int, rgb: np.ndarray, capture_time: float | None = None) -> None:
+    def submit(self, index: int, rgb: np.ndarray) -> None:
         """Queue a received low-res frame (h, w, 3) uint8 with its source index."""
-        now = time.time()
-        self.first_arrival = self.first_arrival or now
         self.frames_received += 1
-        self.capture_times[index] = capture_time or (self.info.start_time + index / self.info.fps)
         with self._wake:
             if len(self._queue) >= MAX_BACKLOG:
                 self._queue.popleft()
@@ -87,7 +84,12 @@ class ReconstructWorker:
             self._wake.notify()
 
     def note_capture(self, index: int, capture_time: float) -> None:
-        self.capture_times.setdefault(index, capture_time)
+        """The sender's capture time of a sent frame (frame meta): the latency reference. Frames never
+        sent (in-betweens) were captured at the same clock, t0 + index / fps."""
+        if len(self.capture_times) < MAX_PENDING_CAPTURES:
+            self.capture_times[index] = capture_time
+        if self.stream_t0 is None:
+            self.stream_t0 = capture_time - index / self.info.fps
 
     def finish(self, total: int | None = None, timeout: float | None = None) -> None:
         """End of stream: process what is queued, emit frames up to `total`, close the files (blocking)."""
@@ -132,8 +134,11 @@ class ReconstructWorker:
             image = to_uint8(out.frame[None])[0]
             self.writer.write(image)
             self.frames_out += 1
-            capture = self.capture_times.pop(out.index, self.info.start_time + out.index / self.info.fps)
-            self.latencies_ms.append((now - capture) * 1000)
+            capture = self.capture_times.pop(out.index, None)
+            if capture is None and self.stream_t0 is not None:
+                capture = self.stream_t0 + out.index / self.info.fps
+            if capture is not None:
+                self.latencies_ms.append((now - capture) * 1000)
             base = baseline[j].frame if j < len(baseline) else None
             if self.bicubic_writer is not None and base is not None:
                 self.bicubic_writer.write(to_uint8(base[None])[0])
@@ -144,8 +149,6 @@ class ReconstructWorker:
                 self.ssim.append(ssim(out.frame[None], ref))
                 if base is not None:
                     self.psnr_bicubic.append(float(psnr_per_frame(base[None], ref)[0]))
-        if outputs:
-            self.last_output = now
 
     # -- results -------------------------------------------------------------------------------------
     def stats(self) -> dict:

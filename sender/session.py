@@ -235,7 +235,7 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         config = msg.Config(
             width=width, height=height, low_width=low.shape[2], low_height=low.shape[1], fps=fps,
             scale=options.scale, temporal=options.temporal, frames=len(frames), codec=options.codec,
-            kbps=options.kbps, ticks=ticks, start_time=time.time(),
+            kbps=options.kbps, ticks=ticks,
         )
         await send_message(control, config)
         if not hello.have_model:
