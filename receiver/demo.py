@@ -63,6 +63,7 @@ def cached_model(video: Path, minutes: float, progress: bool = True) -> tuple[Pa
     if vsae_main(args if progress else [*args, "--quiet"]) != 0:  # the same fit as `vsae fit`
         raise VsaeError("fitting the demo model failed")
     partial.replace(path)  # atomic: an interrupted fit never leaves a half-written cache entry
+    print(f"vsae demo: cached the model as {path}", file=sys.stderr)
     return path, True
 
 

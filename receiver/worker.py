@@ -131,7 +131,8 @@ class ReconstructWorker:
     def _emit(self, outputs: list[OutputFrame], baseline: list[OutputFrame]) -> None:
         now = time.time()
         for j, out in enumerate(outputs):
-            image = to_uint8(out.frame[None])[0]
+            frame = out.frame.cpu()  # a no-op on CPU; the model may run on CUDA
+            image = to_uint8(frame[None])[0]
             self.writer.write(image)
             self.frames_out += 1
             capture = self.capture_times.pop(out.index, None)
@@ -145,8 +146,8 @@ class ReconstructWorker:
             if self.reference is not None and out.index < len(self.reference):
                 # Metrics quantize to 8 bits first: they score what the viewer sees.
                 ref = to_tensor(self.reference[out.index][None])
-                self.psnr.append(float(psnr_per_frame(out.frame[None], ref)[0]))
-                self.ssim.append(ssim(out.frame[None], ref))
+                self.psnr.append(float(psnr_per_frame(frame[None], ref)[0]))
+                self.ssim.append(ssim(frame[None], ref))
                 if base is not None:
                     self.psnr_bicubic.append(float(psnr_per_frame(base[None], ref)[0]))
 

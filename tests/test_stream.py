@@ -75,6 +75,15 @@ def test_loopback_session_transfers_model_and_rebuilds_every_frame(clip, model_b
     assert result.receiver_frames_out == FRAMES
 
 
+def test_ice_completes_on_uvloop(clip, model_bytes, tmp_path):
+    """The CLI runs sender and receiver on uvloop; this is the check that aiortc works there."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        stats, (result,), _ = runner.run(session(clip, model_bytes, tmp_path, reference=False))
+    assert "completed" in result.extra["ice_states"]
+    assert stats["frames_out"] == FRAMES
+
+
 def test_receiver_that_has_the_model_skips_the_transfer(clip, model_bytes, tiny_codec, tmp_path):
     models = {hashlib.sha256(model_bytes).hexdigest(): tiny_codec}
     stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, models=models, reference=False))
