@@ -8,9 +8,7 @@ same low-res stream | vsae), OUT/stats.json and a short summary.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -21,9 +19,8 @@ import numpy as np
 
 from codec import bundle
 from codec.cli import _positive, _positive_float
-from codec.cli import main as vsae_main
 from codec.errors import VsaeError
-from codec.model import DEFAULT_MODEL
+from codec.cache import cached_fit
 from codec.train import DEFAULT_MINUTES
 from codec.video import VideoWriter, read_video, resolve_video
 from protocol.messages import CODECS
@@ -40,31 +37,9 @@ STREAM_TIMEOUT_S = 600.0
 SEPARATOR_PX = 2
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vsae" / "models"
-
-
 def cached_model(video: Path, minutes: float, progress: bool = True) -> tuple[Path, bool]:
-    """The model for `video` from the cache, fitting and caching it first if needed; returns (path, fitted)."""
-    digest = hashlib.sha256(video.read_bytes()).hexdigest()[:16]
-    path = cache_dir() / f"{video.stem}-{digest}-{DEFAULT_MODEL}-{FIT_FRAMES}-{minutes:g}min.vsae"
-    if path.exists():
-        try:
-            bundle.load(path)
-            return path, False
-        except VsaeError as exc:
-            print(f"vsae demo: cached model unusable ({exc}); fitting again", file=sys.stderr)
-    print(f"vsae demo: no cached model for {video.name}: fitting one on its {FIT_FRAMES} frames "
-          f"({minutes:g} min budget, once; cached in {path.parent})", file=sys.stderr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    args = ["fit", str(video), "--frames", FIT_FRAMES, "--minutes", f"{minutes:g}", "-o", str(partial)]
-    if vsae_main(args if progress else [*args, "--quiet"]) != 0:  # the same fit as `vsae fit`
-        raise VsaeError("fitting the demo model failed")
-    partial.replace(path)  # atomic: an interrupted fit never leaves a half-written cache entry
-    print(f"vsae demo: cached the model as {path}", file=sys.stderr)
-    return path, True
+    """The demo's model for `video` (fitted on its even frames), cached after the first fit."""
+    return cached_fit(video, FIT_FRAMES, minutes, progress=progress)
 
 
 def _vsae(*args: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The low-res stream's video encoder: VP8 or H.264 through PyAV's FFmpeg at any target bitrate.
+"""The low-res stream's video encoder: VP8 or H.264 (the WebRTC track), and VP9 / AV1 for the benchmarks,
+through PyAV's FFmpeg at any target bitrate.
 
 aiortc's own encoders clamp the bitrate to >= 250 kbps (VP8) and >= 500 kbps (H.264), raise it on the
 receiver's REMB estimate, and offer no public way to change either. vsae therefore encodes the frames
@@ -26,16 +27,22 @@ VP8_OPTIONS = {
     "static-thresh": "0",
 }
 H264_OPTIONS = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline"}
+VP9_OPTIONS = {**VP8_OPTIONS, "row-mt": "1", "aq-mode": "3"}
+# SVT-AV1 low-delay: fast preset, no lookahead, CBR.
+AV1_OPTIONS = {"preset": "10", "svtav1-params": "pred-struct=1:lookahead=0:rc=2"}
 # Rate-control buffer, in seconds of the target bitrate: a one-second buffer as in aiortc's VP8 encoder.
 BUFFER_S = 1.0
 # Quantizer range: the top of VP8's range so that very low targets can still be held.
 VP8_QMIN, VP8_QMAX = 4, 63
-CODECS = {"vp8": "libvpx", "h264": "libx264"}
+CODECS = {"vp8": "libvpx", "h264": "libx264", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
+DECODERS = {"vp8": "vp8", "h264": "h264", "vp9": "vp9", "av1": "libdav1d"}
+# Smallest frame side each encoder takes; smaller frames are edge-padded (and cropped after decoding).
+MIN_SIDE = {"vp8": 2, "h264": 16, "vp9": 8, "av1": 64}
 # A keyframe at least this often (frames) even without loss: aiortc's VP8 sender uses 3000.
 KEYFRAME_INTERVAL = 3000
 
 
-class LowResEncoder:
+class RealtimeEncoder:
     """Encodes uint8 RGB frames (h, w, 3) to one packet payload each, stamped with the given RTP pts."""
 
     def __init__(self, codec: str, width: int, height: int, kbps: float, fps: float):
@@ -53,11 +60,13 @@ class LowResEncoder:
         context.gop_size = KEYFRAME_INTERVAL
         context.thread_count = 1
         rate = {"minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(int(bitrate * BUFFER_S))}
-        if codec == "vp8":
+        if codec in ("vp8", "vp9"):
             context.qmin, context.qmax = VP8_QMIN, VP8_QMAX
-            context.options = {**VP8_OPTIONS, **rate}
-        else:
+            context.options = {**(VP8_OPTIONS if codec == "vp8" else VP9_OPTIONS), **rate}
+        elif codec == "h264":
             context.options = {**H264_OPTIONS, "maxrate": rate["maxrate"], "bufsize": rate["bufsize"]}
+        else:
+            context.options = dict(AV1_OPTIONS)
         self.context = context
         self.bytes = 0
         self.frames = 0
@@ -73,3 +82,9 @@ class LowResEncoder:
         packet = av.Packet(data)
         packet.pts, packet.time_base = pts, TIME_BASE
         return packet
+
+    def flush(self) -> list[av.Packet]:
+        """End of stream: whatever the encoder still holds (nothing for the realtime settings but AV1's)."""
+        packets = list(self.context.encode(None))
+        self.bytes += sum(p.size for p in packets)
+        return packets
