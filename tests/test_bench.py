@@ -1,0 +1,133 @@
+"""Benchmarks: BD-rate on curves with a known answer, bitrate from bytes, tiny end-to-end rd and speed runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bench.bdrate import bd_rate, break_even_s, envelope
+from bench.codecs import transcode
+from bench.rd import split, target_rates
+from codec import bundle
+from codec.video import read_video
+
+
+def curve(rates, offset_db=0.0):
+    return [(r, 20 + 10 * math.log10(r) + offset_db) for r in rates]
+
+
+RATES = (10, 20, 40, 80, 160)
+
+
+def test_bd_rate_of_half_and_double_the_rate():
+    anchor = curve(RATES)
+    half = [(r / 2, q) for r, q in anchor]
+    double = [(r * 2, q) for r, q in anchor]
+    assert bd_rate(anchor, half)[0] == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(anchor, double)[0] == pytest.approx(100.0, abs=1e-6)
+    assert bd_rate(anchor, anchor)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_rate_over_the_overlap_only():
+    """A 3 dB better curve on this 10 dB/decade slope needs 10^-0.3 of the rate: -49.9 %, on the overlap."""
+    anchor = curve(RATES)
+    better = curve(RATES, offset_db=3.0)
+    value, note = bd_rate(anchor, better)
+    assert note is None
+    assert value == pytest.approx((10**-0.3 - 1) * 100, abs=1e-6)
+
+
+def test_bd_rate_without_overlap_is_nan_with_a_reason():
+    value, note = bd_rate(curve(RATES), curve(RATES, offset_db=50.0))
+    assert math.isnan(value) and "no common PSNR range" in note
+    value, note = bd_rate(curve(RATES), [(10, 30.0)])
+    assert math.isnan(value) and "two rate points" in note
+
+
+def test_envelope_drops_dominated_points():
+    points = [(10, 30.0), (12, 29.0), (20, 33.0), (20, 32.0), (40, 32.5), (50, 35.0)]
+    assert envelope(points) == [(10, 30.0), (20, 33.0), (50, 35.0)]
+
+
+def test_break_even_is_model_bits_over_the_saved_rate():
+    anchor = curve(RATES)
+    half = [(r / 2, q) for r, q in anchor]
+    # Middle of the common range: the anchor needs 40 kbps there, `half` 20 kbps: 20 kbps saved.
+    seconds, note = break_even_s(anchor, half, model_bytes=1_000_000)
+    assert note is None and seconds == pytest.approx(8_000_000 / 20_000, rel=1e-6)
+    seconds, note = break_even_s(half, anchor, model_bytes=1)
+    assert seconds == math.inf
+
+
+def test_target_rates_scale_with_resolution():
+    assert target_rates(144, 176) == [5, 10, 20, 40, 80, 160, 300]
+    bigger = target_rates(288, 352)
+    assert bigger[0] == pytest.approx(5 * 4**0.75, abs=0.1)
+
+
+def test_split_settings():
+    assert split(120, "heldout") == ("0:60", slice(60, 120))
+    assert split(120, "insample") == ("all", slice(0, 120))
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264", "vp9", "av1"])
+def test_transcode_counts_every_encoded_byte(codec):
+    frames, fps = read_video("carphone", "0:8")
+    low = frames[:, :36, :44].copy()  # smaller than AV1's minimum: padded, then cropped back
+    a = transcode(low, codec, 30, fps)
+    b = transcode(low, codec, 30, fps)
+    assert a.frames.shape == low.shape
+    assert a.bytes == b.bytes > 0  # realtime single-thread encoding is deterministic
+    big = transcode(low, codec, 300, fps)
+    assert big.bytes > a.bytes  # the target bitrate steers the byte count
+
+
+def test_tiny_rd_run_writes_valid_results(tiny_codec, tmp_path):
+    from codec.cli import main
+
+    model = tmp_path / "tiny.vsae"
+    bundle.save(tiny_codec, model)
+    out = tmp_path / "rd"
+    args = ["bench", "rd", "carphone", "--out", str(out), "--model", str(model), "--max-frames", "16",
+            "--rates", "10,60", "--scales", "4", "--temporals", "1,2", "--codecs", "vp8,h264"]
+    assert main(args) == 0
+    (result,) = json.loads((out / "results.json").read_text())
+    assert result["clip"] == "carphone_pristine" and result["setting"] == "heldout" and result["frames"] == 8
+    assert result["model_bytes"] == model.stat().st_size
+    names = {m["name"] for m in result["methods"]}
+    assert {"vp8", "x264", "vsae-vp8-s4-t1", "vsae-vp8-s4-t2", "vsae-x264-s4-t2", "vp8-lowres-bicubic",
+            "x264-lowres-bicubic", "vsae-envelope"} <= names
+    for m in result["methods"]:
+        for p in m["points"]:
+            assert set(p) >= {"target_kbps", "kbps", "psnr", "psnr_y", "ssim"}
+            assert p["kbps"] > 0 and 5 < p["psnr"] < 60 and 0 < p["ssim"] <= 1
+    # Bitrate is encoded bytes x 8 x fps / frames: recompute one point independently.
+    frames, fps = read_video("carphone", "0:16")
+    coded = transcode(frames[8:16], "vp8", 10, fps)
+    vp8 = next(m for m in result["methods"] if m["name"] == "vp8")
+    assert vp8["points"][0]["kbps"] == pytest.approx(coded.bytes * 8 * fps / 8 / 1000, abs=1e-3)
+    assert set(result["bd_rate"]) == {"vp8", "x264"} and set(result["break_even_s"]) == {"vp8", "x264"}
+    for codec, value in result["bd_rate"].items():
+        assert value is None or np.isfinite(value)
+        assert value is not None or codec in result["bd_rate_notes"]
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "carphone_pristine-heldout" / "rd.png").exists()
+    assert "| vsae-envelope |" not in (out / "summary.md").read_text()
+    assert "BD-rate of vsae-envelope" in (out / "summary.md").read_text()
+
+
+def test_tiny_speed_run(tmp_path):
+    from codec.cli import main
+
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", "--out", str(out), "--sizes", "64x48", "--iterations", "1,2", "--temporals", "1,2",
+                 "--repeat", "2", "--fit-epochs", "1", "--device", "cpu"]) == 0
+    (row,) = json.loads((out / "speed.json").read_text())["rows"]
+    assert set(row["throughput_fps"]) == {"n1_t1", "n1_t2", "n2_t1", "n2_t2"}
+    assert all(v > 0 for v in row["throughput_fps"].values())
+    assert {"decode", "upsample", "reproject_x1", "reproject_x2", "interpolate_t2_per_frame"} <= set(row["stages_ms"])
+    assert row["fit_s_per_epoch"] > 0
+    assert "n=1 T=2" in (out / "speed.md").read_text()
