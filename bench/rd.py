@@ -54,13 +54,17 @@ def target_rates(height: int, width: int, base: Sequence[float] = BASE_RATES_KBP
     return [round(r * factor, 1) for r in base]
 
 
-def split(count: int, setting: str) -> tuple[str, slice]:
-    """(frames the model is fitted on, frames evaluated): heldout fits the first half and evaluates the
-    second (a call's model made from its first minutes); insample fits and evaluates everything."""
-    if setting == "heldout":
+def split(count: int, setting: str, how: str = "even") -> tuple[str, slice]:
+    """(frames the model is fitted on, frames evaluated). heldout, split `even`: fit the even frames, evaluate
+    the odd ones (new frames of content the model has seen, the paper's setting); split `half`: fit the
+    first half, evaluate the second (a call's model made from its first minutes, on what comes later).
+    insample: fit and evaluate everything (video on demand)."""
+    if setting == "insample":
+        return "all", slice(0, count)
+    if how == "half":
         half = count // 2
         return f"0:{half}", slice(half, count)
-    return "all", slice(0, count)
+    return "even", slice(1, count, 2)
 
 
 def psnr_y(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,9 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
     frames, fps = read_video(video, None, size)
     if args.max_frames:
         frames = frames[: args.max_frames]
-    fit_frames, evaluated = split(len(frames), setting)
+    fit_frames, evaluated = split(len(frames), setting, args.split)
+    if evaluated.step == 2:
+        fps /= 2  # the evaluated clip is every other frame
     if args.model:
         model_path = Path(args.model)
     else:
@@ -145,7 +151,8 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
         methods.append({"name": "vsae-envelope", "codec": None, "scale": None, "temporal": None,
                         "points": _envelope_points(vsae_points)})
     result = {
-        "clip": video.stem, "setting": setting, "frames": n, "fit_frames": fit_frames, "size": [w, h], "fps": fps,
+        "clip": video.stem, "setting": setting, "split": args.split if setting == "heldout" else None,
+        "frames": n, "fit_frames": fit_frames, "size": [w, h], "fps": fps,
         "model_bytes": model_bytes, "model": str(model_path), "fit_minutes": args.fit_minutes,
         "iterations": args.iterations, "method": args.method, "rates_kbps": rates,
         "methods": methods, "bd_rate": {}, "bd_rate_notes": {}, "break_even_s": {}, "notes": notes,
@@ -218,7 +225,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("bitrate (kbps, measured)")
         ax.set_ylabel("PSNR RGB (dB)")
         bd = ", ".join(f"{k} {v:+.0f}%" for k, v in result["bd_rate"].items() if v is not None)
-        ax.set_title(f"{result['clip']} ({result['setting']}, {result['frames']} frames)\nBD-rate vsae vs {bd}", fontsize=9)
+        ax.set_title(f"{result['clip']} ({result['setting']}{' ' + result['split'] if result.get('split') else ''}, {result['frames']} frames)\nBD-rate vsae vs {bd}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -227,7 +234,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def summary(result: dict) -> str:
-    lines = [f"## {result['clip']} — {result['setting']} ({result['frames']} frames {result['size'][0]}×{result['size'][1]}, "
+    lines = [f"## {result['clip']} — {result['setting']}{' (' + result['split'] + ' split)' if result.get('split') else ''} ({result['frames']} frames {result['size'][0]}×{result['size'][1]}, "
              f"model fitted on frames {result['fit_frames']}, bundle {result['model_bytes']:,} B)", ""]
     rates = result["rates_kbps"]
     envelopes: list[str] = []
@@ -268,6 +275,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="+", help="video files or bundled clip names (carphone, bikes)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--setting", choices=(*SETTINGS, "both"), default="heldout")
+    p.add_argument("--split", choices=("even", "half"), default="even",
+                   help="heldout split: fit even frames, evaluate odd (default), or fit the first half, evaluate the second")
     p.add_argument("--size", default=None, help="resize the clips to WxH first (e.g. 320x136 for bikes)")
     p.add_argument("--rates", default=None, help="target kbps list, e.g. 10,20,40 (default: 5–300 scaled to the size)")
     p.add_argument("--codecs", default=",".join(CLASSIC), help="classic codecs (vp8,h264,vp9,av1); vsae uses vp8 and h264 of them")
@@ -291,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
             began = time.monotonic()
             result = run_clip(path, setting, args)
             result["seconds"] = round(time.monotonic() - began, 1)
-            folder = out / f"{path.stem}-{setting}"
+            folder = out / (f"{path.stem}-{setting}" + (f"-{args.split}" if setting == "heldout" else ""))
             folder.mkdir(exist_ok=True)
             (folder / "results.json").write_text(json.dumps(result, indent=1) + "\n")
             plot([result], folder / "rd.png")

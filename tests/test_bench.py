@@ -69,7 +69,8 @@ def test_target_rates_scale_with_resolution():
 
 
 def test_split_settings():
-    assert split(120, "heldout") == ("0:60", slice(60, 120))
+    assert split(120, "heldout") == ("even", slice(1, 120, 2))
+    assert split(120, "heldout", "half") == ("0:60", slice(60, 120))
     assert split(120, "insample") == ("all", slice(0, 120))
 
 
@@ -96,6 +97,7 @@ def test_tiny_rd_run_writes_valid_results(tiny_codec, tmp_path):
     assert main(args) == 0
     (result,) = json.loads((out / "results.json").read_text())
     assert result["clip"] == "carphone_pristine" and result["setting"] == "heldout" and result["frames"] == 8
+    assert result["split"] == "even" and result["fit_frames"] == "even"
     assert result["model_bytes"] == model.stat().st_size
     names = {m["name"] for m in result["methods"]}
     assert {"vp8", "x264", "vsae-vp8-s4-t1", "vsae-vp8-s4-t2", "vsae-x264-s4-t2", "vp8-lowres-bicubic",
@@ -106,15 +108,15 @@ def test_tiny_rd_run_writes_valid_results(tiny_codec, tmp_path):
             assert p["kbps"] > 0 and 5 < p["psnr"] < 60 and 0 < p["ssim"] <= 1
     # Bitrate is encoded bytes x 8 x fps / frames: recompute one point independently.
     frames, fps = read_video("carphone", "0:16")
-    coded = transcode(frames[8:16], "vp8", 10, fps)
+    coded = transcode(frames[1:16:2], "vp8", 10, fps / 2)  # the odd frames: a clip at half the rate
     vp8 = next(m for m in result["methods"] if m["name"] == "vp8")
-    assert vp8["points"][0]["kbps"] == pytest.approx(coded.bytes * 8 * fps / 8 / 1000, abs=1e-3)
+    assert vp8["points"][0]["kbps"] == pytest.approx(coded.bytes * 8 * (fps / 2) / 8 / 1000, abs=1e-3)
     assert set(result["bd_rate"]) == {"vp8", "x264"} and set(result["break_even_s"]) == {"vp8", "x264"}
     for codec, value in result["bd_rate"].items():
         assert value is None or np.isfinite(value)
         assert value is not None or codec in result["bd_rate_notes"]
     assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "carphone_pristine-heldout" / "rd.png").exists()
+    assert (out / "carphone_pristine-heldout-even" / "rd.png").exists()
     assert "| vsae-envelope |" not in (out / "summary.md").read_text()
     assert "BD-rate of vsae-envelope" in (out / "summary.md").read_text()
 
