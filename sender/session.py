@@ -24,7 +24,7 @@ from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_
 from protocol.signaling import request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
-from .encoder import LowResEncoder
+from .encoder import RealtimeEncoder
 
 log = logging.getLogger("vsae.sender")
 
@@ -97,8 +97,8 @@ class LowResTrack(MediaStreamTrack):
         super().__init__()
         self.low, self.indices, self.fps, self.ticks, self.temporal = low, indices, fps, ticks, temporal
         h, w = low.shape[1:3]
-        self.encoder = LowResEncoder(codec, w, h, kbps, fps / temporal)
-        self._sync_encoder = LowResEncoder(codec, w, h, kbps, fps / temporal)
+        self.encoder = RealtimeEncoder(codec, w, h, kbps, fps / temporal)
+        self._sync_encoder = RealtimeEncoder(codec, w, h, kbps, fps / temporal)
         self.start = asyncio.Event()
         self.finished = asyncio.Event()
         self.start_time = 0.0
