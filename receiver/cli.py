@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import torch

@@ -15,7 +15,7 @@ from codec import bundle
 from codec.metrics import psnr_per_frame
 from codec.video import read_video, to_tensor
 from protocol import messages as msg
-from protocol.peer import new_peer_connection, parse_address, send_message
+from protocol.peer import new_peer_connection, parse_address
 from protocol.signaling import request_answer
 from receiver.session import Receiver, ReceiveOptions
 from sender import session as sender_session
