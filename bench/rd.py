@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -95,9 +94,10 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
     if args.model:
         model_path = Path(args.model)
     else:
-        # Fit on the frames as read (resized, cut): the cache key names both.
-        model_path, _ = cached_fit(video, fit_frames, args.fit_minutes, args.size, progress=progress) if not args.max_frames \
-            else _fit_cut(video, frames, fit_frames, args)
+        # A cut clip names its fit frames as a slice of the whole video (and so gets its own cache entry).
+        cut = len(frames)
+        spec = {"even": f"0:{cut}:2", "all": f"0:{cut}"}.get(fit_frames, fit_frames) if args.max_frames else fit_frames
+        model_path, _ = cached_fit(video, spec, args.fit_minutes, args.size, progress=progress)
     model = bundle.load(model_path)
     model_bytes = model_path.stat().st_size
     clip = frames[evaluated]
@@ -170,21 +170,6 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
                 if why:
                     result["bd_rate_notes"].setdefault(m["codec"], why)
     return result
-
-
-def _fit_cut(video: Path, frames: np.ndarray, fit_frames: str, args: argparse.Namespace) -> tuple[Path, bool]:
-    """A quick fit on a cut clip (smoke runs and tests): fitted in-process, not cached."""
-    from codec.model import DEFAULT_MODEL, model_config
-    from codec.ops import Codec
-    from codec.train import FitOptions, fit
-    from codec.video import select_frames
-
-    chosen = select_frames(len(frames), fit_frames)
-    result = fit(to_tensor(frames[chosen]), model_config(DEFAULT_MODEL), FitOptions(minutes=args.fit_minutes, progress=False))
-    path = Path(args.out) / f"{video.stem}-{fit_frames.replace(':', '_')}.vsae"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bundle.save(Codec(result.model, result.normalization, meta={"source": video.name}), path)
-    return path, True
 
 
 def _curve(method: dict) -> list[Point]:
