@@ -285,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_reconstruct)
 
+    from .explore_edit_cli import register as register_explore_edit  # imports this module's helpers
+
+    register_explore_edit(sub)
+
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()(sub)

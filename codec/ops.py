@@ -105,11 +105,22 @@ class Codec:
         self, key_a: "Key", key_b: "Key", count: int, method: str = DEFAULT_TEMPORAL_METHOD
     ) -> torch.Tensor:
         """The `count` frames strictly between two key frames, evenly spaced in time."""
-        if method not in TEMPORAL_METHODS:
-            raise ValueError(f"unknown temporal method {method!r}")
         if count <= 0:
             return key_a.frame.new_zeros((0, *key_a.frame.shape[1:]))
         alphas = torch.arange(1, count + 1, dtype=torch.float32, device=self.device) / (count + 1)
+        return self.between(key_a, key_b, alphas, method)
+
+    @torch.inference_mode()
+    def between(self, key_a: "Key", key_b: "Key", alphas: torch.Tensor, method: str = DEFAULT_TEMPORAL_METHOD) -> torch.Tensor:
+        """Frames at positions `alphas` (0 = key_a, 1 = key_b) between two key frames.
+
+        `motion` needs each alpha to be a fraction k/m with m <= MOTION_MAX_STEPS (see motion_interpolate).
+        """
+        if method not in TEMPORAL_METHODS:
+            raise ValueError(f"unknown temporal method {method!r}")
+        alphas = alphas.to(self.device, torch.float32)
+        if alphas.numel() == 0:
+            return key_a.frame.new_zeros((0, *key_a.frame.shape[1:]))
         predicted = self.interpolate(key_a.latent, key_b.latent, alphas, key_a.size)
         if method == "latent":
             return predicted
