@@ -45,6 +45,9 @@ from .video import parse_size, read_video, select_frames, to_tensor, to_uint8, w
 # Defaults of `--factor`: slow motion x4, stretch to twice the width.
 SLOWMO_FACTOR = 4.0
 STRETCH_FACTOR = 2.0
+# `vsae mask-check`: the synthetic clip's length and its model's fit budget.
+MASK_CHECK_FRAMES = 48
+MASK_CHECK_MINUTES = 1.0
 EDITS = ("slowmo", "texture", "stitch", "stretch", "extrapolate", "remove", "propagate")
 
 
@@ -123,6 +126,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
     written: list[Path] = []
 
     lmap = latent_map(codes)
+    region = None  # checked before the slow steps, so a bad selection fails at once
+    if args.region_frames or args.region_rect:
+        rect = _numbers(args.region_rect, 4, "rectangle (x0,y0,x1,y1)") if args.region_rect else None
+        indices = frames_in_rect(lmap.coords, rect) if rect else _indices(args.region_frames, len(frames))
+        if not indices:
+            raise VsaeError(f"no frame's map point lies in the rectangle {args.region_rect} (see map.json for coordinates)")
+        region = (indices, rect)
     written.append(_write_json(out / "map.json", lmap.to_json()))
     written.append(latent_map_figure(out / "map.png", lmap.coords, lmap.explained, frames, f"{name}: latent codes, PCA"))
 
@@ -146,11 +156,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
     numbers = {"explained_variance_ratio": lmap.to_json()["explained_variance_ratio"], "averages": avg.stats,
                "frames_sharpness": avg.frames_sharpness, "clusters": len(clustering.clusters)}
-    if args.region_frames or args.region_rect:
-        rect = _numbers(args.region_rect, 4, "rectangle (x0,y0,x1,y1)") if args.region_rect else None
-        indices = frames_in_rect(lmap.coords, rect) if rect else _indices(args.region_frames, len(frames))
-        if not indices:
-            raise VsaeError(f"no frame's map point lies in the rectangle {args.region_rect} (see map.json for coordinates)")
+    if region is not None:
+        indices, rect = region
         summary = summarize(codec, codes, indices, args.iterations)
         latent_map_figure(out / "region_map.png", lmap.coords, lmap.explained, None, f"{name}: selected region",
                           highlight=summary.frames, rect=rect)
@@ -280,7 +287,7 @@ def edit_propagate(args, codec: Codec, frames: torch.Tensor, fps: float, out: Pa
         x, y, w, h = _box(args.box, frames)
         mask = torch.zeros(frames.shape[-2:], dtype=torch.int64)
         mask[y : y + h, x : x + w] = 1
-    masks = propagate_mask(codec, frames, mask)
+    masks = propagate_mask(codec, frames, mask, progress=True)
     overlay = torch.stack([mask_overlay(f, m) for f, m in zip(frames, masks)])
     write_video(out / "propagate.mp4", to_uint8(overlay), fps)
     shown = torch.linspace(0, len(frames) - 1, 5).round().long().tolist()
@@ -311,6 +318,37 @@ def cmd_edit(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'edits.json'}")
         return 0
     written, numbers = EDIT_FUNCTIONS[args.edit](args, codec, frames, fps, out)
+    _report(out, written, numbers)
+    return 0
+
+
+# -- known-answer check for mask propagation ------------------------------------------------------------
+def cmd_mask_check(args: argparse.Namespace) -> int:
+    """Mask propagation scored where the answer is known: a synthetic moving shape, its own fitted model."""
+    from .model import model_config
+    from .pixelcodes import mask_overlay, mean_iou, moving_shape_video, propagate_mask
+    from .train import FitOptions, fit
+
+    out = Path(args.out)
+    video, truth = moving_shape_video(frames=args.frames, seed=args.seed, drift=args.drift)
+    print(f"vsae mask-check: fitting a model on the {len(video)}-frame synthetic clip ({args.minutes:g} min)", file=sys.stderr)
+    result = fit(video, model_config(), FitOptions(minutes=args.minutes, seed=args.seed, device=args.device, progress=not args.quiet))
+    codec = Codec(result.model, result.normalization, pick_device(args.device))
+    masks = propagate_mask(codec, video, truth[0], progress=not args.quiet)
+    copied = truth[:1].expand_as(truth)
+    numbers = {"frames": len(video), "size": [video.shape[-1], video.shape[-2]], "drift": args.drift, "fit_minutes": args.minutes,
+               "fit_psnr": round(result.final_psnr, 2), "mean_iou": round(mean_iou(masks, truth), 4),
+               "mean_iou_copy_first_mask": round(mean_iou(copied, truth), 4),
+               "iou_last_frame": round(mean_iou(masks[-1:], truth[-1:], skip_first=False), 4)}
+    overlay = torch.stack([mask_overlay(f, m) for f, m in zip(video, masks)])
+    write_video(out / "mask_check.mp4", to_uint8(overlay), 15)
+    shown = torch.linspace(0, len(video) - 1, 5).round().long().tolist()
+    rows = [[(mask_overlay(video[i], truth[i]), f"truth, frame {i}") for i in shown],
+            [(overlay[i], f"propagated, frame {i}") for i in shown]]
+    written = [out / "mask_check.mp4",
+               image_grid(out / "mask_check.png", rows, f"mask propagation on a known case: mean IoU {numbers['mean_iou']:.3f} "
+                          f"(copying frame 0's mask: {numbers['mean_iou_copy_first_mask']:.3f})"),
+               _write_json(out / "mask_check.json", numbers)]
     _report(out, written, numbers)
     return 0
 
@@ -349,3 +387,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box", default=None, help="remove/propagate: x,y,w,h box (default the centre quarter)")
     p.add_argument("--mask", default=None, help="propagate: first frame's mask as an image (white = object)")
     p.set_defaults(func=cmd_edit, iterations=EDIT_ITERATIONS)
+
+    p = sub.add_parser("mask-check", help="score mask propagation on a synthetic moving shape (known answer)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--frames", type=_positive, default=MASK_CHECK_FRAMES, help=f"clip length (default {MASK_CHECK_FRAMES})")
+    p.add_argument("--minutes", type=_positive_float, default=MASK_CHECK_MINUTES, help=f"fit budget (default {MASK_CHECK_MINUTES})")
+    p.add_argument("--drift", type=float, default=0.0, help="0..1: how far the shape's colour and texture change over the clip")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_mask_check)
