@@ -22,6 +22,12 @@ def cmd_send(args: argparse.Namespace) -> int:
         host, port = parse_address(args.connect)
     except ValueError as exc:
         raise VsaeError(f"--connect: {exc}") from None
+    bind = None
+    if args.bind:
+        try:
+            bind, _ = parse_address(f"{args.bind}:0")
+        except ValueError as exc:
+            raise VsaeError(f"--bind: {exc}") from None
     try:
         model = open(args.model, "rb").read()
     except OSError as exc:
@@ -29,7 +35,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     bundle.loads(model)  # refuse a broken or foreign model here, before any connection
     frames, fps = read_video(args.video, args.frames)
     options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
-                          codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout)
+                          codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind)
     install_event_loop()
     print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
           f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
@@ -61,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
     p.add_argument("--fps", type=_positive_float, default=None, help="source frame rate to stream at (default: the video's)")
+    p.add_argument("--bind", default=None, metavar="HOST",
+                   help="this side's address for media (default: the --connect host; set it when the receiver is on another network namespace)")
     p.add_argument("--connect-timeout", type=_positive_float, default=15.0, help="seconds to wait for the receiver")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)

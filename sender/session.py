@@ -54,6 +54,7 @@ class SendOptions:
     codec: str = DEFAULT_CODEC
     fps: float | None = None  # send at this rate (default: the source's)
     connect_timeout: float = 15.0
+    bind: str | None = None  # this side's ICE address (default: `host`, right for loopback)
 
 
 @dataclass
@@ -156,7 +157,7 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     sha = hashlib.sha256(model).hexdigest()
     track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
 
-    pc = new_peer_connection(options.host)
+    pc = new_peer_connection(options.bind or options.host)
     control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
     meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, best effort
     prefer_codec(pc.addTransceiver(track, direction="sendonly"), options.codec)
