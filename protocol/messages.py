@@ -6,14 +6,20 @@ and a version mismatch all become a `ProtocolError` whose `code` goes back to th
 message before the session closes.
 
 Session (sender -> receiver unless marked <-):
-  Hello(role="sender", model_sha256, model_bytes)   <- Hello(role="receiver", have_model)
-  Config(stream parameters)
+  Hello(role="sender", model_sha256, model_bytes)   <- Hello(role="receiver", have_model, nonce)
+  Config(stream parameters, auth)
   ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model)
   <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
   Frame(index, capture_time) per sent frame, on the unordered meta channel
   <- Keyframe()    -- the receiver lost low-res frames and wants a fresh keyframe
   Bye(frames, video_bytes, ...)   <- Bye(frames)
   Error(code, message) either way, then close.
+
+Version 1 grows only by optional fields listed in a class's `omit_empty`: they stay off the wire while
+empty, so a peer that predates them talks to this one unchanged unless the feature is used (it would
+refuse the unknown field with `bad_field`). So far: `Hello.nonce` and `Config.auth`, the optional
+shared secret (protocol.auth): a receiver with a secret sends a nonce, the sender answers with an
+HMAC-SHA256 tag over the nonce, its hello and the config. Anything incompatible bumps VERSION.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ MAX_MODEL_BYTES = 256 * 1024 * 1024
 MAX_FRAMES = 10_000_000
 MAX_SIDE = 8192
 SHA256_HEX = 64
+NONCE_HEX = 32  # Hello.nonce: 16 random bytes, hex
+TAG_HEX = 64  # Config.auth: an HMAC-SHA256, hex
 
 
 class ProtocolError(Exception):
@@ -50,6 +58,8 @@ class Message:
     kind: ClassVar[str] = ""
     # field name -> (low, high) for numbers, max length for str/bytes
     limits: ClassVar[dict] = {}
+    # optional fields added within version 1: left off the wire while empty (see the module docstring)
+    omit_empty: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,9 @@ class Hello(Message):
     model_sha256: str = ""  # sender: the model it will use
     model_bytes: int = 0  # sender: its size
     have_model: bool = False  # receiver: it already holds that model (skip the transfer)
-    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES)}
+    nonce: str = ""  # receiver with a shared secret: the challenge the sender's Config.auth must cover
+    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES), "nonce": NONCE_HEX}
+    omit_empty: ClassVar[tuple[str, ...]] = ("nonce",)
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,13 @@ class Config(Message):
     codec: str  # "vp8" or "h264"
     kbps: float  # target bitrate of the video track
     ticks: int  # RTP 90 kHz ticks per source frame (frame identity, see protocol.timing)
+    auth: str = ""  # HMAC-SHA256 tag (hex) with the shared secret, when the receiver's hello asked (nonce)
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
-        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000),
+        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX,
     }
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth",)
 
 
 @dataclass(frozen=True)
@@ -189,6 +203,10 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", f"hello.role: expected one of {ROLES}, got {message.role!r}")
     if isinstance(message, Hello) and message.model_sha256 and not _is_sha256(message.model_sha256):
         raise ProtocolError("bad_value", "hello.model_sha256: not a SHA-256 hex digest")
+    if isinstance(message, Hello) and message.nonce and not _is_hex(message.nonce, NONCE_HEX):
+        raise ProtocolError("bad_value", f"hello.nonce: not {NONCE_HEX} lowercase hex digits")
+    if isinstance(message, Config) and message.auth and not _is_hex(message.auth, TAG_HEX):
+        raise ProtocolError("bad_value", f"config.auth: not {TAG_HEX} lowercase hex digits")
     if isinstance(message, (ModelDone, Ack)) and not _is_sha256(message.sha256):
         raise ProtocolError("bad_value", f"{cls.kind}.sha256: not a SHA-256 hex digest")
     if isinstance(message, Config) and message.codec not in CODECS:
@@ -197,14 +215,19 @@ def _validate(cls: type[Message], fields: dict) -> Message:
 
 
 def _is_sha256(text: str) -> bool:
-    return len(text) == SHA256_HEX and all(c in "0123456789abcdef" for c in text)
+    return _is_hex(text, SHA256_HEX)
+
+
+def _is_hex(text: str, length: int) -> bool:
+    return len(text) == length and all(c in "0123456789abcdef" for c in text)
 
 
 def encode(message: Message) -> bytes:
     """Serialize a message (validated first, so we never send what we would refuse)."""
     fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     _validate(type(message), fields)
-    return msgpack.packb({"v": VERSION, "kind": message.kind, **fields}, use_bin_type=True)
+    wire = {name: value for name, value in fields.items() if not (name in message.omit_empty and value == "")}
+    return msgpack.packb({"v": VERSION, "kind": message.kind, **wire}, use_bin_type=True)
 
 
 def decode(data: bytes | str) -> Message:

@@ -25,8 +25,10 @@ from protocol.messages import (
     MAX_MODEL_BYTES,
     MAX_SIDE,
     MAX_TEXT,
+    NONCE_HEX,
     ROLES,
     SHA256_HEX,
+    TAG_HEX,
     VERSION,
     Ack,
     Bye,
@@ -45,6 +47,8 @@ from protocol.messages import (
 
 CODES = {"bad_encoding", "version", "unknown_kind", "bad_field", "missing_field", "bad_type", "bad_value", "too_large"}
 SHA = hashlib.sha256(b"a tiny carphone model").hexdigest()
+NONCE = "0123456789abcdef" * 2
+TAG = hashlib.sha256(b"an HMAC-SHA256 tag").hexdigest()
 # Deterministic, incompressible-looking model bytes: exactly one full chunk.
 CHUNK = (hashlib.sha256(b"chunk").digest() * (CHUNK_BYTES // 32 + 1))[:CHUNK_BYTES]
 
@@ -57,7 +61,9 @@ VALID: list[Message] = [
     Hello(role="sender", software="vsae 0.1.0", model_sha256=SHA, model_bytes=1_234_567),
     Hello(role="receiver", have_model=True),
     Hello(role="receiver"),
+    Hello(role="receiver", have_model=True, nonce=NONCE),
     Config(**CONFIG),
+    Config(**CONFIG, auth=TAG),
     Config(**{**CONFIG, "codec": "h264", "width": 1920, "height": 1080, "low_width": 480, "low_height": 270,
               "scale": 4, "temporal": 1, "fps": 29.97, "kbps": 2500.5, "ticks": 3003}),
     ModelChunk(seq=0, data=b"\x00\x01\x02"),
@@ -100,6 +106,11 @@ def fields_of(message: Message) -> dict:
     return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
 
 
+def wire_fields(message: Message) -> dict:
+    """The fields on the wire: all of them but empty version-1 additions (`omit_empty`)."""
+    return {k: v for k, v in fields_of(message).items() if not (k in message.omit_empty and v == "")}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Round trips
 
@@ -120,7 +131,32 @@ def test_round_trip(message: Message):
     assert back == message
     # Encoding is deterministic, and the wire form is the documented map.
     assert encode(back) == data
-    assert msgpack.unpackb(data, raw=False) == {"v": VERSION, "kind": message.kind, **fields_of(message)}
+    assert msgpack.unpackb(data, raw=False) == {"v": VERSION, "kind": message.kind, **wire_fields(message)}
+
+
+# The fields each kind had before any version-1 addition: what an older peer accepts.
+ORIGINAL_FIELDS = {
+    "hello": {"role", "software", "model_sha256", "model_bytes", "have_model"},
+    "config": {"width", "height", "low_width", "low_height", "fps", "scale", "temporal", "frames", "codec", "kbps", "ticks"},
+}
+
+
+@pytest.mark.parametrize("message", [m for m in VALID if m.kind in ORIGINAL_FIELDS], ids=lambda m: type(m).__name__)
+def test_version_one_additions_stay_off_the_wire_while_empty(message: Message):
+    # A session without a shared secret sends exactly what a peer that predates the auth fields decodes.
+    wire = set(msgpack.unpackb(encode(message), raw=False)) - {"v", "kind"}
+    added = set(message.omit_empty)
+    assert added and not added & ORIGINAL_FIELDS[message.kind]
+    if all(getattr(message, name) == "" for name in added):
+        assert wire == ORIGINAL_FIELDS[message.kind]
+    else:
+        assert wire - ORIGINAL_FIELDS[message.kind] == {n for n in added if getattr(message, n)}
+
+
+def test_empty_optional_fields_on_the_wire_are_accepted():
+    # Sent explicitly empty (e.g. by another implementation), they mean the same as absent.
+    assert decode(pack("hello", role="receiver", nonce="")) == Hello(role="receiver")
+    assert decode(pack("config", **CONFIG, auth="")) == Config(**CONFIG)
 
 
 def test_round_trip_accepts_bytes_like_payloads():
@@ -162,6 +198,8 @@ def test_optional_fields_take_defaults():
                 "scale": 64, "temporal": 64, "frames": MAX_FRAMES}),
     ("config", {**CONFIG, "fps": 1000.0, "ticks": 900_000, "low_width": MAX_SIDE, "low_height": 1}),
     ("hello", {"role": "sender", "model_bytes": MAX_MODEL_BYTES, "model_sha256": SHA}),
+    ("hello", {"role": "receiver", "nonce": "f" * NONCE_HEX}),
+    ("config", {**CONFIG, "auth": "0" * TAG_HEX}),
     ("model_done", {"size": 1, "sha256": SHA}),
     ("model_done", {"size": MAX_MODEL_BYTES, "sha256": SHA}),
     ("error", {"code": "c" * MAX_TEXT, "message": "m" * MAX_TEXT}),
@@ -304,6 +342,10 @@ def test_missing_field(kind, fields):
     ("hello", {"role": "receiver", "have_model": 1}),  # int where bool
     ("hello", {"role": "receiver", "have_model": "yes"}),  # str where bool
     ("hello", {"role": 0}),  # int where str
+    ("hello", {"role": "receiver", "nonce": NONCE.encode()}),  # bytes where str
+    ("hello", {"role": "receiver", "nonce": None}),  # nil where str
+    ("config", {**CONFIG, "auth": bytes.fromhex(TAG)}),  # raw bytes where hex str
+    ("config", {**CONFIG, "auth": 0}),  # int where str
     ("config", {**CONFIG, "codec": None}),  # nil where str
     ("config", {**CONFIG, "width": 176.0}),  # float where int
     ("bye", {"frames": {"n": 1}}),  # map where int
@@ -370,6 +412,29 @@ def test_overlong_sha256_is_too_large():
     assert refused(pack("hello", role="sender", model_sha256="a" * (MAX_TEXT + 1))) == "too_large"
 
 
+@pytest.mark.parametrize("nonce", [
+    NONCE.upper(),
+    NONCE[:-1],  # 31 characters
+    "g" * NONCE_HEX,
+    " " + NONCE[1:],
+    NONCE[:-1] + "\u0661",  # a non-ASCII digit
+    "0x" + NONCE[2:],
+])
+def test_bad_nonce(nonce):
+    assert refused(pack("hello", role="receiver", nonce=nonce)) == "bad_value"
+
+
+@pytest.mark.parametrize("tag", [TAG.upper(), TAG[:-1], "g" * TAG_HEX, TAG[:-1] + "\u0661", "0x" + TAG[2:], TAG[:32]])
+def test_bad_auth_tag(tag):
+    assert refused(pack("config", **CONFIG, auth=tag)) == "bad_value"
+
+
+def test_overlong_nonce_and_tag_are_too_large():
+    assert refused(pack("hello", role="receiver", nonce=NONCE + "0")) == "too_large"
+    assert refused(pack("config", **CONFIG, auth=TAG + "0")) == "too_large"
+    assert refused(pack("config", **CONFIG, auth="a" * 10_000)) == "too_large"
+
+
 @pytest.mark.parametrize("role", ["", "server", "Sender", "RECEIVER", "sender ", "peer"])
 def test_bad_role(role):
     assert role not in ROLES
@@ -416,6 +481,10 @@ def test_oversized_message(data):
     (Hello(role="sender", model_sha256="abc"), "bad_value"),
     (Hello(role="sender", model_bytes=-1), "bad_value"),
     (Hello(role="receiver", have_model=1), "bad_type"),  # type: ignore[arg-type]
+    (Hello(role="receiver", nonce="xyz"), "bad_value"),
+    (Hello(role="receiver", nonce=None), "bad_type"),  # type: ignore[arg-type]
+    (Config(**{**CONFIG, "auth": TAG.upper()}), "bad_value"),
+    (Config(**{**CONFIG, "auth": TAG + "0"}), "too_large"),
     (Config(**{**CONFIG, "codec": "av1"}), "bad_value"),
     (Config(**{**CONFIG, "fps": math.nan}), "bad_value"),
     (Config(**{**CONFIG, "width": 0}), "bad_value"),
@@ -487,7 +556,7 @@ def test_fuzz_truncation_and_bit_flips(data, draw):
 FIELD_NAMES = sorted({f.name for cls in KINDS.values() for f in dataclasses.fields(cls)})
 # Values a valid message would carry, so that some fuzzed maps get deep into validation.
 PLAUSIBLE = st.sampled_from([
-    *ROLES, *CODECS, SHA, "", "vsae", b"", CHUNK[:100], 0, 1, 30, 3000, 176, MAX_FRAMES, MAX_SIDE,
+    *ROLES, *CODECS, SHA, NONCE, TAG, "", "vsae", b"", CHUNK[:100], 0, 1, 30, 3000, 176, MAX_FRAMES, MAX_SIDE,
     0.0, 30.0, 1e11, True, False, None,
 ])
 SCALARS = (
