@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, TEMPORAL_METHODS
 from codec.video import read_video
+from protocol.auth import read_secret
 from protocol.peer import install_event_loop, parse_address
 
 from .session import Receiver, ReceiveOptions
@@ -55,6 +57,14 @@ def cmd_recv(args: argparse.Namespace) -> int:
         host, port = parse_address(args.listen)
     except ValueError as exc:
         raise VsaeError(f"--listen: {exc}") from None
+    secret = None
+    if args.secret_file:
+        try:
+            secret, warnings = read_secret(args.secret_file)
+        except ValueError as exc:
+            raise VsaeError(f"--secret-file: {exc}") from None
+        for warning in warnings:
+            print(f"vsae recv: warning: {warning}", file=sys.stderr)
     models = {}
     if args.model:
         try:
@@ -66,7 +76,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     options = ReceiveOptions(host=host, port=port, output=args.output, stats=args.stats, reference=reference,
                              bicubic_output=args.bicubic_output, iterations=args.iterations, method=args.method,
-                             device=args.device, models=models)
+                             device=args.device, models=models, secret=secret)
     install_event_loop()
     stats = asyncio.run(_serve(options, args.timeout))
     if args.stats:
@@ -84,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default=None, help="the original video: report PSNR/SSIM of vsae and bicubic")
     p.add_argument("--reference-frames", default=None, help="frame selection of the reference (match the sender's --frames)")
     p.add_argument("--model", default=None, help="a model bundle already here (a sender with the same one skips the transfer)")
+    p.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="shared secret (>= 16 bytes): stream only from senders started with the same --secret-file")
     p.add_argument("--bicubic-output", default=None, help="also write the bicubic baseline from the same stream")
     p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS, help="reprojection iterations n")
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD, help="temporal rebuild")

@@ -22,6 +22,7 @@ from codec import bundle
 from codec.errors import BundleError
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec
 from codec.video import resize, to_tensor, to_uint8
+from protocol import auth
 from protocol import messages as msg
 from protocol.peer import DEFAULT_HOST, new_peer_connection, send_message
 from protocol.signaling import Busy, serve
@@ -35,6 +36,9 @@ log = logging.getLogger("vsae.receiver")
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
 # A session that has not finished the handshake and model transfer by then is dropped.
 HANDSHAKE_TIMEOUT_S = 120.0
+# Session states before video may flow; "loading": the model is being verified, loaded, the worker started
+# (each control message is its own task, so anything arriving meanwhile must find a state that refuses it).
+HANDSHAKE_STATES = ("hello", "config", "model", "loading")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ReceiveOptions:
     method: str = DEFAULT_TEMPORAL_METHOD
     device: str = "cpu"
     models: dict[str, Codec] = field(default_factory=dict)  # sha256 -> loaded model the receiver holds
+    secret: bytes | None = None  # shared secret: stream only from senders whose config tag proves it
 
 
 class Session:
@@ -61,6 +66,8 @@ class Session:
         self.control: RTCDataChannel | None = None
         self.state = "hello"
         self.hello: msg.Hello | None = None
+        self.nonce = auth.new_nonce() if self.options.secret is not None else ""
+        self.authenticated = False
         self.config: msg.Config | None = None
         self.chunks: list[bytes] = []
         self.chunk_bytes = 0
@@ -110,7 +117,9 @@ class Session:
             return
         if not isinstance(message, msg.Frame):
             self._spawn(self.refuse("unexpected", f"meta channel carries frame messages, got {message.kind}"))
-        elif self.worker is not None:
+        elif self.worker is None:  # the sender sends frame metadata only after our ack
+            self._spawn(self.refuse("unexpected", "frame metadata arrived before the model was acknowledged"))
+        else:
             self.worker.note_capture(message.index, message.capture_time)
 
     async def send(self, message: msg.Message) -> None:
@@ -168,7 +177,8 @@ class Session:
             await handler(message)
 
     def _expecting(self) -> str:
-        return {"hello": "hello", "config": "config", "model": "model chunks", "streaming": "video or bye"}.get(self.state, self.state)
+        return {"hello": "hello", "config": "config", "model": "model chunks", "loading": "nothing until our ack",
+                "streaming": "video or bye"}.get(self.state, self.state)
 
     async def _hello(self, hello: msg.Hello) -> None:
         if hello.role != "sender" or not hello.model_sha256:
@@ -177,17 +187,49 @@ class Session:
         self.hello = hello
         have = hello.model_sha256 in self.options.models
         self.state = "config"
-        await self.send(msg.Hello(role="receiver", have_model=have))
+        await self.send(msg.Hello(role="receiver", have_model=have, nonce=self.nonce))
 
     async def _config(self, config: msg.Config) -> None:
+        # The tag is checked before any model chunk is taken and before a cached model is used.
+        if not await self._authenticate(config):
+            return
         self.config = config
         if self.options.reference is not None and len(self.options.reference) < config.frames:
             log.warning("reference has %d frames, the stream %d: metrics cover the overlap", len(self.options.reference), config.frames)
         codec = self.options.models.get(self.hello.model_sha256)
         if codec is not None:
-            await self._start(codec)
+            if await self._fits(codec):
+                await self._start(codec)
         else:
             self.state = "model"
+
+    async def _authenticate(self, config: msg.Config) -> bool:
+        secret = self.options.secret
+        if secret is None:
+            if config.auth:
+                log.warning("the sender sent an auth tag, but this receiver has no shared secret: not checked")
+            return True
+        if not config.auth:
+            await self.refuse("auth_required", "this receiver requires a shared secret and the sender's config "
+                                               "carries no tag (vsae send --secret-file)")
+            return False
+        if not auth.verify(secret, self.nonce, self.hello, config):
+            await self.refuse("auth_failed", "the config's tag does not match this receiver's shared secret "
+                                             "(a different secret, or the hello or config was altered)")
+            return False
+        self.authenticated = True
+        return True
+
+    async def _fits(self, codec: Codec) -> bool:
+        """The model was fitted at the stream's frame size (when its bundle records one); else refuse."""
+        size = codec.meta.get("frame_size")
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
+            return True  # not recorded: nothing to check
+        if size != [self.config.width, self.config.height]:
+            await self.refuse("model_mismatch", f"the model was fitted at {size[0]}x{size[1]}, "
+                                                f"the stream is {self.config.width}x{self.config.height}")
+            return False
+        return True
 
     async def _chunk(self, chunk: msg.ModelChunk) -> None:
         if chunk.seq != len(self.chunks):
@@ -200,6 +242,7 @@ class Session:
         self.chunk_bytes += len(chunk.data)
 
     async def _model_done(self, done: msg.ModelDone) -> None:
+        self.state = "loading"
         data = b"".join(self.chunks)
         self.chunks = []
         if done.size != len(data) or done.size != self.hello.model_bytes:
@@ -214,11 +257,14 @@ class Session:
         except BundleError as exc:
             await self.refuse("model_rejected", f"model does not load: {exc}")
             return
+        if not await self._fits(codec):
+            return
         self.model_bytes, self.model_transferred = len(data), True
         self.options.models[digest] = codec
         await self._start(codec)
 
     async def _start(self, codec: Codec) -> None:
+        self.state = "loading"
         config = self.config
         self.codec = codec
         self.model_bytes = self.model_bytes or self.hello.model_bytes
@@ -270,7 +316,7 @@ class Session:
             except MediaStreamError:
                 return
             if self.state != "streaming":
-                if self.state in ("hello", "config", "model"):
+                if self.state in HANDSHAKE_STATES:
                     await self.refuse("unexpected", "video arrived before the model was acknowledged")
                 return
             index = self.mapper.index(frame.pts)
@@ -317,6 +363,7 @@ class Session:
             "iterations": self.options.iterations,
             "method": self.options.method,
             "model_transferred": self.model_transferred,
+            "authenticated": self.authenticated,
             "model_sha256": self.hello.model_sha256 if self.hello else None,
             "keyframe_requests": self.keyframe_requests,
             "timestamps_anchored": self.mapper.anchored if self.mapper else None,
@@ -352,7 +399,7 @@ class Receiver:
         return session.pc.localDescription
 
     def _check_handshake(self, session: Session) -> None:
-        if session.state in ("hello", "config", "model") and not session.done.done():
+        if session.state in HANDSHAKE_STATES and not session.done.done():
             asyncio.ensure_future(session.close("handshake timed out"))
 
     def _session_done(self, done: asyncio.Future) -> None:

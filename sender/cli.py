@@ -11,6 +11,7 @@ from codec import bundle
 from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
 from codec.video import read_video
+from protocol.auth import read_secret
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
@@ -32,10 +33,22 @@ def cmd_send(args: argparse.Namespace) -> int:
         model = open(args.model, "rb").read()
     except OSError as exc:
         raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
-    bundle.loads(model)  # refuse a broken or foreign model here, before any connection
+    codec = bundle.loads(model)  # refuse a broken or foreign model here, before any connection
+    secret = None
+    if args.secret_file:
+        try:
+            secret, warnings = read_secret(args.secret_file)
+        except ValueError as exc:
+            raise VsaeError(f"--secret-file: {exc}") from None
+        for warning in warnings:
+            print(f"vsae send: warning: {warning}", file=sys.stderr)
     frames, fps = read_video(args.video, args.frames)
+    size = codec.meta.get("frame_size")
+    if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
+        raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
     options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
-                          codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind)
+                          codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
+                          secret=secret)
     install_event_loop()
     print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
           f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
@@ -69,6 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=_positive_float, default=None, help="source frame rate to stream at (default: the video's)")
     p.add_argument("--bind", default=None, metavar="HOST",
                    help="this side's address for media (default: the --connect host; set it when the receiver is on another network namespace)")
+    p.add_argument("--secret-file", default=None, metavar="FILE",
+                   help="shared secret (>= 16 bytes) for a receiver started with the same --secret-file")
     p.add_argument("--connect-timeout", type=_positive_float, default=15.0, help="seconds to wait for the receiver")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)

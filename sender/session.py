@@ -9,6 +9,7 @@ area-downsized by S, encoded at the target bitrate and paced at the source frame
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -19,6 +20,7 @@ from aiortc import MediaStreamTrack, RTCDataChannel
 from aiortc.mediastreams import MediaStreamError
 
 from codec.video import resize, to_tensor, to_uint8
+from protocol import auth
 from protocol import messages as msg
 from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_message
 from protocol.signaling import request_answer
@@ -55,6 +57,7 @@ class SendOptions:
     fps: float | None = None  # send at this rate (default: the source's)
     connect_timeout: float = 15.0
     bind: str | None = None  # this side's ICE address (default: `host`, right for loopback)
+    secret: bytes | None = None  # shared secret: answers a receiver's nonce with an HMAC tag (protocol.auth)
 
 
 @dataclass
@@ -230,7 +233,8 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
             raise SessionError(failure.result() if failure.done() else "timed out opening the data channel")
         log.info("connected (ICE %s)", pc.iceConnectionState)
 
-        await send_message(control, msg.Hello(role="sender", model_sha256=sha, model_bytes=len(model)))
+        own_hello = msg.Hello(role="sender", model_sha256=sha, model_bytes=len(model))
+        await send_message(control, own_hello)
         hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
         height, width = frames.shape[1:3]
         config = msg.Config(
@@ -238,6 +242,10 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
             scale=options.scale, temporal=options.temporal, frames=len(frames), codec=options.codec,
             kbps=options.kbps, ticks=ticks,
         )
+        if hello.nonce and options.secret is not None:
+            config = dataclasses.replace(config, auth=auth.tag(options.secret, hello.nonce, own_hello, config))
+        elif options.secret is not None:
+            log.warning("the receiver does not ask for a shared secret: streaming without a tag")
         await send_message(control, config)
         if not hello.have_model:
             model_sent = await _ship_model(control, model, sha)

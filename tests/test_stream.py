@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import fractions
 import hashlib
 import json
 
 import av
 import numpy as np
 import pytest
-from aiortc import RTCDataChannel
+from aiortc import MediaStreamTrack, RTCDataChannel
 
 from codec import bundle
+from codec.ops import Codec
 from codec.metrics import psnr_per_frame
 from codec.video import read_video, to_tensor
 from protocol import messages as msg
 from protocol.peer import new_peer_connection, parse_address
 from protocol.signaling import request_answer
+from receiver import session as receiver_session
 from receiver.session import Receiver, ReceiveOptions
 from sender import session as sender_session
 from sender.session import SendOptions, SessionError, low_res_size, send
@@ -161,27 +164,96 @@ def test_corrupted_model_chunk_is_refused_on_both_sides(clip, model_bytes, tmp_p
     assert stats["frames_out"] == FRAMES and result.model_bytes_sent > 0
 
 
-async def raw_peer(port: int, payloads: list[bytes]) -> list[msg.Message]:
-    """A hand-driven peer: opens the control channel, sends raw payloads, returns what came back."""
+class BlackTrack(MediaStreamTrack):
+    """A small black video track that starts sending when `start` is set."""
+
+    kind = "video"
+
+    def __init__(self):
+        super().__init__()
+        self.start = asyncio.Event()
+        self.pts = 0
+
+    async def recv(self):
+        await self.start.wait()
+        await asyncio.sleep(1 / 30)
+        frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+        frame.pts, frame.time_base = self.pts, fractions.Fraction(1, 90000)
+        self.pts += 3000
+        return frame
+
+
+async def raw_peer(port: int, steps: list, video: bool = False, linger: float = 5.0) -> list[msg.Message]:
+    """A hand-driven peer: opens the control and meta channels (and a video track with `video`), then
+    runs `steps`: bytes go out on control, ("meta", bytes) on meta, a message class waits for that
+    reply (or stops at an error). Returns what came back once the receiver closed (or `linger` s passed)."""
     pc = new_peer_connection()
     channel: RTCDataChannel = pc.createDataChannel("control")
+    meta: RTCDataChannel = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)
+    track = BlackTrack()
+    if video:
+        pc.addTrack(track)
     replies: list[msg.Message] = []
+    arrived = asyncio.Event()
     closed = asyncio.Event()
-    channel.on("message", lambda data: replies.append(msg.decode(data)))
+
+    def on_message(data) -> None:
+        replies.append(msg.decode(data))
+        arrived.set()
+
+    channel.on("message", on_message)
     channel.on("close", closed.set)
-    opened = asyncio.Event()
-    channel.on("open", opened.set)
+    opened = [asyncio.Event(), asyncio.Event()]
+    channel.on("open", opened[0].set)
+    meta.on("open", opened[1].set)
     await pc.setLocalDescription(await pc.createOffer())
     await pc.setRemoteDescription(await request_answer("127.0.0.1", port, pc.localDescription))
-    await asyncio.wait_for(opened.wait(), 10)
-    for payload in payloads:
-        channel.send(payload)
+    await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 10)
+    track.start.set()
+    for step in steps:
+        if isinstance(step, type):
+            while not any(isinstance(r, (step, msg.Error)) for r in replies):
+                arrived.clear()
+                await asyncio.wait_for(arrived.wait(), 10)
+            if not any(isinstance(r, step) for r in replies):
+                break
+        elif isinstance(step, tuple):
+            meta.send(step[1])
+        else:
+            channel.send(step)
     try:
-        await asyncio.wait_for(closed.wait(), 5)
+        await asyncio.wait_for(closed.wait(), linger)
     except asyncio.TimeoutError:
         pass
     await pc.close()
     return replies
+
+
+def handshake(model: bytes, width: int = 176, height: int = 144, auth: str = "") -> list:
+    """Raw steps of an honest sender up to the model transfer (hello, config, chunks, model_done)."""
+    sha = hashlib.sha256(model).hexdigest()
+    config = msg.Config(width=width, height=height, low_width=width // 4, low_height=height // 4, fps=30.0, scale=4,
+                        temporal=2, frames=FRAMES, codec="vp8", kbps=20.0, ticks=3000, auth=auth)
+    chunks = [msg.encode(msg.ModelChunk(seq=i, data=model[j : j + msg.CHUNK_BYTES]))
+              for i, j in enumerate(range(0, len(model), msg.CHUNK_BYTES))]
+    return [msg.encode(msg.Hello(role="sender", model_sha256=sha, model_bytes=len(model))), msg.Hello,
+            msg.encode(config), *chunks, msg.encode(msg.ModelDone(size=len(model), sha256=sha))]
+
+
+async def refused_then_honest(clip, model: bytes, tmp_path, peer, **receiver_options):
+    """Run `peer(port)` against a fresh receiver, then an honest sender; returns (peer's result, stats, failures)."""
+    frames, fps = clip
+    receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4"), **receiver_options))
+    port = await receiver.start()
+    try:
+        result = await peer(port)
+        await asyncio.sleep(0.2)
+        # The receiver process is unharmed and serves the next, honest sender.
+        await send(frames, fps, model, SendOptions(port=port, secret=receiver_options.get("secret")))
+        stats = await receiver.wait(30)
+    finally:
+        await receiver.stop()
+    return result, stats, receiver.failures
 
 
 @pytest.mark.parametrize(
@@ -194,25 +266,117 @@ async def raw_peer(port: int, payloads: list[bytes]) -> list[msg.Message]:
     ],
 )
 def test_malformed_or_out_of_order_messages_get_an_error_and_a_clean_close(clip, model_bytes, tmp_path, payloads, code):
-    async def scenario():
-        frames, fps = clip
-        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4")))
-        port = await receiver.start()
-        try:
-            replies = await raw_peer(port, payloads)
-            await asyncio.sleep(0.2)
-            # The receiver process is unharmed and serves the next, honest sender.
-            await send(frames, fps, model_bytes, SendOptions(port=port))
-            stats = await receiver.wait(30)
-        finally:
-            await receiver.stop()
-        return replies, stats, receiver.failures
-
-    replies, stats, failures = asyncio.run(scenario())
+    replies, stats, failures = asyncio.run(
+        refused_then_honest(clip, model_bytes, tmp_path, lambda port: raw_peer(port, payloads)))
     errors = [r for r in replies if isinstance(r, msg.Error)]
     assert len(errors) == 1 and len(failures) == 1
     assert errors[0].code == code
     assert stats["frames_out"] == FRAMES
+
+
+FRAME_META = msg.encode(msg.Frame(index=0, capture_time=1.0))
+OUT_OF_ORDER = {
+    # Frames before the model: metadata on the meta channel (before anything, or after the hello), a
+    # frame message on the control channel, RTP video before any hello.
+    "frame_meta_first": lambda model: [("meta", FRAME_META)],
+    "frame_meta_before_model": lambda model: [*handshake(model)[:3], ("meta", FRAME_META)],
+    "frame_on_control_before_model": lambda model: [*handshake(model)[:3], FRAME_META],
+    "video_before_hello": lambda model: [],
+    # A second model mid-stream: a chunk or a model_done after the model was acknowledged, and a chunk
+    # racing the verification of the first one (after model_done, before the ack).
+    "model_chunk_after_ack": lambda model: [*handshake(model), msg.Ack, handshake(model)[3]],
+    "model_done_after_ack": lambda model: [*handshake(model), msg.Ack, handshake(model)[-1]],
+    "hello_after_ack": lambda model: [*handshake(model), msg.Ack, handshake(model)[0]],
+    "model_chunk_after_model_done": lambda model: [*handshake(model), handshake(model)[3]],
+    # A model that does not fit the stream: fitted at 88x72, the config says 176x144.
+    "model_for_another_frame_size": None,
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUT_OF_ORDER))
+def test_out_of_order_peer_gets_an_error_and_a_clean_close(clip, model_bytes, tiny_codec, tmp_path, case):
+    if case == "model_for_another_frame_size":
+        other = bundle.dumps(Codec(tiny_codec.model, tiny_codec.normalization, meta={"frame_size": [88, 72]}))
+        steps, code = [*handshake(other), msg.Ack], "model_mismatch"
+    else:
+        steps, code = OUT_OF_ORDER[case](model_bytes), "unexpected"
+    replies, stats, failures = asyncio.run(refused_then_honest(
+        clip, model_bytes, tmp_path, lambda port: raw_peer(port, steps, video=case == "video_before_hello")))
+    errors = [r for r in replies if isinstance(r, msg.Error)]
+    assert [e.code for e in errors] == [code], replies
+    assert len(failures) == 1 and code in failures[0]
+    assert stats["frames_out"] == FRAMES
+
+
+def test_cached_model_for_another_frame_size_is_refused(clip, model_bytes, tiny_codec, tmp_path):
+    """The receiver holds a model fitted at 88x72 (--model); a sender announcing it for a 176x144 stream is refused."""
+    other = bundle.dumps(Codec(tiny_codec.model, tiny_codec.normalization, meta={"frame_size": [88, 72]}))
+    models = {hashlib.sha256(other).hexdigest(): bundle.loads(other)}
+
+    async def peer(port):
+        with pytest.raises(SessionError, match="model_mismatch.*88x72.*176x144"):
+            await send(*clip, other, SendOptions(port=port))
+
+    _, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peer, models=models))
+    assert len(failures) == 1 and "model_mismatch" in failures[0]
+    assert stats["frames_out"] == FRAMES
+
+
+# -- the optional shared secret ---------------------------------------------------------------------
+SECRET = b"the tests' shared secret"
+
+
+def test_shared_secret_refuses_other_senders_before_any_model_is_loaded(clip, model_bytes, tmp_path, monkeypatch):
+    loads = []
+    real_loads = receiver_session.bundle.loads
+    monkeypatch.setattr(receiver_session.bundle, "loads", lambda *a: loads.append(1) or real_loads(*a))
+
+    async def peers(port):
+        with pytest.raises(SessionError, match="auth_required"):  # no secret at all
+            await send(*clip, model_bytes, SendOptions(port=port))
+        with pytest.raises(SessionError, match="auth_failed"):  # another secret
+            await send(*clip, model_bytes, SendOptions(port=port, secret=SECRET + b"!"))
+        await asyncio.sleep(0.3)
+        return len(loads)
+
+    loads_before_honest, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peers, secret=SECRET))
+    assert loads_before_honest == 0  # neither refused sender got its model loaded (nor any chunk taken)
+    assert [f.split(":")[0] for f in failures] == ["auth_required", "auth_failed"]
+    assert stats["authenticated"] and stats["model_transferred"] and stats["frames_out"] == FRAMES
+    assert len(loads) == 1
+
+
+def test_shared_secret_is_checked_when_the_model_is_cached(clip, model_bytes, tiny_codec, tmp_path):
+    models = {hashlib.sha256(model_bytes).hexdigest(): tiny_codec}
+
+    async def peers(port):
+        with pytest.raises(SessionError, match="auth_failed"):
+            await send(*clip, model_bytes, SendOptions(port=port, secret=b"x" * 32))
+        # A raw peer replaying a tag made for another session's nonce gets nowhere either.
+        from protocol import auth
+
+        hello = msg.Hello(role="sender", model_sha256=hashlib.sha256(model_bytes).hexdigest(), model_bytes=len(model_bytes))
+        config = msg.decode(handshake(model_bytes)[2])
+        stale = auth.tag(SECRET, auth.new_nonce(), hello, config)
+        return await raw_peer(port, [*handshake(model_bytes, auth=stale)[:3], msg.Ack])
+
+    replies, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peers, secret=SECRET, models=models))
+    assert [r.code for r in replies if isinstance(r, msg.Error)] == ["auth_failed"]
+    assert [f.split(":")[0] for f in failures] == ["auth_failed", "auth_failed"]
+    assert stats["authenticated"] and not stats["model_transferred"] and stats["frames_out"] == FRAMES
+
+
+def test_receiver_without_a_secret_accepts_a_tagged_sender(clip, model_bytes, tmp_path):
+    """A receiver with no secret sends no nonce; a sender with one streams untagged (and warns). An
+    unsolicited tag from a hand-driven peer is ignored too: it gets its ack."""
+    async def peers(port):
+        return await raw_peer(port, [*handshake(model_bytes, auth="0" * 64), msg.Ack], linger=0.1)
+
+    replies, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peers))
+    assert [r.kind for r in replies] == ["hello", "ack"] and replies[0].nonce == ""
+    assert len(failures) == 1 and "connection" in failures[0]  # the raw peer just hung up
+    stats_tagged, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(secret=SECRET), reference=False))
+    assert not stats_tagged["authenticated"] and stats_tagged["frames_out"] == FRAMES
 
 
 def test_sender_reports_a_missing_receiver(clip, model_bytes):
@@ -268,3 +432,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("vsae: error:")]
     assert len(lines) == 3 and "Traceback" not in err
+
+
+def test_cli_secret_file_and_frame_size_errors_are_one_line(tiny_codec, tmp_path, capsys):
+    from codec.cli import main
+
+    weak = tmp_path / "weak"
+    weak.write_text("hunter2\n")
+    model = tmp_path / "small.vsae"
+    bundle.save(Codec(tiny_codec.model, tiny_codec.normalization, meta={"frame_size": [88, 72]}), model)
+    good = tmp_path / "good"
+    good.write_bytes(b"0123456789abcdef0123456789abcdef")
+    assert main(["recv", "--listen", "127.0.0.1:0", "-o", str(tmp_path / "o.mp4"), "--secret-file", str(weak)]) == 1
+    assert main(["recv", "--listen", "127.0.0.1:0", "-o", str(tmp_path / "o.mp4"), "--secret-file", str(tmp_path / "none")]) == 1
+    assert main(["send", "carphone", "--connect", "127.0.0.1:9", "--model", str(model), "--secret-file", str(weak)]) == 1
+    # A model fitted at another size is refused before any connection (port 9 has no receiver anyway).
+    assert main(["send", "carphone", "--connect", "127.0.0.1:9", "--model", str(model), "--secret-file", str(good),
+                 "--frames", "0:2"]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("vsae: error:")]
+    assert len(lines) == 4 and "Traceback" not in err
+    assert "at least 16" in lines[0] and "cannot read" in lines[1] and "at least 16" in lines[2]
+    assert "fitted at 88x72 but the video is 176x144" in lines[3]
