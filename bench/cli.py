@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed` (a `vsae` CLI plug-in) and `python -m bench rd|speed`."""
+"""`vsae bench rd|speed|faults` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import rd, speed
+from . import faults, rd, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("speed", help="receiver throughput and per-stage time, fit time per epoch (speed.json)")
     speed.add_arguments(s)
     s.set_defaults(func=speed.run)
+    f = kinds.add_parser("faults", help="stream across real network faults between network namespaces (root; faults.md)")
+    faults.add_arguments(f)
+    f.set_defaults(func=faults.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

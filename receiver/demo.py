@@ -65,14 +65,20 @@ def run_stream(
     extra_recv: tuple[str, ...] = (),
     timeout: float = STREAM_TIMEOUT_S,
     echo: bool = False,
+    extra_send: tuple[str, ...] = (),
+    recv_host: str = "127.0.0.1",
+    recv_wrap: tuple[str, ...] = (),
+    send_wrap: tuple[str, ...] = (),
 ) -> dict:
-    """Run `vsae recv` and `vsae send` as two processes over loopback; returns the receiver's stats
-    (with the sender's report under "sender"). Writes OUT/vsae.mp4, OUT/bicubic.mp4, OUT/stats.json."""
+    """Run `vsae recv` and `vsae send` as two processes (over loopback by default; `recv_wrap`/`send_wrap`
+    prefix their commands, e.g. `ip netns exec NS`, with the receiver listening on `recv_host`); returns the
+    receiver's stats (with the sender's report under "sender"). Writes OUT/vsae.mp4, OUT/bicubic.mp4,
+    OUT/stats.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recv_cmd = _vsae("recv", "--listen", "127.0.0.1:0", "-o", str(out / "vsae.mp4"), "--stats", str(out / "stats.json"),
+    recv_cmd = [*recv_wrap, *_vsae("recv", "--listen", f"{recv_host}:0", "-o", str(out / "vsae.mp4"), "--stats", str(out / "stats.json"),
                      "--reference", str(video), "--bicubic-output", str(out / "bicubic.mp4"), "--timeout", str(timeout),
-                     *(("--reference-frames", frames) if frames else ()), *extra_recv)
+                     *(("--reference-frames", frames) if frames else ()), *extra_recv)]
     receiver = subprocess.Popen(recv_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recv_out: list[str] = []
     recv_err: list[str] = []
@@ -80,9 +86,9 @@ def run_stream(
         port = _wait_listening(receiver, recv_out)
         threading.Thread(target=_pump, args=(receiver.stdout, recv_out, echo), daemon=True).start()
         threading.Thread(target=_pump, args=(receiver.stderr, recv_err, echo), daemon=True).start()
-        send_cmd = _vsae("send", str(video), "--connect", f"127.0.0.1:{port}", "--model", str(model), "--scale", str(scale),
-                         "--temporal", str(temporal), "--kbps", str(kbps), "--codec", codec, "--json",
-                         *(("--frames", frames) if frames else ()))
+        send_cmd = [*send_wrap, *_vsae("send", str(video), "--connect", f"{recv_host}:{port}", "--model", str(model),
+                                       "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
+                                       "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
         sender = subprocess.run(send_cmd, capture_output=True, text=True, timeout=timeout)
         if sender.returncode != 0:
             raise VsaeError(f"sender failed: {_last_line(sender.stderr)}")

@@ -1,0 +1,277 @@
+"""`vsae bench faults`: stream across real network faults and tabulate what the receiver got.
+
+The lab: three network namespaces, sender | middle | receiver, joined by two veth pairs on private
+addresses (10.77.1.0/30 and 10.77.2.0/30). The middle namespace forwards between them through a TUN
+device served by `bench.impair` (loss, Gilbert-Elliott bursts, delay, jitter, reordering, a bandwidth cap,
+outages; see that module for why not netem). Sender and receiver are the real `vsae send` / `vsae recv`
+processes, each in its namespace. Everything the lab makes is deleted on exit, also on failure. Needs
+root and iproute2; every step is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from codec.errors import VsaeError
+
+from .impair import Impairment
+
+SENDER_IP, MIDDLE_SENDER_IP = "10.77.1.1", "10.77.1.2"
+RECEIVER_IP, MIDDLE_RECEIVER_IP = "10.77.2.2", "10.77.2.1"
+# Routing table of the middle namespace that sends forwarded packets into the relay's TUN device.
+RELAY_TABLE = "100"
+# Seconds for one `ip` command and for the relay to attach.
+SETUP_TIMEOUT_S = 10
+# One scenario's stream: the stream itself is ~8 s at 15 fps; the rest is model transfer and recovery.
+SCENARIO_TIMEOUT_S = 120
+# Stream settings of the fault table: carphone at 15 fps (8 s, so a 3 s outage sits in the middle),
+# ÷4, every 2nd frame, VP8 at 20 kbps.
+FAULT_FPS = 15.0
+
+
+def lab_available() -> str | None:
+    """None when the lab can run here, else why not (for a clear skip)."""
+    if os.geteuid() != 0:
+        return "the fault lab needs root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "the fault lab needs iproute2 (`ip`); apt-get install iproute2"
+    if not os.path.exists("/dev/net/tun"):
+        return "the fault lab needs /dev/net/tun"
+    return None
+
+
+class NetworkLab:
+    """sender | middle (relay) | receiver namespaces; a context manager that removes all it made."""
+
+    def __init__(self, tag: str | None = None):
+        tag = tag or str(os.getpid() % 100000)
+        self.sender, self.middle, self.receiver = f"vsae-s-{tag}", f"vsae-m-{tag}", f"vsae-r-{tag}"
+        self.tun = f"vt-{tag}"
+        self.links = {"sender": f"vs-{tag}", "middle_s": f"vm1-{tag}", "middle_r": f"vm2-{tag}", "receiver": f"vr-{tag}"}
+        self.relay: subprocess.Popen | None = None
+        self._made: list[str] = []
+
+    # -- commands ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _ip(*args: str) -> None:
+        result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=SETUP_TIMEOUT_S)
+        if result.returncode != 0:
+            raise VsaeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+    def exec_in(self, ns: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", ns)
+
+    def _sysctl(self, ns: str, key: str, value: str) -> None:
+        path = "/proc/sys/" + key.replace(".", "/")
+        subprocess.run([*self.exec_in(ns), "sh", "-c", f"echo {value} > {path}"], check=True, timeout=SETUP_TIMEOUT_S)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> "NetworkLab":
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _build(self) -> None:
+        L = self.links
+        for ns in (self.sender, self.middle, self.receiver):
+            self._ip("netns", "add", ns)
+            self._made.append(ns)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+        for a, b, ns_a in ((L["sender"], L["middle_s"], self.sender), (L["receiver"], L["middle_r"], self.receiver)):
+            self._ip("link", "add", a, "type", "veth", "peer", "name", b)
+            self._ip("link", "set", a, "netns", ns_a)
+            self._ip("link", "set", b, "netns", self.middle)
+        for ns, dev, addr in ((self.sender, L["sender"], f"{SENDER_IP}/30"), (self.middle, L["middle_s"], f"{MIDDLE_SENDER_IP}/30"),
+                              (self.middle, L["middle_r"], f"{MIDDLE_RECEIVER_IP}/30"), (self.receiver, L["receiver"], f"{RECEIVER_IP}/30")):
+            self._ip("-n", ns, "addr", "add", addr, "dev", dev)
+            self._ip("-n", ns, "link", "set", dev, "up")
+        self._ip("-n", self.sender, "route", "add", "default", "via", MIDDLE_SENDER_IP)
+        self._ip("-n", self.receiver, "route", "add", "default", "via", MIDDLE_RECEIVER_IP)
+        self._sysctl(self.middle, "net.ipv4.ip_forward", "1")
+        self._ip("-n", self.middle, "tuntap", "add", "dev", self.tun, "mode", "tun")
+        self._ip("-n", self.middle, "link", "set", self.tun, "up")
+        for dev in ("all", "default", self.tun, L["middle_s"], L["middle_r"]):
+            # Packets the relay writes back arrive on the TUN device with far-side sources: no reverse-path filter.
+            self._sysctl(self.middle, f"net.ipv4.conf.{dev}.rp_filter", "0")
+        for dev in (L["middle_s"], L["middle_r"]):
+            self._ip("-n", self.middle, "rule", "add", "iif", dev, "table", RELAY_TABLE)
+        self._ip("-n", self.middle, "route", "add", "default", "dev", self.tun, "table", RELAY_TABLE)
+
+    def start_relay(self, forward: Impairment, backward: Impairment, stats: Path, seed: int = 0) -> None:
+        ready = stats.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        cmd = [*self.exec_in(self.middle), sys.executable, "-m", "bench.impair", "--tun", self.tun,
+               "--forward-dst", RECEIVER_IP, "--forward", json.dumps(asdict(forward)),
+               "--backward", json.dumps(asdict(backward)), "--seed", str(seed), "--stats", str(stats), "--ready", str(ready)]
+        self.relay = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + SETUP_TIMEOUT_S
+        while not ready.exists():
+            if self.relay.poll() is not None or time.monotonic() > deadline:
+                raise VsaeError(f"impairment relay did not start: {self.relay.stderr.read().strip()[-300:]}")
+            time.sleep(0.05)
+
+    def stop_relay(self) -> None:
+        if self.relay is not None and self.relay.poll() is None:
+            self.relay.terminate()
+            try:
+                self.relay.wait(timeout=SETUP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.relay.kill()
+                self.relay.wait()
+        self.relay = None
+
+    def close(self) -> None:
+        self.stop_relay()
+        for ns in reversed(self._made):  # deleting a namespace deletes its veth ends and the TUN device
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=SETUP_TIMEOUT_S)
+        self._made.clear()
+
+
+# -- scenarios ----------------------------------------------------------------------------------------
+@dataclass
+class Scenario:
+    name: str
+    forward: Impairment = field(default_factory=Impairment)
+    backward: Impairment = field(default_factory=Impairment)
+    note: str = ""
+
+
+def scenarios(kbps: float) -> list[Scenario]:
+    """The issue's scenarios. Loss and delay apply both ways (media one way, feedback the other)."""
+
+    def both(name: str, note: str = "", **kw) -> Scenario:
+        return Scenario(name, Impairment(**kw), Impairment(**kw), note)
+
+    return [
+        both("clean"),
+        both("loss 2%", loss=0.02),
+        both("loss 5%", loss=0.05),
+        both("loss 10%", loss=0.10),
+        both("delay 100±30 ms", delay_ms=100, jitter_ms=30, note="jitter reorders packets"),
+        both("burst loss", burst_p=0.02, burst_r=0.25, from_media=True,
+             note="Gilbert-Elliott (mean burst 4 packets, ~7% lost) while streaming"),
+        both("burst loss from start", burst_p=0.02, burst_r=0.25, note="the same, during the model transfer too"),
+        Scenario(f"cap {kbps * 0.75:g} kbps", Impairment(rate_kbps=kbps * 0.75), note="below the 20 kbps target, media direction, while streaming"),
+        both("outage 3 s", outage_after_media_s=3.0, outage_s=3.0, note="everything dropped, from 3 s into the stream"),
+        both("model loss 10%", model_loss=0.10, note="data-channel packets before the first media packet"),
+    ]
+
+
+def run_scenario(lab: NetworkLab, scenario: Scenario, video: str, model: str, out: Path, frames: str | None = None,
+                 scale: int = 4, temporal: int = 2, kbps: float = 20.0, fps: float = FAULT_FPS,
+                 timeout: float = SCENARIO_TIMEOUT_S) -> dict:
+    """Stream once across the lab with this scenario's impairments; the receiver's stats plus outcome."""
+    from receiver.demo import run_stream
+
+    echo = bool(os.environ.get("VSAE_FAULTS_ECHO"))
+    out.mkdir(parents=True, exist_ok=True)
+    lab.start_relay(scenario.forward, scenario.backward, out / "relay.json")
+    began = time.monotonic()
+    row: dict = {"scenario": scenario.name, "note": scenario.note}
+    try:
+        stats = run_stream(video, model, out, scale, temporal, kbps, frames=frames, timeout=timeout, echo=echo,
+                           extra_send=("--bind", SENDER_IP, "--fps", f"{fps:g}"), recv_host=RECEIVER_IP,
+                           recv_wrap=lab.exec_in(lab.receiver), send_wrap=lab.exec_in(lab.sender))
+        row.update(outcome="completed", stats=stats)
+    except (VsaeError, subprocess.TimeoutExpired) as exc:
+        row.update(outcome="failed", error=str(exc).splitlines()[-1][:300])
+    finally:
+        lab.stop_relay()
+    row["wall_s"] = round(time.monotonic() - began, 1)
+    relay_path = out / "relay.json"
+    row["relay"] = json.loads(relay_path.read_text()) if relay_path.exists() else None
+    return row
+
+
+def summarize_row(row: dict, clean_psnr: float | None) -> dict:
+    s = row.get("stats") or {}
+    relay = row.get("relay") or {}
+    fwd = (relay.get("forward") or {}).get("counts", {})
+    lost = sum(v for k, v in fwd.items() if k.startswith("lost_"))
+    psnr = s.get("psnr")
+    return {
+        "scenario": row["scenario"],
+        "outcome": row["outcome"] + (f": {row['error']}" if row.get("error") else ""),
+        "frames_out": s.get("frames_out"), "frames_received": s.get("frames_received"), "concealed": s.get("frames_concealed"),
+        "keyframe_requests": s.get("keyframe_requests"),
+        "psnr": psnr, "psnr_drop": None if psnr is None or clean_psnr is None else round(clean_psnr - psnr, 2),
+        "psnr_bicubic": s.get("psnr_bicubic"), "video_kbps": s.get("video_kbps"),
+        "model_transferred": s.get("model_transferred"), "timestamps_anchored": s.get("timestamps_anchored"),
+        "forward_lost": f"{lost}/{fwd.get('packets', 0)}", "wall_s": row["wall_s"], "note": row.get("note", ""),
+    }
+
+
+def write_table(rows: list[dict], out: Path) -> Path:
+    cols = ["scenario", "outcome", "frames_out", "concealed", "keyframe_requests", "psnr", "psnr_drop", "psnr_bicubic",
+            "video_kbps", "forward_lost", "wall_s", "note"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
+    path = out / "faults.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", default="carphone")
+    p.add_argument("--model", default=None, help="model bundle (default: the demo's cached fit on the even frames)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--only", default=None, help="comma-separated scenario names (default all)")
+    p.add_argument("--kbps", type=float, default=20.0)
+    p.add_argument("--fps", type=float, default=FAULT_FPS)
+    p.add_argument("--frames", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    why = lab_available()
+    if why:
+        print(f"vsae bench faults: error: {why}", file=sys.stderr)
+        return 1
+    from codec.cache import cached_fit
+    from codec.video import resolve_video
+
+    video = resolve_video(args.video)
+    model = args.model or str(cached_fit(video, "even", 4.0)[0])
+    out = Path(args.out)
+    chosen = scenarios(args.kbps)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",")]
+        chosen = [s for s in chosen if s.name in names]
+    rows, table = [], []
+    with NetworkLab() as lab:
+        for scenario in chosen:
+            print(f"vsae bench faults: {scenario.name} ...", file=sys.stderr, flush=True)
+            row = run_scenario(lab, scenario, str(video), model, out / scenario.name.replace(" ", "_").replace("%", "pct"),
+                               args.frames, kbps=args.kbps, fps=args.fps)
+            rows.append(row)
+            clean = next((r["stats"]["psnr"] for r in rows if r["scenario"] == "clean" and r.get("stats")), None)
+            table.append(summarize_row(row, clean))
+            print(json.dumps(table[-1]), flush=True)
+    (out / "faults.json").write_text(json.dumps({"rows": table, "runs": rows}, indent=2, default=str) + "\n")
+    print(f"wrote {write_table(table, out)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.faults", description="stream across real network faults (needs root)")
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The fault lab: the impairment relay's packet fates (pure, always run) and real streams across network
+namespaces (root and iproute2 only; skipped with the reason otherwise)."""
+
+from __future__ import annotations
+
+import subprocess
+import struct
+
+import pytest
+
+from bench.faults import NetworkLab, Scenario, lab_available, run_scenario
+from bench.impair import Impairment, Relay, packet_kind
+
+SENDER = bytes([10, 77, 1, 1])
+RECEIVER = bytes([10, 77, 2, 2])
+
+
+def udp_packet(payload: bytes, src: bytes = SENDER, dst: bytes = RECEIVER) -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17, 0, src, dst)
+    return header + struct.pack("!HHHH", 5000, 6000, 8 + len(payload), 0) + payload
+
+
+RTP = udp_packet(bytes([0x80, 96]) + bytes(40))
+DTLS = udp_packet(bytes([23, 0xFE, 0xFD]) + bytes(60))
+BACK_RTP = udp_packet(bytes([0x80, 96]) + bytes(40), src=RECEIVER, dst=SENDER)
+
+
+def fates(relay: Relay, packet: bytes, count: int, start: float = 0.0, step: float = 0.001) -> list[float | None]:
+    return [relay.fate(packet, start + i * step)[1] for i in range(count)]
+
+
+def test_packet_kinds_follow_rfc7983():
+    assert packet_kind(bytes([0x80, 96])) == "rtp" and packet_kind(bytes([22, 0xFE])) == "dtls"
+    assert packet_kind(bytes([0, 1])) == "stun" and packet_kind(b"") == "other"
+
+
+def test_random_loss_rate_and_directions():
+    relay = Relay(Impairment(loss=0.1), Impairment(), "10.77.2.2", seed=3)
+    forward = fates(relay, RTP, 20000)
+    backward = fates(relay, BACK_RTP, 2000)
+    assert 0.09 < sum(f is None for f in forward) / 20000 < 0.11
+    assert all(f == 0.0 for f in backward)
+    assert relay.directions["forward"].counts["lost_random"] == sum(f is None for f in forward)
+
+
+def test_gilbert_elliott_losses_come_in_bursts():
+    p, r = 0.02, 0.25
+    relay = Relay(Impairment(burst_p=p, burst_r=r), Impairment(), "10.77.2.2", seed=1)
+    lost = [f is None for f in fates(relay, RTP, 50000)]
+    rate = sum(lost) / len(lost)
+    assert abs(rate - p / (p + r)) < 0.015  # the chain's stationary share of bad packets
+    runs, run = [], 0
+    for x in lost + [False]:
+        if x:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    assert 3.4 < sum(runs) / len(runs) < 4.6  # mean burst 1 / r = 4 packets (random loss: ~1)
+
+
+def test_delay_jitter_and_reordering():
+    relay = Relay(Impairment(delay_ms=100, jitter_ms=30, reorder=0.1), Impairment(), "10.77.2.2", seed=2)
+    delays = fates(relay, RTP, 5000)
+    assert all(d is not None for d in delays)
+    fast = [d for d in delays if d == 0.0]
+    slow = [d for d in delays if d]
+    assert 0.08 < len(fast) / len(delays) < 0.12
+    assert min(slow) >= 0.07 - 1e-9 and max(slow) <= 0.13 + 1e-9 and abs(sum(slow) / len(slow) - 0.1) < 0.003
+
+
+def test_rate_cap_spaces_packets_and_drops_past_the_queue_limit():
+    relay = Relay(Impairment(rate_kbps=100), Impairment(), "10.77.2.2")
+    assert relay.fate(DTLS, 0.0)[1] == 0.0  # before media: the model transfer is not capped
+    relay.fate(RTP, 0.0)
+    # 100 packets of 70 bytes offered at once: each takes 5.6 ms on a 100 kbps link, the queue holds 0.3 s.
+    delays = fates(relay, RTP, 100, start=0.0, step=0.0)
+    kept = [d for d in delays if d is not None]
+    assert kept == sorted(kept) and abs((kept[1] - kept[0]) - len(RTP) * 8 / 100e3) < 1e-9
+    assert max(kept) <= 0.3 + 0.01 and delays.count(None) > 0
+
+
+def test_outage_is_timed_from_the_first_media_packet_and_model_loss_hits_only_dtls_before_it():
+    relay = Relay(Impairment(outage_after_media_s=1.0, outage_s=2.0, model_loss=1.0), Impairment(), "10.77.2.2")
+    assert relay.fate(DTLS, 0.0)[1] is None  # model transfer: every data-channel packet lost
+    assert relay.fate(RTP, 0.5)[1] == 0.0  # first media packet (not lost: model loss is DTLS only)
+    assert relay.fate(DTLS, 0.6)[1] == 0.0  # after media started, no model loss
+    assert relay.fate(RTP, 1.4)[1] == 0.0
+    assert relay.fate(RTP, 1.6)[1] is None and relay.fate(DTLS, 3.4)[1] is None  # outage 1.5 .. 3.5
+    assert relay.fate(RTP, 3.6)[1] == 0.0
+    counts = relay.directions["forward"].counts
+    assert counts["lost_outage"] == 2 and counts["lost_model"] == 1
+
+
+def test_loss_from_media_spares_the_model_transfer():
+    relay = Relay(Impairment(loss=1.0, from_media=True), Impairment(), "10.77.2.2")
+    assert relay.fate(DTLS, 0.0)[1] == 0.0
+    assert relay.fate(RTP, 0.1)[1] is None
+
+
+# -- real streams across namespaces ---------------------------------------------------------------------
+needs_lab = pytest.mark.skipif(lab_available() is not None, reason=lab_available() or "")
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@needs_lab
+def test_lab_removes_everything_even_on_failure():
+    with pytest.raises(RuntimeError):
+        with NetworkLab("t1") as lab:
+            assert lab.receiver in _namespaces()
+            raise RuntimeError("boom")
+    assert "vsae-" not in _namespaces()
+
+
+FRAMES = "0:40"
+
+
+@needs_lab
+@pytest.mark.parametrize("scenario, clean", [
+    (Scenario("clean"), True),
+    (Scenario("loss 10%", Impairment(loss=0.1), Impairment(loss=0.1)), False),
+    (Scenario("outage 1 s", Impairment(outage_after_media_s=1.0, outage_s=1.0), Impairment(outage_after_media_s=1.0, outage_s=1.0)), False),
+])
+def test_stream_across_faults_ends_with_one_frame_per_source_frame(fitted_bundle, tmp_path, scenario, clean):
+    with NetworkLab("t2") as lab:
+        row = run_scenario(lab, scenario, "carphone", fitted_bundle, tmp_path / "run", frames=FRAMES, timeout=90)
+    assert "vsae-" not in _namespaces()
+    assert row["outcome"] == "completed", row.get("error")
+    stats = row["stats"]
+    assert stats["frames_out"] == 40 and stats["model_transferred"] is True
+    relay = row["relay"]["forward"]["counts"]
+    assert relay["rtp"] > 0 and row["relay"]["first_media_s"] is not None
+    if clean:
+        assert stats["frames_concealed"] == 0 and relay["delivered"] == relay["packets"]
+    else:
+        lost = relay["packets"] - relay["delivered"]
+        assert lost > 0  # the fault really hit packets
+
+
+def test_random_seed_matters():
+    a = fates(Relay(Impairment(loss=0.5), Impairment(), "10.77.2.2", seed=1), RTP, 50)
+    b = fates(Relay(Impairment(loss=0.5), Impairment(), "10.77.2.2", seed=2), RTP, 50)
+    assert a != b
