@@ -13,6 +13,7 @@ import math
 
 import msgpack
 import pytest
+from fuzzing import LONG, FUZZ_EXAMPLES, Tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -510,47 +511,41 @@ def test_encode_refuses_invalid(message, code):
 
 # ---------------------------------------------------------------------------------------------------
 # Fuzzing: decode returns a Message or raises ProtocolError, nothing else
+#
+# Each strategy draws a list of payloads. The CI tests run 200 examples of each; test_fuzz_long (-m slow,
+# see tests/fuzzing.py) runs VSAE_FUZZ_EXAMPLES of each with per-call time and memory bounds and counts.
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def check_decode(data: object) -> None:
+def check_decode(data: object) -> Message | ProtocolError:
     try:
         message = decode(data)  # type: ignore[arg-type]
     except ProtocolError as exc:
         assert exc.code in CODES, exc.code
-        return
+        return exc
     assert isinstance(message, Message)
     assert type(message) in KINDS.values()
     # Whatever we accept from a peer we could also send: encode validates it the same way.
     assert decode(encode(message)) == message
+    return message
 
 
-@FUZZ
-@given(st.binary(max_size=512))
-def test_fuzz_random_bytes(data):
-    check_decode(data)
+RANDOM_BYTES = st.binary(max_size=512).map(lambda b: [b])
+# Random bytes that at least start as a msgpack map, to get past the first check more often.
+MAP_LIKE_BYTES = (st.binary(min_size=1, max_size=64).map(lambda b: b"\x80" + b)
+                  | st.binary(min_size=1, max_size=64).map(lambda b: bytes([0x80 | (b[0] & 0x0F)]) + b[1:])).map(lambda b: [b])
 
 
-@FUZZ
-@given(st.binary(min_size=1, max_size=64).map(lambda b: b"\x80" + b)
-       | st.binary(min_size=1, max_size=64).map(lambda b: bytes([0x80 | (b[0] & 0x0F)]) + b[1:]))
-def test_fuzz_random_map_like_bytes(data):
-    # Random bytes that at least start as a msgpack map, to get past the first check more often.
-    check_decode(data)
-
-
-@FUZZ
-@given(st.sampled_from(ENCODED), st.data())
-def test_fuzz_truncation_and_bit_flips(data, draw):
-    cut = draw.draw(st.integers(0, len(data) - 1), label="cut")
-    check_decode(data[:cut])
-    position = draw.draw(st.integers(0, len(data) - 1), label="position")
-    bit = draw.draw(st.integers(0, 7), label="bit")
+@st.composite
+def truncations_and_bit_flips(draw) -> list[bytes]:
+    data = draw(st.sampled_from(ENCODED))
+    cut = draw(st.integers(0, len(data) - 1), label="cut")
+    position = draw(st.integers(0, len(data) - 1), label="position")
+    bit = draw(st.integers(0, 7), label="bit")
     flipped = bytearray(data)
     flipped[position] ^= 1 << bit
-    check_decode(bytes(flipped))
-    check_decode(bytes(flipped[:cut]))
+    return [data[:cut], bytes(flipped), bytes(flipped[:cut])]
 
 
 FIELD_NAMES = sorted({f.name for cls in KINDS.values() for f in dataclasses.fields(cls)})
@@ -575,25 +570,146 @@ MSGPACK_VALUES = st.recursive(
 )
 
 
-@FUZZ
-@given(st.sampled_from(sorted(KINDS)), st.data())
-def test_fuzz_valid_looking_maps(kind, draw):
+@st.composite
+def valid_looking_maps(draw) -> list[bytes]:
     # {"v": 1, "kind": kind} plus random values under mostly that kind's own field names (so that some
     # maps get past the field-name check into type and range validation) and sometimes random keys.
+    kind = draw(st.sampled_from(sorted(KINDS)))
     own = [f.name for f in dataclasses.fields(KINDS[kind])]
     keys = st.sampled_from(own) if own else st.sampled_from(FIELD_NAMES)
-    fields = draw.draw(st.dictionaries(keys, PLAUSIBLE | MSGPACK_VALUES, max_size=len(own)), label="fields")
-    extra = draw.draw(st.just({}) | st.just({}) | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=12),
-                                                                 MSGPACK_VALUES, min_size=1, max_size=3), label="extra")
+    fields = draw(st.dictionaries(keys, PLAUSIBLE | MSGPACK_VALUES, max_size=len(own)), label="fields")
+    extra = draw(st.just({}) | st.just({}) | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=12),
+                                                             MSGPACK_VALUES, min_size=1, max_size=3), label="extra")
     obj = {**extra, **fields, "v": 1, "kind": kind}
-    check_decode(msgpack.packb(obj, use_bin_type=True))
+    return [msgpack.packb(obj, use_bin_type=True)]
+
+
+@st.composite
+def one_field_replaced(draw) -> list[bytes]:
+    # A valid message with one field (or an extra key) swapped for a random msgpack value.
+    message = draw(st.sampled_from(VALID))
+    obj = {"v": 1, "kind": message.kind, **fields_of(message)}
+    key = draw(st.sampled_from(sorted(obj)) | st.sampled_from(FIELD_NAMES), label="key")
+    obj[key] = draw(MSGPACK_VALUES, label="value")
+    return [msgpack.packb(obj, use_bin_type=True)]
+
+
+# msgpack headers that declare a length (byte, length width): bin, str, array, map and ext of 8/16/32 bits.
+LENGTH_HEADERS = [(0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4), (0xDC, 2), (0xDD, 4),
+                  (0xDE, 2), (0xDF, 4), (0xC7, 1), (0xC8, 2), (0xC9, 4)]
+
+
+@st.composite
+def huge_declared_sizes(draw) -> list[bytes]:
+    """A length header (anywhere up to 2**32 - 1, often near the top) with little or no data after it,
+    alone or as a field value inside an otherwise valid message."""
+    byte, width = draw(st.sampled_from(LENGTH_HEADERS))
+    top = 2 ** (8 * width) - 1
+    length = draw(st.integers(0, top) | st.integers(max(0, top - 64), top) | st.sampled_from([MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES + 1]))
+    header = bytes([byte]) + min(length, top).to_bytes(width, "big") + (b"\x01" if 0xC7 <= byte <= 0xC9 else b"")
+    tail = draw(st.binary(max_size=64))
+    message = draw(st.sampled_from(VALID))
+    obj = {"v": 1, "kind": message.kind, **fields_of(message)}
+    key = draw(st.sampled_from(sorted(obj)))
+    before = {k: v for k, v in obj.items() if k != key}
+    inside = bytes([0x80 | len(obj)])  # a fixmap header: every kind has at most 15 keys
+    inside += b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in before.items())
+    inside += msgpack.packb(key) + header + tail
+    return [header + tail, inside]
+
+
+@st.composite
+def deep_nesting(draw) -> list[bytes]:
+    """Arrays and maps nested up to past the message size cap, alone or as a field of a valid message."""
+    depth = draw(st.integers(1, 64) | st.integers(1, MAX_MESSAGE_BYTES + 16))
+    openers = draw(st.lists(st.sampled_from([b"\x91", b"\x81\xa1k", b"\xdc\x00\x01", b"\xde\x00\x01\xa1k"]), min_size=1, max_size=4))
+    leaf = draw(st.sampled_from([b"\xc0", b"\x01", b"\xa0", b"", b"\xc1"]))
+    nested = b"".join(openers[i % len(openers)] for i in range(depth)) + leaf
+    field = draw(st.sampled_from(FIELD_NAMES))
+    wrapped = b"\x83" + msgpack.packb("v") + b"\x01" + msgpack.packb("kind") + msgpack.packb(draw(st.sampled_from(sorted(KINDS)))) + msgpack.packb(field) + nested
+    return [nested, wrapped]
+
+
+FUZZERS = {
+    "random_bytes": RANDOM_BYTES,
+    "map_like_bytes": MAP_LIKE_BYTES,
+    "truncations_and_bit_flips": truncations_and_bit_flips(),
+    "valid_looking_maps": valid_looking_maps(),
+    "one_field_replaced": one_field_replaced(),
+    "huge_declared_sizes": huge_declared_sizes(),
+    "deep_nesting": deep_nesting(),
+}
 
 
 @FUZZ
-@given(st.sampled_from(VALID), st.data())
-def test_fuzz_one_field_replaced(message, draw):
-    # A valid message with one field (or an extra key) swapped for a random msgpack value.
-    obj = {"v": 1, "kind": message.kind, **fields_of(message)}
-    key = draw.draw(st.sampled_from(sorted(obj)) | st.sampled_from(FIELD_NAMES), label="key")
-    obj[key] = draw.draw(MSGPACK_VALUES, label="value")
-    check_decode(msgpack.packb(obj, use_bin_type=True))
+@given(RANDOM_BYTES)
+def test_fuzz_random_bytes(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@FUZZ
+@given(MAP_LIKE_BYTES)
+def test_fuzz_random_map_like_bytes(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@FUZZ
+@given(truncations_and_bit_flips())
+def test_fuzz_truncation_and_bit_flips(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@FUZZ
+@given(valid_looking_maps())
+def test_fuzz_valid_looking_maps(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@FUZZ
+@given(one_field_replaced())
+def test_fuzz_one_field_replaced(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@FUZZ
+@given(huge_declared_sizes())
+def test_fuzz_huge_declared_sizes(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@FUZZ
+@given(deep_nesting())
+def test_fuzz_deep_nesting(payloads):
+    for data in payloads:
+        check_decode(data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FUZZERS))
+def test_fuzz_long(name):
+    """VSAE_FUZZ_EXAMPLES examples (default 20,000): only Messages or ProtocolErrors, each decode under
+    2 s and 4 MB of allocations; counts printed (-s) and recorded (VSAE_FUZZ_REPORT)."""
+    tally = Tally(f"protocol.{name}", ProtocolError, max_traced_mb=4)
+
+    @LONG
+    @given(FUZZERS[name])
+    def run(payloads):
+        for data in payloads:
+            tally.call(check_decode_raising, data)
+
+    run()
+    tally.finish(min_calls=FUZZ_EXAMPLES)
+
+
+def check_decode_raising(data: bytes) -> Message:
+    """check_decode, raising the ProtocolError (for the tally to count by code)."""
+    result = check_decode(data)
+    if isinstance(result, ProtocolError):
+        raise result
+    return result
