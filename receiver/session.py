@@ -257,6 +257,9 @@ class Session:
         except BundleError as exc:
             await self.refuse("model_rejected", f"model does not load: {exc}")
             return
+        except Exception as exc:  # e.g. MemoryError / torch's RuntimeError building a huge model the config asks for
+            await self.refuse("model_rejected", f"model does not load: {type(exc).__name__}: {str(exc)[:120]}")
+            return
         if not await self._fits(codec):
             return
         self.model_bytes, self.model_transferred = len(data), True

@@ -308,6 +308,29 @@ def test_out_of_order_peer_gets_an_error_and_a_clean_close(clip, model_bytes, ti
     assert stats["frames_out"] == FRAMES
 
 
+def test_model_that_fails_to_load_with_any_error_is_refused(clip, model_bytes, tmp_path, monkeypatch):
+    """Not only BundleError: an allocation failure while building the model (a bundle whose config asks
+    for billions of parameters) is a refusal too, not a stuck session."""
+    real_loads = receiver_session.bundle.loads
+    calls = []
+
+    def failing_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return real_loads(*args)
+
+    monkeypatch.setattr(receiver_session.bundle, "loads", failing_once)
+
+    async def peer(port):
+        with pytest.raises(SessionError, match="model_rejected.*RuntimeError"):
+            await send(*clip, model_bytes, SendOptions(port=port))
+
+    _, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peer))
+    assert len(failures) == 1 and "model_rejected" in failures[0]
+    assert stats["frames_out"] == FRAMES and stats["model_transferred"]
+
+
 def test_cached_model_for_another_frame_size_is_refused(clip, model_bytes, tiny_codec, tmp_path):
     """The receiver holds a model fitted at 88x72 (--model); a sender announcing it for a 176x144 stream is refused."""
     other = bundle.dumps(Codec(tiny_codec.model, tiny_codec.normalization, meta={"frame_size": [88, 72]}))
