@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 # Bounds: a bundle above these is refused before decompressing / allocating.
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
+DECOMPRESS_CHUNK = 1 << 20
 MAX_TENSORS = 1024
 MAX_META_ITEMS = 64
 ZSTD_LEVEL = 10
@@ -84,7 +85,15 @@ def _decompress(payload: bytes) -> bytes:
     """zstd decompression that never produces more than MAX_PAYLOAD_BYTES, whatever the header claims."""
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
-        out = reader.read(MAX_PAYLOAD_BYTES + 1)
+        # Read in chunks: one read(MAX + 1) would reserve the whole cap up front on every load.
+        parts, size = [], 0
+        while size <= MAX_PAYLOAD_BYTES:
+            chunk = reader.read(DECOMPRESS_CHUNK)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        out = b"".join(parts)
     except zstandard.ZstdError as exc:
         raise BundleError(f"model bundle payload does not decompress ({exc})") from None
     if len(out) > MAX_PAYLOAD_BYTES:
@@ -136,8 +145,10 @@ def loads(data: bytes, device: str | torch.device = "cpu") -> Codec:
     ):
         raise BundleError("model bundle normalization is invalid")
     meta = _check_meta(inner["meta"])
-    model = AutoEncoder(config)
-    expected = model.state_dict()
+    # Shapes from a skeleton on the meta device: nothing is allocated until every tensor has checked out,
+    # so a tiny bundle whose config asks for a huge model is refused instead of allocating it.
+    with torch.device("meta"):
+        expected = AutoEncoder(config).state_dict()
     tensors = inner["tensors"]
     if not isinstance(tensors, list) or len(tensors) != len(expected):
         raise BundleError(f"model bundle holds {len(tensors) if isinstance(tensors, list) else '?'} tensors, the config needs {len(expected)}")
@@ -161,6 +172,7 @@ def loads(data: bytes, device: str | torch.device = "cpu") -> Codec:
         if code != "i64" and not np.isfinite(array).all():
             raise BundleError(f"tensor {name!r} holds non-finite values")
         state[name] = torch.from_numpy(array.copy()).to(expected[name].dtype)
+    model = AutoEncoder(config)
     model.load_state_dict(state)
     return Codec(model, Normalization(list(map(float, norm["mean"])), list(map(float, norm["std"]))), torch.device(device), meta)
 
