@@ -19,9 +19,12 @@ import hashlib
 import hmac
 import secrets
 import stat
+import sys
 from pathlib import Path
 
 import msgpack
+
+from codec.errors import VsaeError
 
 from .messages import NONCE_HEX, Config, Hello
 
@@ -78,3 +81,17 @@ def verify(secret: bytes, nonce: str, hello: Hello, config: Config) -> bool:
     if not config.auth or not nonce:
         return False
     return hmac.compare_digest(tag(secret, nonce, hello, config), config.auth)
+
+
+def secret_option(path: str | None, prog: str) -> bytes | None:
+    """The `--secret-file` option of `vsae send` / `vsae recv`: None when not given; warnings on stderr;
+    any problem is one VsaeError line."""
+    if not path:
+        return None
+    try:
+        secret, warnings = read_secret(path)
+    except ValueError as exc:
+        raise VsaeError(f"--secret-file: {exc}") from None
+    for warning in warnings:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    return secret

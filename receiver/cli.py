@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, TEMPORAL_METHODS
 from codec.video import read_video
-from protocol.auth import read_secret
+from protocol.auth import secret_option
 from protocol.peer import install_event_loop, parse_address
 
 from .session import Receiver, ReceiveOptions
@@ -57,14 +56,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
         host, port = parse_address(args.listen)
     except ValueError as exc:
         raise VsaeError(f"--listen: {exc}") from None
-    secret = None
-    if args.secret_file:
-        try:
-            secret, warnings = read_secret(args.secret_file)
-        except ValueError as exc:
-            raise VsaeError(f"--secret-file: {exc}") from None
-        for warning in warnings:
-            print(f"vsae recv: warning: {warning}", file=sys.stderr)
+    secret = secret_option(args.secret_file, "vsae recv")
     models = {}
     if args.model:
         try:

@@ -11,7 +11,7 @@ from codec import bundle
 from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
 from codec.video import read_video
-from protocol.auth import read_secret
+from protocol.auth import secret_option
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
@@ -34,14 +34,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
     codec = bundle.loads(model)  # refuse a broken or foreign model here, before any connection
-    secret = None
-    if args.secret_file:
-        try:
-            secret, warnings = read_secret(args.secret_file)
-        except ValueError as exc:
-            raise VsaeError(f"--secret-file: {exc}") from None
-        for warning in warnings:
-            print(f"vsae send: warning: {warning}", file=sys.stderr)
+    secret = secret_option(args.secret_file, "vsae send")
     frames, fps = read_video(args.video, args.frames)
     size = codec.meta.get("frame_size")
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
