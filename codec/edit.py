@@ -127,26 +127,26 @@ def video_texture(
     if length < 1 or bridge < 0:
         raise VsaeError("texture length must be >= 1 and bridge >= 0")
     size = tuple(frames.shape[-2:])
-    x_end, x_start = frames[loop.end : loop.end + 1], frames[loop.start : loop.start + 1]
-    between = codec.in_between(codec.key(x_end, size), codec.key(x_start, size), bridge, method).cpu()
+    key_end = codec.key(frames[loop.end : loop.end + 1], size)
+    key_start = codec.key(frames[loop.start : loop.start + 1], size)
+    between = codec.in_between(key_end, key_start, bridge, method).cpu()
     cycle = torch.cat([frames[loop.start : loop.end + 1].cpu(), between])
     repeats = -(-length // cycle.shape[0])
     out = cycle.repeat(repeats, 1, 1, 1)[:length]
-    return Texture(out, loop, bridge, transition_distance(codec, frames, loop, between, method))
+    half = codec.between(key_end, key_start, torch.tensor([0.5]), method).cpu()
+    return Texture(out, loop, bridge, transition_distance(frames, loop, between, half, method))
 
 
-def transition_distance(codec: Codec, frames: torch.Tensor, loop: Loop, between: torch.Tensor, method: str) -> dict:
+def transition_distance(frames: torch.Tensor, loop: Loop, between: torch.Tensor, half: torch.Tensor, method: str) -> dict:
     """Table 2 of the paper, with PSNR/SSIM in place of LPIPS (LPIPS needs downloaded weights).
 
     direct: the loop's jump as is, x_end -> x_start. interpolated (the paper's measure): a frame
-    interpolated halfway between x_end and x_start, compared with x_start. worst_step: the largest
+    interpolated halfway between x_end and x_start (`half`), compared with x_start. worst_step: the largest
     frame-to-frame change along our bridged transition. typical_step: the median change between
     consecutive frames of the source video, for scale.
     """
     frames = frames.cpu()
     x_end, x_start = frames[loop.end : loop.end + 1], frames[loop.start : loop.start + 1]
-    size = tuple(frames.shape[-2:])
-    half = codec.between(codec.key(x_end, size), codec.key(x_start, size), torch.tensor([0.5]), method).cpu()
     path = torch.cat([x_end, between.cpu(), x_start])
     steps = psnr_per_frame(path[1:], path[:-1])
     source_steps = psnr_per_frame(frames[1:], frames[:-1])
@@ -313,8 +313,8 @@ def border_discontinuity(image: torch.Tensor, box: tuple[int, int, int, int]) ->
 
 
 def seam_discontinuity(image: torch.Tensor, columns: list[int]) -> float:
-    """Mean absolute step (0..255) across the given column boundaries (between column c - 1 and c),
-    relative to nothing: compare a naive stitch with its reprojection."""
+    """Mean absolute step (0..255) across the given column boundaries (between column c - 1 and c): how
+    visible a stitch's seams are (compare the naive stitch with its reprojection)."""
     img = image.float() * 255
     steps = [(img[:, :, c] - img[:, :, c - 1]).abs().mean() for c in columns]
     return float(torch.stack(steps).mean())

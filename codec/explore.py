@@ -130,10 +130,12 @@ def video_average(codec: Codec, frames: torch.Tensor, codes: LatentCodes | None 
     _check_frames(frames)
     codes = codes or latent_codes(codec, frames)
     frames = frames.cpu()
+    latent = decode_mean(codec, codes)
     images = {
         "pixel": frames.mean(0),
-        "latent": decode_mean(codec, codes).cpu(),
-        "latent_reprojected": decode_mean(codec, codes, iterations=iterations).cpu(),
+        "latent": latent.cpu(),
+        # Reproject the decoded mean already made, rather than decoding the mean latent a second time.
+        "latent_reprojected": codec.project(latent[None], iterations).frames[0].cpu(),
     }
     stats = {
         name: {"sharpness": round(float(sharpness(image)), 2), **similarity_to_frames(image, frames)}
