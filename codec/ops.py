@@ -114,7 +114,9 @@ class Codec:
     def between(self, key_a: "Key", key_b: "Key", alphas: torch.Tensor, method: str = DEFAULT_TEMPORAL_METHOD) -> torch.Tensor:
         """Frames at positions `alphas` (0 = key_a, 1 = key_b) between two key frames.
 
-        `motion` needs each alpha to be a fraction k/m with m <= MOTION_MAX_STEPS (see motion_interpolate).
+        `motion` samples motion on a grid of 1/m of the key interval, m <= MOTION_MAX_STEPS (see
+        motion_interpolate): other positions (a long concealed gap has in-betweens at i/(count+1) for count
+        >= MOTION_MAX_STEPS) take the nearest such fraction for the motion search; the guide keeps the exact one.
         """
         if method not in TEMPORAL_METHODS:
             raise ValueError(f"unknown temporal method {method!r}")
@@ -132,7 +134,8 @@ class Codec:
         if method == "residual":
             return residual
         return torch.cat([
-            motion_interpolate(key_a.frame, key_b.frame, float(alpha), residual[i : i + 1])
+            motion_interpolate(key_a.frame, key_b.frame, float(Fraction(alpha).limit_denominator(MOTION_MAX_STEPS)),
+                               residual[i : i + 1])
             for i, alpha in enumerate(alphas.tolist())
         ])
 

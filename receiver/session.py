@@ -28,12 +28,11 @@ from protocol.peer import DEFAULT_HOST, new_peer_connection, send_message
 from protocol.signaling import Busy, serve
 from protocol.timing import IndexMapper
 
+from . import jitter
 from .worker import ReconstructWorker, StreamInfo
 
 log = logging.getLogger("vsae.receiver")
 
-# Ask for a keyframe at most this often when low-res frames go missing.
-KEYFRAME_REQUEST_INTERVAL_S = 0.5
 # A session that has not finished the handshake and model transfer by then is dropped.
 HANDSHAKE_TIMEOUT_S = 120.0
 # Session states before video may flow; "loading": the model is being verified, loaded, the worker started
@@ -78,8 +77,7 @@ class Session:
         self.worker: ReconstructWorker | None = None
         self.mapper: IndexMapper | None = None
         self.last_index = -1
-        self.keyframe_requests = 0
-        self._last_keyframe_request = 0.0
+        self.jitter_buffers: list[jitter.DrainingJitterBuffer] = []
         self.sender_bye: msg.Bye | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()  # stats dict or error text
         self.began = time.monotonic()
@@ -312,7 +310,6 @@ class Session:
             self._spawn(self._receive_video(track))
 
     async def _receive_video(self, track: MediaStreamTrack) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 frame = await track.recv()
@@ -325,11 +322,6 @@ class Session:
             index = self.mapper.index(frame.pts)
             if index is None or index <= self.last_index or index >= self.config.frames:
                 continue  # a sync frame, a duplicate, or beyond the announced stream
-            if index > self.last_index + self.config.temporal and loop.time() - self._last_keyframe_request > KEYFRAME_REQUEST_INTERVAL_S:
-                # Low-res frames went missing: later frames reference them, so ask for a fresh start.
-                self._last_keyframe_request = loop.time()
-                self.keyframe_requests += 1
-                self._spawn(self.send(msg.Keyframe()))
             self.last_index = index
             rgb = frame.to_ndarray(format="rgb24")
             self.worker.submit(index, rgb)
@@ -368,12 +360,25 @@ class Session:
             "model_transferred": self.model_transferred,
             "authenticated": self.authenticated,
             "model_sha256": self.hello.model_sha256 if self.hello else None,
-            "keyframe_requests": self.keyframe_requests,
+            # Keyframe requests are RTCP PLIs from the jitter buffer when it gives up on lost packets.
+            "keyframe_requests": sum(b.plis for b in self.jitter_buffers),
+            **self._jitter_stats(),
             "timestamps_anchored": self.mapper.anchored if self.mapper else None,
             "session_s": round(time.monotonic() - self.began, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         })
         return stats
+
+
+    def _jitter_stats(self) -> dict:
+        stats = [b.stats() for b in self.jitter_buffers]
+        recoveries = [ms for s in stats for ms in s["recovery_ms"]]
+        return {
+            "jitter_skips": sum(s["jitter_skips"] for s in stats),
+            "frames_skipped_jitter": sum(s["frames_skipped_jitter"] for s in stats),
+            "recovery_ms": recoveries,
+            "recovery_ms_max": max(recoveries) if recoveries else None,
+        }
 
 
 class SessionFailed(Exception):
@@ -397,6 +402,7 @@ class Receiver:
         self.session = session
         session.done.add_done_callback(self._session_done)
         await session.pc.setRemoteDescription(offer)
+        session.jitter_buffers = jitter.install(session.pc)
         await session.pc.setLocalDescription(await session.pc.createAnswer())
         asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._check_handshake, session)
         return session.pc.localDescription

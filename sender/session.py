@@ -163,7 +163,11 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     pc = new_peer_connection(options.bind or options.host)
     control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
     meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, best effort
-    prefer_codec(pc.addTransceiver(track, direction="sendonly"), options.codec)
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    prefer_codec(transceiver, options.codec)
+    # An RTCP PLI or FIR from the receiver lands in RTCRtpSender._send_keyframe, which only flags aiortc's own
+    # encoder; vsae encodes the frames itself, so the request must reach this track's encoder instead.
+    transceiver.sender._send_keyframe = track.request_keyframe
 
     inbox: asyncio.Queue = asyncio.Queue()
     failure: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -118,6 +118,18 @@ def test_in_between_count(tiny_codec, carphone, count):
             assert out.min() >= 0 and out.max() <= 1
 
 
+def test_motion_in_betweens_across_a_long_gap(tiny_codec, carphone):
+    """A concealed outage: 33 frames between two keys (positions i/34, finer than the motion grid)."""
+    crop, size = carphone[:, :, :64, :96], (64, 96)
+    a = tiny_codec.key(downscale(crop[0:1], 4), size)
+    b = tiny_codec.key(downscale(crop[20:21], 4), size)
+    out = tiny_codec.in_between(a, b, 33, "motion")
+    assert out.shape == (33, 3, *size) and out.min() >= 0 and out.max() <= 1
+    # In order: each in-between is closer to key a the earlier it is.
+    to_a = [float((f - a.frame[0]).abs().mean()) for f in out]
+    assert to_a[0] < to_a[16] < to_a[-1]
+
+
 def test_in_between_latent_is_eq8(tiny_codec, carphone):
     a = tiny_codec.key(carphone[0:1], HW)
     b = tiny_codec.key(carphone[4:5], HW)

@@ -1,0 +1,221 @@
+"""The receiver's video jitter buffer: aiortc's, made to drain and to give up on lost frames.
+
+aiortc's video jitter buffer has two habits that wreck a low-bitrate real-time stream on a lossy link:
+
+- It hands out at most one complete frame per arriving packet. After a hole is filled (a NACKed packet
+  retransmitted), the frames queued behind it leave one per new packet: the backlog never shrinks, latency
+  stays up by that many frames, and the last frames of a stream never leave at all.
+- It waits for a missing packet until 512 later packets arrive. At ~1 packet per frame that is more than a
+  minute of video, so a packet that retransmission cannot recover (an outage longer than the sender's RTP
+  history, a lost retransmission) stalls the picture for a minute.
+
+`DrainingJitterBuffer` hands every complete frame to the decoder as soon as it is complete (its last packet,
+the one with the RTP marker bit, is in: no wait for the next frame's first packet), and gives up on
+a hole once the frames waiting behind it are more than `MAX_WAIT_S` of media time older than the newest
+packet: it drops them, then drops every frame up to the next keyframe (frames in between reference what was
+lost and would decode as garbage), asking the sender for one with an RTCP PLI at once and every
+`PLI_RETRY_S` until it comes. The receiver conceals the skipped span by latent interpolation.
+
+It is installed on each video `RTCRtpReceiver` of a peer connection before media flows. aiortc has no public
+hook for this, so `install` reaches four private attributes of `RTCRtpReceiver` by name, and fails loudly
+(not silently falling back) if a future aiortc renames them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
+
+# Give up on a missing packet once the frames waiting behind it are this much older (media time) than the
+# newest packet: room for a NACK round trip (the fault lab's worst, 100 +- 30 ms each way) plus the frame
+# interval it takes to notice the loss.
+MAX_WAIT_S = 0.5
+# While waiting for a keyframe after giving up, ask again this often (a PLI is an RTCP packet: it can be lost).
+PLI_RETRY_S = 0.5
+# aiortc's own video buffer size (packets).
+CAPACITY = 512
+CLOCK_RATE = 90_000
+_PRIVATE = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue",
+            "_RTCRtpReceiver__timestamp_mapper", "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__codecs")
+
+
+def is_keyframe(mime: str, data: bytes) -> bool:
+    """Whether a depayloaded frame can be decoded on its own (VP8 key frame, H.264 IDR)."""
+    if not data:
+        return False
+    if mime.lower() == "video/vp8":
+        return data[0] & 0x01 == 0  # VP8 frame tag: bit 0 is 0 for key frames (RFC 6386 9.1)
+    if mime.lower() == "video/h264":
+        # aiortc's H.264 depayloader writes Annex B: NAL units after 00 00 01 start codes; IDR is type 5.
+        start = data.find(b"\x00\x00\x01")
+        while start != -1 and start + 3 < len(data):
+            if data[start + 3] & 0x1F == 5:
+                return True
+            start = data.find(b"\x00\x00\x01", start + 3)
+        return False
+    return True  # unknown codec: never hold frames back
+
+
+def _ts_after(a: int, b: int) -> int:
+    """RTP timestamp a minus b, modulo 2**32, as a signed number."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - (1 << 32) if d >= 1 << 31 else d
+
+
+class DrainingJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer that drains every complete frame and skips unrecoverable holes."""
+
+    def __init__(self, receiver: RTCRtpReceiver, capacity: int = CAPACITY, max_wait_s: float = MAX_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(capacity, is_video=True)
+        self._receiver = receiver
+        self._max_wait_ticks = int(max_wait_s * CLOCK_RATE)
+        self._clock = clock
+        self.awaiting_keyframe = False
+        self._last_pli = 0.0
+        self._skip_began: float | None = None
+        self._last_released: int | None = None  # RTP timestamp of the last frame handed out
+        # Counts, for the receiver's stats.
+        self.skips = 0  # holes given up on
+        self.frames_skipped = 0  # complete or partial frames dropped with them, or while awaiting a keyframe
+        self.plis = 0
+        self.recoveries_ms: list[float] = []  # from each skip to the keyframe that ended it
+
+    # -- aiortc's entry point ------------------------------------------------------------------------
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        frames = ([frame] if frame is not None else []) + self._drain()
+        if frames:
+            self._last_released = frames[-1].timestamp
+        if self._stale(packet):
+            self._skip_to(packet)
+            pli = True
+        frames = self._gate(frames, packet)
+        now = self._clock()
+        if self.awaiting_keyframe and now - self._last_pli >= PLI_RETRY_S:
+            pli = True
+        if pli:
+            self._last_pli = now
+            self.plis += 1
+        if not frames:
+            return pli, None
+        # aiortc queues the frame we return; the ones before it go to its decoder queue first, in order.
+        self._enqueue(frames[:-1], packet)
+        return pli, frames[-1]
+
+    def _drain(self) -> list[JitterFrame]:
+        """Every complete frame at the head: its packets contiguous up to one with the RTP marker bit (the
+        frame's last), or up to the next frame's first packet (aiortc's own rule)."""
+        frames = []
+        while True:
+            packets: list[RtpPacket] = []
+            complete = False
+            for count in range(self.capacity):
+                held = self._packets[(self._origin + count) % self.capacity]
+                if held is None:
+                    break
+                if packets and held.timestamp != packets[0].timestamp:
+                    complete = True
+                    break
+                packets.append(held)
+                if held.marker:
+                    complete = True
+                    break
+            if not (complete and packets):
+                return frames
+            frames.append(JitterFrame(data=b"".join(p._data for p in packets), timestamp=packets[0].timestamp))
+            self.remove(len(packets))
+
+    # -- giving up on a hole -------------------------------------------------------------------------
+    def _oldest_held(self) -> RtpPacket | None:
+        for count in range(self.capacity):
+            held = self._packets[(self._origin + count) % self.capacity]
+            if held is not None:
+                return held
+        return None
+
+    def _stale(self, newest: RtpPacket) -> bool:
+        """A hole blocks the buffer and waiting longer for it would hand out frames more than MAX_WAIT_S (media
+        time) behind the newest packet. The missing packets belong to frames after the last one handed out, so
+        a hole at the head is dated by that frame; else by the oldest packet still held (an incomplete frame)."""
+        oldest = self._oldest_held()
+        if oldest is None:
+            return False
+        head_missing = self._packets[self._origin % self.capacity] is None
+        since = self._last_released if head_missing and self._last_released is not None else oldest.timestamp
+        return _ts_after(newest.timestamp, since) > self._max_wait_ticks
+
+    def _skip_to(self, newest: RtpPacket) -> None:
+        """Drop every packet of frames older than `newest`'s and wait for a keyframe."""
+        start = newest.sequence_number
+        while True:  # keep the packets of the newest frame that came before it
+            before = self._packets[uint16_add(start, -1) % self.capacity]
+            if before is None or before.timestamp != newest.timestamp:
+                break
+            start = uint16_add(start, -1)
+        dropped_ts = set()
+        for count in range(uint16_add(start, -self._origin)):
+            held = self._packets[(self._origin + count) % self.capacity]
+            if held is not None:
+                dropped_ts.add(held.timestamp)
+        self.remove(uint16_add(start, -self._origin))
+        self._last_released = None
+        self.skips += 1
+        self.frames_skipped += len(dropped_ts)
+        if not self.awaiting_keyframe:
+            self.awaiting_keyframe = True
+            self._skip_began = self._clock()
+
+    def _gate(self, frames: list[JitterFrame], packet: RtpPacket) -> list[JitterFrame]:
+        """While awaiting a keyframe, drop frames until one arrives."""
+        if not self.awaiting_keyframe:
+            return frames
+        mime = self._codec(packet).mimeType
+        for j, frame in enumerate(frames):
+            if is_keyframe(mime, frame.data):
+                self.awaiting_keyframe = False
+                self.recoveries_ms.append(round((self._clock() - self._skip_began) * 1000, 1))
+                self.frames_skipped += j
+                return frames[j:]
+        self.frames_skipped += len(frames)
+        return []
+
+    # -- aiortc's receiver, by name ------------------------------------------------------------------
+    def _codec(self, packet: RtpPacket):
+        return getattr(self._receiver, "_RTCRtpReceiver__codecs")[packet.payload_type]
+
+    def _enqueue(self, frames: list[JitterFrame], packet: RtpPacket) -> None:
+        """What aiortc's `_handle_rtp_packet` does with the frame `add` returns, for the frames before it."""
+        if not frames or getattr(self._receiver, "_RTCRtpReceiver__decoder_thread") is None:
+            return
+        codec = self._codec(packet)
+        mapper = getattr(self._receiver, "_RTCRtpReceiver__timestamp_mapper")
+        queue = getattr(self._receiver, "_RTCRtpReceiver__decoder_queue")
+        for frame in frames:
+            frame.timestamp = mapper.map(frame.timestamp)
+            queue.put((codec, frame))
+
+    def stats(self) -> dict:
+        return {"jitter_skips": self.skips, "frames_skipped_jitter": self.frames_skipped, "pli_sent": self.plis,
+                "recovery_ms": list(self.recoveries_ms)}
+
+
+def install(pc: RTCPeerConnection) -> list[DrainingJitterBuffer]:
+    """Give every video receiver of `pc` a DrainingJitterBuffer (call after setRemoteDescription, before media)."""
+    buffers = []
+    for receiver in pc.getReceivers():
+        if receiver.track is None or receiver.track.kind != "video":
+            continue
+        missing = [name for name in _PRIVATE if not hasattr(receiver, name)]
+        if missing:
+            raise RuntimeError(f"aiortc's RTCRtpReceiver has no {', '.join(missing)}: this aiortc version is not "
+                               "supported by receiver.jitter (pin aiortc or update the jitter buffer)")
+        buffer = DrainingJitterBuffer(receiver)
+        setattr(receiver, "_RTCRtpReceiver__jitter_buffer", buffer)
+        buffers.append(buffer)
+    return buffers
