@@ -6,12 +6,13 @@ and a version mismatch all become a `ProtocolError` whose `code` goes back to th
 message before the session closes.
 
 Session (sender -> receiver unless marked <-):
-  Hello(role="sender", model_sha256, model_bytes)   <- Hello(role="receiver", have_model, nonce)
+  Hello(role="sender", model_sha256, model_bytes)   <- Hello(role="receiver", have_model, nonce, model_offset)
   Config(stream parameters, auth)
-  ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model)
+  ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model; from chunk
+      model_offset // CHUNK_BYTES when it holds the start of it from an interrupted session)
   <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
   Frame(index, capture_time) per sent frame, on the unordered meta channel
-  <- Keyframe()    -- the receiver lost low-res frames and wants a fresh keyframe
+  <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
   Error(code, message) either way, then close.
 
@@ -19,7 +20,8 @@ Version 1 grows only by optional fields listed in a class's `omit_empty`: they s
 empty, so a peer that predates them talks to this one unchanged unless the feature is used (it would
 refuse the unknown field with `bad_field`). So far: `Hello.nonce` and `Config.auth`, the optional
 shared secret (protocol.auth): a receiver with a secret sends a nonce, the sender answers with an
-HMAC-SHA256 tag over the nonce, its hello and the config. Anything incompatible bumps VERSION.
+HMAC-SHA256 tag over the nonce, its hello and the config; and `Hello.model_offset`, a resumed model
+transfer. Anything incompatible bumps VERSION.
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ class Hello(Message):
     model_bytes: int = 0  # sender: its size
     have_model: bool = False  # receiver: it already holds that model (skip the transfer)
     nonce: str = ""  # receiver with a shared secret: the challenge the sender's Config.auth must cover
-    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES), "nonce": NONCE_HEX}
-    omit_empty: ClassVar[tuple[str, ...]] = ("nonce",)
+    # receiver: bytes of this model it already holds from an interrupted transfer (whole chunks); the sender
+    # sends the rest, starting at chunk model_offset // CHUNK_BYTES
+    model_offset: int = 0
+    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES), "nonce": NONCE_HEX, "model_offset": (0, MAX_MODEL_BYTES)}
+    omit_empty: ClassVar[tuple[str, ...]] = ("nonce", "model_offset")
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,8 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", "hello.model_sha256: not a SHA-256 hex digest")
     if isinstance(message, Hello) and message.nonce and not _is_hex(message.nonce, NONCE_HEX):
         raise ProtocolError("bad_value", f"hello.nonce: not {NONCE_HEX} lowercase hex digits")
+    if isinstance(message, Hello) and message.model_offset % CHUNK_BYTES:
+        raise ProtocolError("bad_value", f"hello.model_offset: not a whole number of {CHUNK_BYTES}-byte chunks")
     if isinstance(message, Config) and message.auth and not _is_hex(message.auth, TAG_HEX):
         raise ProtocolError("bad_value", f"config.auth: not {TAG_HEX} lowercase hex digits")
     if isinstance(message, (ModelDone, Ack)) and not _is_sha256(message.sha256):
@@ -226,7 +233,7 @@ def encode(message: Message) -> bytes:
     """Serialize a message (validated first, so we never send what we would refuse)."""
     fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     _validate(type(message), fields)
-    wire = {name: value for name, value in fields.items() if not (name in message.omit_empty and value == "")}
+    wire = {name: value for name, value in fields.items() if not (name in message.omit_empty and value in ("", 0))}
     return msgpack.packb({"v": VERSION, "kind": message.kind, **wire}, use_bin_type=True)
 
 

@@ -63,6 +63,7 @@ VALID: list[Message] = [
     Hello(role="receiver", have_model=True),
     Hello(role="receiver"),
     Hello(role="receiver", have_model=True, nonce=NONCE),
+    Hello(role="receiver", model_offset=3 * CHUNK_BYTES),
     Config(**CONFIG),
     Config(**CONFIG, auth=TAG),
     Config(**{**CONFIG, "codec": "h264", "width": 1920, "height": 1080, "low_width": 480, "low_height": 270,
@@ -109,7 +110,7 @@ def fields_of(message: Message) -> dict:
 
 def wire_fields(message: Message) -> dict:
     """The fields on the wire: all of them but empty version-1 additions (`omit_empty`)."""
-    return {k: v for k, v in fields_of(message).items() if not (k in message.omit_empty and v == "")}
+    return {k: v for k, v in fields_of(message).items() if not (k in message.omit_empty and v in ("", 0))}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def test_version_one_additions_stay_off_the_wire_while_empty(message: Message):
     wire = set(msgpack.unpackb(encode(message), raw=False)) - {"v", "kind"}
     added = set(message.omit_empty)
     assert added and not added & ORIGINAL_FIELDS[message.kind]
-    if all(getattr(message, name) == "" for name in added):
+    if all(getattr(message, name) in ("", 0) for name in added):
         assert wire == ORIGINAL_FIELDS[message.kind]
     else:
         assert wire - ORIGINAL_FIELDS[message.kind] == {n for n in added if getattr(message, n)}
@@ -157,6 +158,7 @@ def test_version_one_additions_stay_off_the_wire_while_empty(message: Message):
 def test_empty_optional_fields_on_the_wire_are_accepted():
     # Sent explicitly empty (e.g. by another implementation), they mean the same as absent.
     assert decode(pack("hello", role="receiver", nonce="")) == Hello(role="receiver")
+    assert decode(pack("hello", role="receiver", model_offset=0)) == Hello(role="receiver")
     assert decode(pack("config", **CONFIG, auth="")) == Config(**CONFIG)
 
 
@@ -411,6 +413,13 @@ def test_overlong_sha256_is_too_large():
     # Hello.model_sha256 is capped like any text: longer than a digest is a bad value, past MAX_TEXT too large.
     assert refused(pack("hello", role="sender", model_sha256=SHA * 2)) == "bad_value"
     assert refused(pack("hello", role="sender", model_sha256="a" * (MAX_TEXT + 1))) == "too_large"
+
+
+def test_model_offset_must_be_whole_chunks_in_range():
+    assert refused(pack("hello", role="receiver", model_offset=CHUNK_BYTES + 1)) == "bad_value"
+    assert refused(pack("hello", role="receiver", model_offset=-CHUNK_BYTES)) == "bad_value"
+    assert refused(pack("hello", role="receiver", model_offset=True)) == "bad_type"
+    assert decode(pack("hello", role="receiver", model_offset=2 * CHUNK_BYTES)).model_offset == 2 * CHUNK_BYTES
 
 
 @pytest.mark.parametrize("nonce", [
