@@ -27,6 +27,10 @@ class Busy(Exception):
     """Raised by an answer function that is already in a session (HTTP 409)."""
 
 
+class ReceiverBusy(ConnectionError):
+    """The receiver answered HTTP 409: it is in another session (worth retrying later)."""
+
+
 async def serve(host: str, port: int, answer: AnswerFn) -> tuple[web.AppRunner, int]:
     """Start the signaling server; returns the runner (call `.cleanup()`) and the bound port."""
 
@@ -74,7 +78,8 @@ async def request_answer(host: str, port: int, offer: RTCSessionDescription, tim
                     body = await response.json(content_type=None)
                     if response.status != 200:
                         error = body.get("error") if isinstance(body, dict) else None
-                        raise ConnectionError(f"receiver at {host}:{port} refused the offer: {error or response.status}")
+                        refusal = ReceiverBusy if response.status == 409 else ConnectionError
+                        raise refusal(f"receiver at {host}:{port} refused the offer: {error or response.status}")
                     if not isinstance(body, dict) or body.get("type") != "answer" or not isinstance(body.get("sdp"), str):
                         raise ConnectionError(f"receiver at {host}:{port} sent a malformed answer")
                     return RTCSessionDescription(sdp=body["sdp"], type="answer")

@@ -35,6 +35,10 @@ log = logging.getLogger("vsae.receiver")
 
 # A session that has not finished the handshake and model transfer by then is dropped.
 HANDSHAKE_TIMEOUT_S = 120.0
+# A new sender may take over from a session still in its handshake or model transfer that has not heard from
+# its peer for this long (a sender that gave up on a dead connection and retries; the old session would
+# otherwise hold the receiver until ICE consent expires, ~30 s).
+STALLED_HANDSHAKE_S = 10.0
 # Session states before video may flow; "loading": the model is being verified, loaded, the worker started
 # (each control message is its own task, so anything arriving meanwhile must find a state that refuses it).
 HANDSHAKE_STATES = ("hello", "config", "model", "loading")
@@ -70,6 +74,10 @@ class Session:
         self.config: msg.Config | None = None
         self.chunks: list[bytes] = []
         self.chunk_bytes = 0
+        self.resumed_bytes = 0  # model bytes taken over from an interrupted session
+        self._partial: PartialModel | None = None  # offered in our hello, adopted once the config checks out
+        self.resumable = False  # the connection dropped mid-transfer: keep the chunks for the sender's retry
+        self.last_heard = time.monotonic()
         self.codec: Codec | None = None
         self.model_bytes = 0
         self.model_transferred = False
@@ -95,6 +103,7 @@ class Session:
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed") and not self.done.done():
+            self.resumable = self.state == "model"
             self._spawn(self.close(f"connection {self.pc.connectionState} before the stream ended"))
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -155,6 +164,7 @@ class Session:
         if self.done.done():
             return
         self.datachannel_bytes += len(data)
+        self.last_heard = time.monotonic()
         try:
             message = msg.decode(data)
         except msg.ProtocolError as exc:
@@ -184,8 +194,12 @@ class Session:
             return
         self.hello = hello
         have = hello.model_sha256 in self.options.models
+        partial = self.receiver.partial
+        if not have and partial is not None and (partial.sha256, partial.size) == (hello.model_sha256, hello.model_bytes):
+            self._partial = partial
         self.state = "config"
-        await self.send(msg.Hello(role="receiver", have_model=have, nonce=self.nonce))
+        offset = len(self._partial.chunks) * msg.CHUNK_BYTES if self._partial else 0
+        await self.send(msg.Hello(role="receiver", have_model=have, nonce=self.nonce, model_offset=offset))
 
     async def _config(self, config: msg.Config) -> None:
         # The tag is checked before any model chunk is taken and before a cached model is used.
@@ -199,6 +213,11 @@ class Session:
             if await self._fits(codec):
                 await self._start(codec)
         else:
+            if self._partial is not None:  # only now: the config's tag (if any) has been checked
+                self.receiver.partial = None
+                self.chunks = list(self._partial.chunks)
+                self.chunk_bytes = self.resumed_bytes = sum(map(len, self.chunks))
+                log.info("resuming the model transfer at %d of %d bytes", self.chunk_bytes, self.hello.model_bytes)
             self.state = "model"
 
     async def _authenticate(self, config: msg.Config) -> bool:
@@ -358,6 +377,7 @@ class Session:
             "iterations": self.options.iterations,
             "method": self.options.method,
             "model_transferred": self.model_transferred,
+            "model_bytes_resumed": self.resumed_bytes,
             "authenticated": self.authenticated,
             "model_sha256": self.hello.model_sha256 if self.hello else None,
             # Keyframe requests are RTCP PLIs from the jitter buffer when it gives up on lost packets.
@@ -381,6 +401,15 @@ class Session:
         }
 
 
+@dataclass
+class PartialModel:
+    """The chunks of a model whose transfer a dropped connection interrupted, kept for the sender's retry."""
+
+    sha256: str
+    size: int
+    chunks: list[bytes]
+
+
 class SessionFailed(Exception):
     """A session ended without a complete stream (refused, dropped, or the peer misbehaved)."""
 
@@ -394,13 +423,20 @@ class Receiver:
         self.port: int | None = None
         self._completed: asyncio.Future | None = None
         self.failures: list[str] = []
+        # At most one interrupted model transfer (bounded by the announced size, itself <= MAX_MODEL_BYTES).
+        self.partial: PartialModel | None = None
 
     async def _answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        if self.session is not None and not self.session.done.done():
-            raise Busy("receiver busy with another session")
+        active = self.session
+        if active is not None and not active.done.done():
+            idle = time.monotonic() - active.last_heard
+            if active.state not in ("hello", "config", "model") or idle < STALLED_HANDSHAKE_S:
+                raise Busy("receiver busy with another session")
+            active.resumable = active.state == "model"
+            await active.close(f"superseded by a new sender after {idle:.0f} s without a message")
         session = Session(self)
         self.session = session
-        session.done.add_done_callback(self._session_done)
+        session.done.add_done_callback(lambda done: self._session_done(session, done))
         await session.pc.setRemoteDescription(offer)
         session.jitter_buffers = jitter.install(session.pc)
         await session.pc.setLocalDescription(await session.pc.createAnswer())
@@ -409,9 +445,15 @@ class Receiver:
 
     def _check_handshake(self, session: Session) -> None:
         if session.state in HANDSHAKE_STATES and not session.done.done():
+            session.resumable = session.state == "model"
             asyncio.ensure_future(session.close("handshake timed out"))
 
-    def _session_done(self, done: asyncio.Future) -> None:
+    def _session_done(self, session: Session, done: asyncio.Future) -> None:
+        if done.exception() is not None and session.resumable and session.chunks:
+            # Only chunks from a sender that proved the shared secret (when there is one); the whole model is
+            # checked against its SHA-256 at the end in any case.
+            if self.options.secret is None or session.authenticated:
+                self.partial = PartialModel(session.hello.model_sha256, session.hello.model_bytes, session.chunks)
         if done.exception() is not None:
             self.failures.append(str(done.exception()))
             log.error("session failed: %s", done.exception())

@@ -23,7 +23,7 @@ from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
 from protocol import messages as msg
 from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_message
-from protocol.signaling import request_answer
+from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
 from .encoder import RealtimeEncoder
@@ -40,10 +40,22 @@ MODEL_TIMEOUT_S = 120.0
 BYE_TIMEOUT_S = 120.0
 # After the last frame, let the last RTP packets and RTCP reports go out before reading the stats.
 DRAIN_S = 0.5
+# A session whose connection drops before the video starts (e.g. during the model transfer on a lossy link)
+# is started again this many times by default, after RETRY_DELAY_S; the receiver keeps the model chunks it
+# has and the transfer resumes there (Hello.model_offset).
+DEFAULT_RETRIES = 3
+RETRY_DELAY_S = 2.0
 
 
 class SessionError(Exception):
-    """The session failed: refused by the peer, timed out, or the connection dropped."""
+    """The session failed: refused by the peer, timed out, or the connection dropped.
+
+    `retryable`: the connection failed before the video started, so a new session may succeed (a refusal
+    by the receiver is not retryable)."""
+
+    def __init__(self, text: str, retryable: bool = False):
+        super().__init__(text)
+        self.retryable = retryable
 
 
 @dataclass
@@ -58,6 +70,7 @@ class SendOptions:
     connect_timeout: float = 15.0
     bind: str | None = None  # this side's ICE address (default: `host`, right for loopback)
     secret: bytes | None = None  # shared secret: answers a receiver's nonce with an HMAC tag (protocol.auth)
+    retries: int = DEFAULT_RETRIES  # new sessions after a connection lost before the video started
 
 
 @dataclass
@@ -71,6 +84,7 @@ class SendResult:
     keyframe_requests: int
     receiver_frames_out: int
     wall_s: float
+    attempts: int = 1  # sessions it took (retries after a lost connection, see SendOptions.retries)
     extra: dict = field(default_factory=dict)
 
 
@@ -150,12 +164,34 @@ class LowResTrack(MediaStreamTrack):
 
 
 async def send(frames: np.ndarray, source_fps: float, model: bytes, options: SendOptions) -> SendResult:
-    """Run one sender session against a listening receiver; raises SessionError on failure."""
+    """Stream `frames` to a listening receiver; raises SessionError on failure.
+
+    A connection lost before the video starts (the handshake or the model transfer) is retried in a new
+    session up to `options.retries` times; the receiver resumes the model transfer where it stopped."""
     if options.codec not in msg.CODECS:
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
     began = time.monotonic()
-    fps = options.fps or source_fps
     indices, low = prepare_low_res(frames, options.scale, options.temporal)
+    model_sent = [0]  # across attempts
+    for attempt in range(1, options.retries + 2):
+        try:
+            result = await _session(frames, source_fps, indices, low, model, options, model_sent)
+        except SessionError as exc:
+            if not exc.retryable or attempt > options.retries:
+                raise
+            log.warning("vsae send: session %d failed before the video started (%s); retrying in %g s",
+                        attempt, exc, RETRY_DELAY_S)
+            await asyncio.sleep(RETRY_DELAY_S)
+            continue
+        return dataclasses.replace(result, attempts=attempt, wall_s=time.monotonic() - began)
+    raise AssertionError("unreachable")
+
+
+async def _session(frames: np.ndarray, source_fps: float, indices: list[int], low: np.ndarray, model: bytes,
+                   options: SendOptions, model_sent: list[int]) -> SendResult:
+    """One session; `model_sent[0]` counts the model bytes shipped (kept when the session fails)."""
+    began = time.monotonic()
+    fps = options.fps or source_fps
     ticks = ticks_per_frame(fps)
     sha = hashlib.sha256(model).hexdigest()
     track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
@@ -170,11 +206,12 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     transceiver.sender._send_keyframe = track.request_keyframe
 
     inbox: asyncio.Queue = asyncio.Queue()
-    failure: asyncio.Future = asyncio.get_running_loop().create_future()
+    failure: asyncio.Future = asyncio.get_running_loop().create_future()  # SessionError
+    streaming = False
 
-    def fail(reason: str) -> None:
+    def fail(reason: str, lost_connection: bool = False) -> None:
         if not failure.done():
-            failure.set_result(reason)
+            failure.set_result(SessionError(reason, retryable=lost_connection and not streaming))
 
     @control.on("message")
     def on_control(data) -> None:
@@ -197,7 +234,7 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     @pc.on("connectionstatechange")
     def on_state() -> None:
         if pc.connectionState in ("failed", "closed"):
-            fail(f"connection {pc.connectionState}")
+            fail(f"connection {pc.connectionState}", lost_connection=True)
 
     def on_frame(index: int, capture_time: float) -> None:
         if meta.readyState == "open":
@@ -210,10 +247,10 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         done, _ = await asyncio.wait({getter, failure}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if failure in done:
             getter.cancel()
-            raise SessionError(failure.result())
+            raise failure.result()
         if getter not in done:
             getter.cancel()
-            raise SessionError(f"timed out after {timeout:.0f} s waiting for the receiver's {kind.kind}")
+            raise SessionError(f"timed out after {timeout:.0f} s waiting for the receiver's {kind.kind}", retryable=not streaming)
         message = getter.result()
         if not isinstance(message, kind):
             await _refuse(control, "unexpected", f"expected {kind.kind}, got {message.kind}")
@@ -222,19 +259,18 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
 
     opened = asyncio.Event()
     control.on("open", opened.set)
-    model_sent = 0
     try:
         await pc.setLocalDescription(await pc.createOffer())
         try:
             answer = await request_answer(options.host, options.port, pc.localDescription, options.connect_timeout)
         except ConnectionError as exc:
-            raise SessionError(str(exc)) from None
+            raise SessionError(str(exc), retryable=isinstance(exc, ReceiverBusy)) from None
         await pc.setRemoteDescription(answer)
         opener = asyncio.ensure_future(opened.wait())
         done, _ = await asyncio.wait({opener, failure}, timeout=HANDSHAKE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         if opener not in done:
             opener.cancel()
-            raise SessionError(failure.result() if failure.done() else "timed out opening the data channel")
+            raise failure.result() if failure.done() else SessionError("timed out opening the data channel", retryable=True)
         log.info("connected (ICE %s)", pc.iceConnectionState)
 
         own_hello = msg.Hello(role="sender", model_sha256=sha, model_bytes=len(model))
@@ -252,39 +288,48 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
             log.warning("the receiver does not ask for a shared secret: streaming without a tag")
         await send_message(control, config)
         if not hello.have_model:
-            model_sent = await _ship_model(control, model, sha)
+            if hello.model_offset >= len(model):
+                await _refuse(control, "bad_value", f"model_offset {hello.model_offset} is past the model's end")
+                raise SessionError(f"receiver claims {hello.model_offset} bytes of a {len(model)}-byte model")
+            if hello.model_offset:
+                log.warning("vsae send: the receiver holds %d of %d model bytes; sending the rest",
+                            hello.model_offset, len(model))
+            await _ship_model(control, model, sha, hello.model_offset // msg.CHUNK_BYTES, model_sent)
         ack = await expect(msg.Ack, MODEL_TIMEOUT_S)
         if ack.sha256 != sha:
             raise SessionError("receiver acknowledged a different model")
 
+        streaming = True
         track.start.set()
         finished = asyncio.ensure_future(track.finished.wait())
         stream_s = len(frames) / fps + 60.0
         done, _ = await asyncio.wait({finished, failure}, timeout=stream_s, return_when=asyncio.FIRST_COMPLETED)
         if finished not in done:
             finished.cancel()
-            raise SessionError(failure.result() if failure.done() else "timed out streaming")
+            raise failure.result() if failure.done() else SessionError("timed out streaming")
         await asyncio.sleep(DRAIN_S)
         video_bytes, video_packets = await _rtp_sent(pc)
         await send_message(control, msg.Bye(frames=len(frames), video_bytes=video_bytes, video_packets=video_packets))
         bye = await expect(msg.Bye, BYE_TIMEOUT_S)
+    except ConnectionError as exc:  # a data channel closed under a send
+        raise SessionError(str(exc), retryable=not streaming) from None
     finally:
         await pc.close()
     return SendResult(
         frames=len(frames), frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
-        video_kbps=video_bytes * 8 / (len(frames) / fps) / 1000, model_bytes_sent=model_sent,
+        video_kbps=video_bytes * 8 / (len(frames) / fps) / 1000, model_bytes_sent=model_sent[0],
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "ice_states": ice_states},
     )
 
 
-async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str) -> int:
-    sent = 0
-    for seq, start in enumerate(range(0, len(model), msg.CHUNK_BYTES)):
-        sent += await send_message(channel, msg.ModelChunk(seq=seq, data=model[start : start + msg.CHUNK_BYTES]))
-    sent += await send_message(channel, msg.ModelDone(size=len(model), sha256=sha))
-    return sent
+async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str, first: int, sent: list[int]) -> None:
+    """Model chunks from chunk `first` on, then model_done; adds the bytes sent to `sent[0]` as it goes."""
+    for seq in range(first, -(-len(model) // msg.CHUNK_BYTES)):
+        start = seq * msg.CHUNK_BYTES
+        sent[0] += await send_message(channel, msg.ModelChunk(seq=seq, data=model[start : start + msg.CHUNK_BYTES]))
+    sent[0] += await send_message(channel, msg.ModelDone(size=len(model), sha256=sha))
 
 
 async def _rtp_sent(pc) -> tuple[int, int]:

@@ -196,10 +196,10 @@ def test_media_outage_is_concealed_and_recovers_with_a_pli_keyframe(model_bytes,
 def test_corrupted_model_chunk_is_refused_on_both_sides(clip, model_bytes, tmp_path, monkeypatch):
     ship = sender_session._ship_model
 
-    async def corrupt(channel, model, sha):
+    async def corrupt(channel, model, sha, first, sent):
         flipped = bytearray(model)
         flipped[len(flipped) // 2] ^= 0x01
-        return await ship(channel, bytes(flipped), sha)
+        return await ship(channel, bytes(flipped), sha, first, sent)
 
     async def scenario():
         frames, fps = clip
@@ -222,6 +222,82 @@ def test_corrupted_model_chunk_is_refused_on_both_sides(clip, model_bytes, tmp_p
 
     stats, result = asyncio.run(scenario())
     assert stats["frames_out"] == FRAMES and result.model_bytes_sent > 0
+
+
+def test_model_transfer_resumes_after_the_connection_drops(clip, model_bytes, tmp_path, monkeypatch):
+    """The connection dies after the first model chunk: the sender starts a new session, the receiver offers
+    what it kept (Hello.model_offset), and only the rest of the model is sent again."""
+    assert len(model_bytes) > 2 * msg.CHUNK_BYTES
+    ship, calls = sender_session._ship_model, []
+
+    async def dies_after_one_chunk(channel, model, sha, first, sent):
+        calls.append(first)
+        if len(calls) > 1:
+            return await ship(channel, model, sha, first, sent)
+        sent[0] += await sender_session.send_message(channel, msg.ModelChunk(seq=0, data=model[: msg.CHUNK_BYTES]))
+        await asyncio.sleep(0.5)  # the chunk reaches the receiver
+        raise ConnectionError("data channel 'control' is closed")
+
+    monkeypatch.setattr(sender_session, "_ship_model", dies_after_one_chunk)
+    monkeypatch.setattr(sender_session, "RETRY_DELAY_S", 0.5)
+    stats, (result,), receiver = asyncio.run(session(clip, model_bytes, tmp_path, reference=False))
+    assert calls == [0, 1] and result.attempts == 2
+    assert stats["model_bytes_resumed"] == msg.CHUNK_BYTES and stats["frames_out"] == FRAMES
+    assert result.model_bytes_sent < len(model_bytes) + 2048  # the first chunk was not sent twice
+    assert receiver.failures and "connection" in receiver.failures[0] and receiver.partial is None
+
+
+def test_stalled_transfer_is_superseded_and_its_chunks_reused(clip, model_bytes, tmp_path, monkeypatch):
+    """A sender that went silent mid-transfer holds the receiver only STALLED_HANDSHAKE_S: the next sender
+    is refused as busy, retries, takes over and resumes from the silent one's chunks."""
+    monkeypatch.setattr(receiver_session, "STALLED_HANDSHAKE_S", 1.5)
+    monkeypatch.setattr(sender_session, "RETRY_DELAY_S", 0.5)
+    frames, fps = clip
+
+    async def scenario():
+        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4")))
+        port = await receiver.start()
+        try:
+            silent = asyncio.ensure_future(raw_peer(port, handshake(model_bytes)[:4], linger=20))
+            await asyncio.sleep(0.5)
+            result = await send(frames, fps, model_bytes, SendOptions(port=port))
+            stats = await receiver.wait(30)
+            silent.cancel()
+        finally:
+            await receiver.stop()
+        return result, stats, receiver.failures
+
+    result, stats, failures = asyncio.run(scenario())
+    assert result.attempts >= 2  # busy first
+    assert "superseded" in failures[0]
+    assert stats["model_bytes_resumed"] == msg.CHUNK_BYTES and stats["frames_out"] == FRAMES
+
+
+def test_resumed_chunks_that_do_not_match_the_sha256_load_nothing(clip, model_bytes, tmp_path, monkeypatch):
+    """A stalled peer left a wrong first chunk: the resumed model fails its SHA-256 check, nothing is loaded,
+    the bad chunks are gone, and the next session transfers the whole model."""
+    monkeypatch.setattr(receiver_session, "STALLED_HANDSHAKE_S", 0.5)
+    frames, fps = clip
+    steps = handshake(model_bytes)[:3] + [msg.encode(msg.ModelChunk(seq=0, data=bytes(msg.CHUNK_BYTES)))]
+
+    async def scenario():
+        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4")))
+        port = await receiver.start()
+        try:
+            silent = asyncio.ensure_future(raw_peer(port, steps, linger=20))
+            await asyncio.sleep(1.5)
+            with pytest.raises(SessionError, match="model_rejected.*SHA-256"):
+                await send(frames, fps, model_bytes, SendOptions(port=port))
+            assert not receiver.options.models and receiver.partial is None
+            result = await send(frames, fps, model_bytes, SendOptions(port=port))
+            stats = await receiver.wait(30)
+            silent.cancel()
+        finally:
+            await receiver.stop()
+        return result, stats
+
+    result, stats = asyncio.run(scenario())
+    assert stats["model_bytes_resumed"] == 0 and result.model_bytes_sent > len(model_bytes)
 
 
 class BlackTrack(MediaStreamTrack):
