@@ -67,6 +67,17 @@ def test_missing_key_is_concealed(tiny_codec, low, temporal):
     assert not any(f.key for f in out if f.concealed)
 
 
+def test_long_gap_is_concealed_by_latent_interpolation(tiny_codec, low):
+    """An outage: keys 2..14 lost. The gap is rebuilt by eq. 8 whatever the receiver's method."""
+    rec = Reconstructor(tiny_codec, HW, temporal=2, method="motion")
+    rec.push(0, low[0])
+    out = rec.push(16, low[16])
+    a, b = tiny_codec.key(low[0:1], HW), tiny_codec.key(low[16:17], HW)
+    assert [f.concealed for f in out] == [True] * 15 + [False] and rec.concealed == 15
+    expected = tiny_codec.in_between(a, b, 15, "latent")
+    assert torch.allclose(torch.stack([f.frame for f in out[:15]]), expected, atol=1e-5)
+
+
 def test_first_frames_missing_are_held(tiny_codec, low):
     rec = Reconstructor(tiny_codec, HW, temporal=2)
     out = rec.push(4, low[4])
