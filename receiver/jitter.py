@@ -10,19 +10,21 @@ aiortc's video jitter buffer has two habits that wreck a low-bitrate real-time s
   history, a lost retransmission) stalls the picture for a minute.
 
 `DrainingJitterBuffer` hands every complete frame to the decoder as soon as it is complete (its last packet,
-the one with the RTP marker bit, is in: no wait for the next frame's first packet), and gives up on
+the one with the RTP marker bit, is in: no wait for the next frame's first packet), repeats the NACK for a
+hole every `NACK_RETRY_S` (aiortc asks only once), and gives up on
 a hole once the frames waiting behind it are more than `MAX_WAIT_S` of media time older than the newest
 packet: it drops them, then drops every frame up to the next keyframe (frames in between reference what was
 lost and would decode as garbage), asking the sender for one with an RTCP PLI at once and every
 `PLI_RETRY_S` until it comes. The receiver conceals the skipped span by latent interpolation.
 
 It is installed on each video `RTCRtpReceiver` of a peer connection before media flows. aiortc has no public
-hook for this, so `install` reaches four private attributes of `RTCRtpReceiver` by name, and fails loudly
-(not silently falling back) if a future aiortc renames them.
+hook for this, so `install` reaches private attributes of `RTCRtpReceiver` by name (`_PRIVATE`), and fails
+loudly (not silently falling back) if a future aiortc renames them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable
 
@@ -32,16 +34,22 @@ from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
 # Give up on a missing packet once the frames waiting behind it are this much older (media time) than the
-# newest packet: room for a NACK round trip (the fault lab's worst, 100 +- 30 ms each way) plus the frame
+# newest packet: room for two NACK round trips (the fault lab's worst RTT is ~260 ms) plus the frame
 # interval it takes to notice the loss.
-MAX_WAIT_S = 0.5
+MAX_WAIT_S = 0.8
+# aiortc NACKs a missing packet once, when a later one reveals the gap; a lost NACK or retransmission is never
+# asked for again. While a hole blocks the buffer, NACK what is still missing again this often (about the
+# lab's worst RTT: sooner would only duplicate retransmissions under way).
+NACK_RETRY_S = 0.25
+# At most this many sequence numbers per repeated NACK.
+NACK_MAX = 64
 # While waiting for a keyframe after giving up, ask again this often (a PLI is an RTCP packet: it can be lost).
 PLI_RETRY_S = 0.5
 # aiortc's own video buffer size (packets).
 CAPACITY = 512
 CLOCK_RATE = 90_000
-_PRIVATE = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue",
-            "_RTCRtpReceiver__timestamp_mapper", "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__codecs")
+_PRIVATE = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__timestamp_mapper",
+            "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__codecs", "_send_rtcp_nack")
 
 
 def is_keyframe(mime: str, data: bytes) -> bool:
@@ -71,19 +79,22 @@ class DrainingJitterBuffer(JitterBuffer):
     """aiortc's video jitter buffer that drains every complete frame and skips unrecoverable holes."""
 
     def __init__(self, receiver: RTCRtpReceiver, capacity: int = CAPACITY, max_wait_s: float = MAX_WAIT_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, spawn: Callable = asyncio.ensure_future):
         super().__init__(capacity, is_video=True)
         self._receiver = receiver
+        self._spawn = spawn  # runs the receiver's NACK coroutine
         self._max_wait_ticks = int(max_wait_s * CLOCK_RATE)
         self._clock = clock
         self.awaiting_keyframe = False
         self._last_pli = 0.0
+        self._hole_nacked: float | None = None  # when the hole at the head was last NACKed
         self._skip_began: float | None = None
         self._last_released: int | None = None  # RTP timestamp of the last frame handed out
         # Counts, for the receiver's stats.
         self.skips = 0  # holes given up on
         self.frames_skipped = 0  # complete or partial frames dropped with them, or while awaiting a keyframe
         self.plis = 0
+        self.renacks = 0  # NACKs repeated for a hole (see NACK_RETRY_S)
         self.recoveries_ms: list[float] = []  # from each skip to the keyframe that ended it
 
     # -- aiortc's entry point ------------------------------------------------------------------------
@@ -95,6 +106,8 @@ class DrainingJitterBuffer(JitterBuffer):
         if self._stale(packet):
             self._skip_to(packet)
             pli = True
+        else:
+            self._renack(packet)
         frames = self._gate(frames, packet)
         now = self._clock()
         if self.awaiting_keyframe and now - self._last_pli >= PLI_RETRY_S:
@@ -150,6 +163,26 @@ class DrainingJitterBuffer(JitterBuffer):
         since = self._last_released if head_missing and self._last_released is not None else oldest.timestamp
         return _ts_after(newest.timestamp, since) > self._max_wait_ticks
 
+    def _renack(self, newest: RtpPacket) -> None:
+        """NACK the packets a hole at the head still misses, every NACK_RETRY_S after aiortc's own first NACK."""
+        now = self._clock()
+        if self._packets[self._origin % self.capacity] is not None or self._oldest_held() is None:
+            self._hole_nacked = None
+            return
+        if self._hole_nacked is None:  # a new hole: aiortc NACKed it just now
+            self._hole_nacked = now
+        if now - self._hole_nacked < NACK_RETRY_S:
+            return
+        missing = []
+        for count in range(min(uint16_add(newest.sequence_number, -self._origin), self.capacity)):
+            seq = uint16_add(self._origin, count)
+            if self._packets[seq % self.capacity] is None:
+                missing.append(seq)
+        if missing:
+            self._hole_nacked = now
+            self.renacks += 1
+            self._spawn(self._receiver._send_rtcp_nack(newest.ssrc, missing[:NACK_MAX]))
+
     def _skip_to(self, newest: RtpPacket) -> None:
         """Drop every packet of frames older than `newest`'s and wait for a keyframe."""
         start = newest.sequence_number
@@ -202,7 +235,7 @@ class DrainingJitterBuffer(JitterBuffer):
 
     def stats(self) -> dict:
         return {"jitter_skips": self.skips, "frames_skipped_jitter": self.frames_skipped, "pli_sent": self.plis,
-                "recovery_ms": list(self.recoveries_ms)}
+                "nack_repeats": self.renacks, "recovery_ms": list(self.recoveries_ms)}
 
 
 def install(pc: RTCPeerConnection) -> list[DrainingJitterBuffer]:

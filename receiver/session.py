@@ -35,6 +35,8 @@ log = logging.getLogger("vsae.receiver")
 
 # A session that has not finished the handshake and model transfer by then is dropped.
 HANDSHAKE_TIMEOUT_S = 120.0
+# After our bye, wait this long for the sender to close the connection before closing it ourselves.
+BYE_LINGER_S = 5.0
 # A new sender may take over from a session still in its handshake or model transfer that has not heard from
 # its peer for this long (a sender that gave up on a dead connection and retries; the old session would
 # otherwise hold the receiver until ICE consent expires, ~30 s).
@@ -78,6 +80,7 @@ class Session:
         self._partial: PartialModel | None = None  # offered in our hello, adopted once the config checks out
         self.resumable = False  # the connection dropped mid-transfer: keep the chunks for the sender's retry
         self.last_heard = time.monotonic()
+        self.peer_closed = asyncio.Event()
         self.codec: Codec | None = None
         self.model_bytes = 0
         self.model_transferred = False
@@ -102,6 +105,8 @@ class Session:
         task.add_done_callback(self._tasks.discard)
 
     def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.peer_closed.set()
         if self.pc.connectionState in ("failed", "closed") and not self.done.done():
             self.resumable = self.state == "model"
             self._spawn(self.close(f"connection {self.pc.connectionState} before the stream ended"))
@@ -318,9 +323,12 @@ class Session:
             self.done.set_result(self._stats())
         try:
             await self.send(msg.Bye(frames=self.worker.frames_out))
-            await asyncio.sleep(0.1)
-        except ConnectionError:
-            pass  # the stream is complete; the sender just misses our count
+            # The sender closes once it has our bye. Closing first could overtake the bye on a link that
+            # reorders (the DTLS close alert and the SCTP data travel separately): the sender would see a
+            # dropped connection instead of a finished session.
+            await asyncio.wait_for(self.peer_closed.wait(), BYE_LINGER_S)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass  # the stream is complete; at worst the sender misses our count
         await self.pc.close()
 
     # -- video ---------------------------------------------------------------------------------------

@@ -8,14 +8,14 @@ import json
 import sys
 
 from codec import bundle
-from codec.cli import _positive, _positive_float
+from codec.cli import _non_negative, _positive, _positive_float
 from codec.errors import VsaeError
 from codec.video import read_video
 from protocol.auth import secret_option
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
-from .session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SessionError, send
+from .session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_RETRIES, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SessionError, send
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
     options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                           codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
-                          secret=secret)
+                          secret=secret, retries=args.retries)
     install_event_loop()
     print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
           f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
@@ -53,7 +53,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         "frames": result.frames, "frames_sent": result.frames_sent, "video_kbps": round(result.video_kbps, 3),
         "video_bytes": result.video_bytes, "video_packets": result.video_packets,
         "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
-        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), **result.extra,
+        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), "attempts": result.attempts,
+        **result.extra,
     }
     print(json.dumps(summary) if args.json else
           f"vsae send: done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "
@@ -78,5 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--secret-file", default=None, metavar="FILE",
                    help="shared secret (>= 16 bytes) for a receiver started with the same --secret-file")
     p.add_argument("--connect-timeout", type=_positive_float, default=15.0, help="seconds to wait for the receiver")
+    p.add_argument("--retries", type=_non_negative, default=DEFAULT_RETRIES, metavar="N",
+                   help=f"new sessions after a connection lost before the video starts; the model transfer resumes "
+                        f"where it stopped (default {DEFAULT_RETRIES})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)

@@ -10,7 +10,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpreceiver import TimestampMapper
 from aiortc.rtp import RtpPacket
 
-from receiver.jitter import CLOCK_RATE, MAX_WAIT_S, PLI_RETRY_S, DrainingJitterBuffer, is_keyframe
+from receiver.jitter import CLOCK_RATE, MAX_WAIT_S, NACK_RETRY_S, PLI_RETRY_S, DrainingJitterBuffer, is_keyframe
 
 PT = 96
 TICKS = 6000  # 15 fps on the 90 kHz clock
@@ -26,8 +26,12 @@ class FakeReceiver:
         self._RTCRtpReceiver__timestamp_mapper = TimestampMapper()
         self._RTCRtpReceiver__decoder_queue = queue.Queue()
         self.now = 0.0
-        self.buffer = DrainingJitterBuffer(self, clock=lambda: self.now)
+        self.nacks: list[tuple[float, list[int]]] = []
+        self.buffer = DrainingJitterBuffer(self, clock=lambda: self.now, spawn=lambda _: None)
         self.plis = 0
+
+    def _send_rtcp_nack(self, ssrc: int, lost: list[int]) -> None:
+        self.nacks.append((self.now, lost))
 
     def receive(self, packet: RtpPacket) -> None:
         """What RTCRtpReceiver._handle_rtp_packet does with the buffer's answer."""
@@ -119,6 +123,23 @@ def test_unrecoverable_hole_is_skipped_to_the_next_keyframe_with_a_pli():
     waited_s = (20 - (last_waiting + 1)) * TICKS / CLOCK_RATE
     assert 1 + int(waited_s / PLI_RETRY_S) - 1 <= r.plis <= 1 + int(waited_s / PLI_RETRY_S) + 1
     assert r.buffer.recoveries_ms[0] == pytest.approx(waited_s * 1000, abs=1)
+
+
+def test_a_hole_is_nacked_again_until_it_is_filled_or_given_up():
+    """aiortc NACKs a gap once; a lost NACK or retransmission is asked for again every NACK_RETRY_S."""
+    r = FakeReceiver()
+    s = stream(range(30))
+    for f in range(3):
+        deliver(r, s[f], f)
+    for f in range(4, 30):  # frame 3 (sequence 103) never comes
+        deliver(r, s[f], f)
+        if r.buffer.skips:
+            break
+    times = [t for t, _ in r.nacks]
+    assert r.nacks and all(lost == [103] for _, lost in r.nacks)
+    assert times[0] >= 4 * TICKS / CLOCK_RATE + NACK_RETRY_S - 1e-9  # not at once: aiortc NACKed it then
+    assert all(b - a >= NACK_RETRY_S - 1e-9 for a, b in zip(times, times[1:]))
+    assert len(r.nacks) >= int(MAX_WAIT_S / NACK_RETRY_S) - 2
 
 
 def test_outage_skips_at_the_first_packet_after_it():
