@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -270,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.only.split(",")]
         chosen = [s for s in chosen if s.name in names]
     rows, table = [], []
+    # A plain SIGTERM would skip the lab's cleanup and leave its namespaces behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with NetworkLab() as lab:
         for scenario in chosen:
             print(f"vsae bench faults: {scenario.name} ...", file=sys.stderr, flush=True)

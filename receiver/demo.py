@@ -90,8 +90,10 @@ def run_stream(
                                        "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
                                        "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
         sender = subprocess.run(send_cmd, capture_output=True, text=True, timeout=timeout)
+        (out / "sender.log").write_text(sender.stderr)
         if sender.returncode != 0:
-            raise VsaeError(f"sender failed: {_last_line(sender.stderr)}")
+            time.sleep(0.2)  # the receiver's own account of the failure
+            raise VsaeError(f"sender failed: {_last_line(sender.stderr)} (receiver: {_last_line(chr(10).join(recv_err))})")
         try:
             receiver.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -103,6 +105,7 @@ def run_stream(
         if receiver.poll() is None:
             receiver.kill()
             receiver.wait()
+        (out / "receiver.log").write_text("\n".join(recv_out + recv_err) + "\n")
     stats = json.loads((out / "stats.json").read_text())
     stats["sender"] = json.loads(sender.stdout.strip().splitlines()[-1])
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

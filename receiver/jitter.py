@@ -69,6 +69,14 @@ def is_keyframe(mime: str, data: bytes) -> bool:
     return True  # unknown codec: never hold frames back
 
 
+def starts_frame(mime: str, payload: bytes) -> bool:
+    """Whether an RTP packet is its frame's first (VP8 payload descriptor: S bit set, partition 0). Other codecs:
+    assumed, as aiortc does."""
+    if mime.lower() == "video/vp8":
+        return bool(payload) and payload[0] & 0x10 != 0 and payload[0] & 0x07 == 0
+    return True
+
+
 def _ts_after(a: int, b: int) -> int:
     """RTP timestamp a minus b, modulo 2**32, as a signed number."""
     d = (a - b) & 0xFFFFFFFF
@@ -99,16 +107,15 @@ class DrainingJitterBuffer(JitterBuffer):
 
     # -- aiortc's entry point ------------------------------------------------------------------------
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        pli, frame = super().add(packet)
-        frames = ([frame] if frame is not None else []) + self._drain()
-        if frames:
-            self._last_released = frames[-1].timestamp
+        mime = self._codec(packet).mimeType
+        pli, _ = super().add(packet)  # places the packet (aiortc's misorder and overflow rules); releases nothing
+        frames = self._drain(mime)
         if self._stale(packet):
             self._skip_to(packet)
             pli = True
+            frames += self._drain(mime)  # the newest frame may be whole already (and a keyframe)
         else:
             self._renack(packet)
-        frames = self._gate(frames, packet)
         now = self._clock()
         if self.awaiting_keyframe and now - self._last_pli >= PLI_RETRY_S:
             pli = True
@@ -121,9 +128,14 @@ class DrainingJitterBuffer(JitterBuffer):
         self._enqueue(frames[:-1], packet)
         return pli, frames[-1]
 
-    def _drain(self) -> list[JitterFrame]:
+    def _remove_frame(self, sequence_number: int) -> None:
+        return None  # frames leave through _drain only
+
+    def _drain(self, mime: str) -> list[JitterFrame]:
         """Every complete frame at the head: its packets contiguous up to one with the RTP marker bit (the
-        frame's last), or up to the next frame's first packet (aiortc's own rule)."""
+        frame's last), or up to the next frame's first packet (aiortc's own rule). A head frame whose first
+        packet is missing (lost before the first packet that arrived, or before a skip) is dropped, and the
+        frames after it wait for a keyframe: they reference it."""
         frames = []
         while True:
             packets: list[RtpPacket] = []
@@ -141,8 +153,19 @@ class DrainingJitterBuffer(JitterBuffer):
                     break
             if not (complete and packets):
                 return frames
-            frames.append(JitterFrame(data=b"".join(p._data for p in packets), timestamp=packets[0].timestamp))
             self.remove(len(packets))
+            self._last_released = packets[0].timestamp
+            frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=packets[0].timestamp)
+            if not starts_frame(mime, packets[0].payload):
+                self.frames_skipped += 1
+                self._await_keyframe()
+            elif self.awaiting_keyframe and not is_keyframe(mime, frame.data):
+                self.frames_skipped += 1  # it references what was lost
+            else:
+                if self.awaiting_keyframe:
+                    self.awaiting_keyframe = False
+                    self.recoveries_ms.append(round((self._clock() - self._skip_began) * 1000, 1))
+                frames.append(frame)
 
     # -- giving up on a hole -------------------------------------------------------------------------
     def _oldest_held(self) -> RtpPacket | None:
@@ -185,6 +208,8 @@ class DrainingJitterBuffer(JitterBuffer):
 
     def _skip_to(self, newest: RtpPacket) -> None:
         """Drop every packet of frames older than `newest`'s and wait for a keyframe."""
+        if self._packets[newest.sequence_number % self.capacity] is not newest:
+            return  # aiortc's rules did not place it (too old): nothing to skip to
         start = newest.sequence_number
         while True:  # keep the packets of the newest frame that came before it
             before = self._packets[uint16_add(start, -1) % self.capacity]
@@ -200,23 +225,12 @@ class DrainingJitterBuffer(JitterBuffer):
         self._last_released = None
         self.skips += 1
         self.frames_skipped += len(dropped_ts)
+        self._await_keyframe()
+
+    def _await_keyframe(self) -> None:
         if not self.awaiting_keyframe:
             self.awaiting_keyframe = True
             self._skip_began = self._clock()
-
-    def _gate(self, frames: list[JitterFrame], packet: RtpPacket) -> list[JitterFrame]:
-        """While awaiting a keyframe, drop frames until one arrives."""
-        if not self.awaiting_keyframe:
-            return frames
-        mime = self._codec(packet).mimeType
-        for j, frame in enumerate(frames):
-            if is_keyframe(mime, frame.data):
-                self.awaiting_keyframe = False
-                self.recoveries_ms.append(round((self._clock() - self._skip_began) * 1000, 1))
-                self.frames_skipped += j
-                return frames[j:]
-        self.frames_skipped += len(frames)
-        return []
 
     # -- aiortc's receiver, by name ------------------------------------------------------------------
     def _codec(self, packet: RtpPacket):

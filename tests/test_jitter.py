@@ -6,6 +6,8 @@ import queue
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpreceiver import TimestampMapper
 from aiortc.rtp import RtpPacket
@@ -47,7 +49,7 @@ class FakeReceiver:
         q = self._RTCRtpReceiver__decoder_queue
         while not q.empty():
             frame = q.get()[1]
-            out.append((frame.timestamp // TICKS, frame.data))
+            out.append((frame.data[1], frame.data))  # the frame number its first packet carries (see `packets`)
         return out
 
 
@@ -58,6 +60,7 @@ def packets(frame: int, first_seq: int, parts: int = 1, kind: bytes = DELTA) -> 
         p = RtpPacket(payload_type=PT, sequence_number=(first_seq + k) % 65536, timestamp=frame * TICKS,
                       marker=int(k == parts - 1))
         p._data = (kind if k == 0 else b"") + bytes([frame % 256, k])
+        p.payload = bytes([0x10 if k == 0 else 0x00]) + p._data  # VP8 descriptor: S bit on the first packet
         out.append(p)
     return out
 
@@ -175,3 +178,38 @@ def test_is_keyframe():
     assert is_keyframe("video/H264", idr)
     assert not is_keyframe("video/H264", b"\x00\x00\x00\x01\x41\x9a")
     assert not is_keyframe("video/VP8", b"")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq0=st.integers(0, 65535),
+    parts=st.lists(st.integers(1, 4), min_size=30, max_size=120),
+    events=st.lists(st.tuples(st.sampled_from(["drop", "dup", "swap", "late"]), st.integers(0, 10_000)), max_size=40),
+    keys=st.sets(st.integers(0, 119), max_size=10),
+)
+def test_any_mix_of_loss_reordering_and_duplicates_is_handled(seq0, parts, events, keys):
+    """No exception (inside aiortc it would close the connection), frames leave in time order, each whole."""
+    r = FakeReceiver()
+    sent, seq = [], seq0
+    for f, n in enumerate(parts):
+        sent += [(f, p) for p in packets(f, seq, n, KEY if f == 0 or f in keys else DELTA)]
+        seq += n
+    arrivals = list(sent)
+    for kind, where in events:
+        i = where % len(arrivals)
+        if kind == "drop":
+            arrivals.pop(i)
+        elif kind == "dup":
+            arrivals.insert(min(len(arrivals), i + 3), arrivals[i])
+        elif kind == "swap" and i + 1 < len(arrivals):
+            arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
+        elif kind == "late":  # a retransmission, a second or more later
+            arrivals.insert(min(len(arrivals), i + 20), arrivals[i])
+    for f, p in arrivals:
+        r.now = max(r.now, f * TICKS / CLOCK_RATE)
+        r.receive(p)
+    out = r.decoded()
+    numbers = [n for n, _ in out]
+    assert numbers == sorted(set(numbers))
+    for n, data in out:
+        assert data == b"".join(p._data for p in packets(n, 0, parts[n], data[:1]))
