@@ -89,7 +89,11 @@ def run_stream(
         send_cmd = [*send_wrap, *_vsae("send", str(video), "--connect", f"{recv_host}:{port}", "--model", str(model),
                                        "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
                                        "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
-        sender = subprocess.run(send_cmd, capture_output=True, text=True, timeout=timeout)
+        try:
+            sender = subprocess.run(send_cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            (out / "sender.log").write_text(exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or "")
+            raise VsaeError(f"sender did not finish within {timeout:g} s (receiver: {_last_line(chr(10).join(recv_err))})") from None
         (out / "sender.log").write_text(sender.stderr)
         if sender.returncode != 0:
             time.sleep(0.2)  # the receiver's own account of the failure
