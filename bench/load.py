@@ -225,9 +225,12 @@ class Child:
             self.reap(time.monotonic() + KILL_GRACE_S)
 
     def last_error(self) -> str:
-        lines = [line for line in (self.err + self.out) if line.strip()]
-        errors = [line for line in lines if "error" in line.lower()]
-        return (errors or lines or ["(no output)"])[-1][:300]
+        """The most telling line of its output: the last one naming an error or failure, else the last one
+        on stderr, else on stdout."""
+        err = [line for line in self.err if line.strip()]
+        out = [line for line in self.out if line.strip()]
+        errors = [line for line in err + out if "error" in line.lower() or "failed" in line.lower()]
+        return (errors or err or out or ["(no output)"])[-1][:300]
 
 
 def _vsae(*args: str) -> list[str]:
@@ -273,6 +276,8 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
     children: list[Child] = []
     receivers: list[Child] = []
     sender: Child | None = None
+    for k in range(n):
+        (out / f"r{k}.json").unlink(missing_ok=True)  # a stale file from an earlier run must not count
     try:
         for k in range(n):
             cmd = [*_pinned(recv_cpus), *_vsae(
