@@ -50,7 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
+from protocol.messages import CODECS
+from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 
 DEFAULT_RECEIVERS = (1, 2, 4)
 # A session "keeps up" when its p95 capture-to-output latency stays under this (the loopback demo's is
@@ -388,13 +391,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default="carphone", help="clip to stream (default: carphone)")
     p.add_argument("--model", default=None, help="model bundle (default: the demo's cached fit on the even frames)")
     p.add_argument("--cores", default=None, help="comma-separated core counts (default: 1 and all of this machine's)")
-    p.add_argument("--receivers", default=",".join(map(str, DEFAULT_RECEIVERS)), help="comma-separated receiver counts")
+    p.add_argument("--receivers", default=",".join(map(str, DEFAULT_RECEIVERS)),
+                   help=f"comma-separated receiver counts (default: {','.join(map(str, DEFAULT_RECEIVERS))})")
     p.add_argument("--frames", default=None, help="frame selection to stream (default: all)")
-    p.add_argument("--fps", type=float, default=None, help="stream rate per session (default: the clip's; higher saturates)")
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--temporal", type=int, default=2)
-    p.add_argument("--kbps", type=float, default=20.0)
-    p.add_argument("--codec", default="vp8", choices=("vp8", "h264"))
+    p.add_argument("--fps", type=_positive_float, default=None,
+                   help="stream rate per session (default: the clip's; higher saturates the receivers)")
+    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE)
+    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL)
+    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS)
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS)
     p.add_argument("--no-reference", action="store_true", help="receivers skip PSNR/SSIM (less work per frame)")
     p.add_argument("--ship-model", action="store_true", help="every session transfers the model (default: receivers hold it)")
     p.add_argument("--keep-video", action="store_true", help="keep each receiver's output video")
@@ -410,8 +415,6 @@ def run(args: argparse.Namespace) -> int:
     counts = parse_counts(args.receivers, "--receivers")
     for c in cores:
         placement(c, available)  # refuse a core count this machine lacks before anything starts
-    if args.fps is not None and args.fps <= 0:
-        raise VsaeError(f"--fps: expected a positive rate, got {args.fps:g}")
     video = resolve_video(args.video)
     frames, clip_fps = read_video(video, args.frames)
     if args.model:
