@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -130,7 +131,7 @@ TABLE_COLUMNS = (("cores", "cores"), ("receivers", "receivers"), ("outcome", "ou
                  ("aggregate_fps", "aggregate fps"), ("demand_fps", "demand fps"), ("sum_fps_pipeline", "Σ fps_pipeline"),
                  ("dropped_backlog", "dropped (backlog)"), ("concealed", "concealed"), ("latency_ms", "latency ms (median)"),
                  ("latency_ms_p95_max", "latency p95 ms (worst)"), ("psnr", "PSNR dB"), ("sender_cpu_s", "sender CPU s"),
-                 ("wall_s", "wall s"))
+                 ("wall_s", "wall s"), ("loadavg_before", "load avg before"))
 
 
 def _cell(value) -> str:
@@ -274,7 +275,10 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
     out.mkdir(parents=True, exist_ok=True)
     bound = spec.stream_s + SENDER_SLACK_S
     frames_args = ("--frames", spec.frames) if spec.frames else ()
-    row: dict = {"cores": cores, "receivers": n, "receiver_cpus": recv_cpus, "sender_cpus": send_cpus}
+    # The machine's 1-minute load average before the run (this run's own processes not yet started): on a
+    # shared machine, anything well above 0 means other work competed for the cores.
+    row: dict = {"cores": cores, "receivers": n, "receiver_cpus": recv_cpus, "sender_cpus": send_cpus,
+                 "loadavg_before": round(os.getloadavg()[0], 2)}
     began = time.monotonic()
     children: list[Child] = []
     receivers: list[Child] = []
@@ -352,6 +356,16 @@ def _sender_report(sender: Child | None) -> list[dict] | None:
             continue
         return report if isinstance(report, list) else [report]
     return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -448,10 +462,10 @@ def run(args: argparse.Namespace) -> int:
     settings = (f"{video.name}: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} per session at {fps:g} fps "
                 f"({spec.stream_s:.1f} s), ÷{args.scale}, T = {args.temporal}, {args.codec} at {args.kbps:g} kbps; "
                 f"model {Path(model).name} ({'shipped per session' if args.ship_model else 'held by the receivers'}); "
-                f"receivers `--threads 1`, pinned together to the first C of {len(available)} CPUs; the sender on the "
-                f"next CPU, unpinned when C is all of them; PSNR {'off' if args.no_reference else 'on'}.")
-    config = {"video": video.name, "frames": len(frames), "fps": fps, "stream_s": round(spec.stream_s, 3), "model": str(model),
-              "scale": args.scale, "temporal": args.temporal, "kbps": args.kbps, "codec": args.codec,
+                f"receivers `--threads 1`, pinned together to the first C of {len(available)} CPUs ({_cpu_model()}); the "
+                f"sender on the next CPU, unpinned when C is all of them; PSNR {'off' if args.no_reference else 'on'}.")
+    config = {"cpu": _cpu_model(), "video": video.name, "frames": len(frames), "fps": fps,
+              "stream_s": round(spec.stream_s, 3), "model": str(model), "scale": args.scale, "temporal": args.temporal, "kbps": args.kbps, "codec": args.codec,
               "reference": spec.reference, "ship_model": args.ship_model, "cpus_available": len(available),
               "latency_bound_ms": LATENCY_BOUND_MS, "cores": cores, "receivers": counts}
     (out / "load.json").write_text(json.dumps({"config": config, "runs": rows, "capacity": capacity(rows)}, indent=2) + "\n")
