@@ -30,6 +30,10 @@ A saturation run (`--fps 120`: every session sends faster than a receiver rebuil
 the bottleneck at any N; aggregate_fps then measures the rebuild capacity of C cores directly, minus the
 time spent concealing dropped frames.
 
+Each row also records `other_load`: the CPU the rest of the machine used during the run, in cores (all
+CPUs' busy time from /proc/stat minus this bench's processes'); on a shared machine, read a row with a
+high one as contaminated.
+
 Writes OUT/load.json (per run, per receiver), OUT/load.md (tables) and OUT/load.png (aggregate
 throughput and p95 latency vs receivers, one line per core count). Progress: one line per run on
 stderr. Every step is bounded in time; every process started is ended, also on failure.
@@ -41,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -131,7 +136,7 @@ TABLE_COLUMNS = (("cores", "cores"), ("receivers", "receivers"), ("outcome", "ou
                  ("aggregate_fps", "aggregate fps"), ("demand_fps", "demand fps"), ("sum_fps_pipeline", "Σ fps_pipeline"),
                  ("dropped_backlog", "dropped (backlog)"), ("concealed", "concealed"), ("latency_ms", "latency ms (median)"),
                  ("latency_ms_p95_max", "latency p95 ms (worst)"), ("psnr", "PSNR dB"), ("sender_cpu_s", "sender CPU s"),
-                 ("wall_s", "wall s"), ("loadavg_before", "load avg before"))
+                 ("wall_s", "wall s"), ("other_load", "other load (cores)"))
 
 
 def _cell(value) -> str:
@@ -237,6 +242,21 @@ class Child:
         return (errors or err or out or ["(no output)"])[-1][:300]
 
 
+def machine_busy_s() -> float | None:
+    """Seconds of CPU time all CPUs have spent busy since boot (/proc/stat), or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _vsae(*args: str) -> list[str]:
     return [sys.executable, "-m", "codec.cli", *args]
 
@@ -275,11 +295,9 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
     out.mkdir(parents=True, exist_ok=True)
     bound = spec.stream_s + SENDER_SLACK_S
     frames_args = ("--frames", spec.frames) if spec.frames else ()
-    # The machine's 1-minute load average before the run (this run's own processes not yet started): on a
-    # shared machine, anything well above 0 means other work competed for the cores.
-    row: dict = {"cores": cores, "receivers": n, "receiver_cpus": recv_cpus, "sender_cpus": send_cpus,
-                 "loadavg_before": round(os.getloadavg()[0], 2)}
+    row: dict = {"cores": cores, "receivers": n, "receiver_cpus": recv_cpus, "sender_cpus": send_cpus}
     began = time.monotonic()
+    busy_before, own_before = machine_busy_s(), _own_cpu_s()
     children: list[Child] = []
     receivers: list[Child] = []
     sender: Child | None = None
@@ -327,7 +345,14 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
     finally:
         for child in children:
             child.stop()
-    row["wall_s"] = round(time.monotonic() - began, 1)
+    wall = time.monotonic() - began
+    row["wall_s"] = round(wall, 1)
+    # CPU the rest of the machine used meanwhile (all CPUs' busy time minus this bench's and its children's),
+    # in cores: on a shared machine, anything well above 0 competed with the receivers.
+    busy_after = machine_busy_s()
+    ours = _own_cpu_s() - own_before + sum(c.cpu_s or 0.0 for c in children)
+    if busy_before is not None and busy_after is not None:
+        row["other_load"] = round(max(0.0, busy_after - busy_before - ours) / wall, 2)
     row["outcome"] = "failed" if row.get("error") else "completed"
     row["sender_cpu_s"] = sender.cpu_s if sender else None
     row["sender"] = _sender_report(sender)
