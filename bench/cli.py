@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|faults` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults`."""
+"""`vsae bench rd|speed|faults|load` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults|load`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, rd, speed
+from . import faults, load, rd, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = kinds.add_parser("faults", help="stream across real network faults between network namespaces (root; faults.md)")
     faults.add_arguments(f)
     f.set_defaults(func=faults.run)
+    lo = kinds.add_parser("load", help="several receivers at once from one sender: throughput vs cores (load.json, load.md, load.png)")
+    load.add_arguments(lo)
+    lo.set_defaults(func=load.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

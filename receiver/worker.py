@@ -69,6 +69,10 @@ class ReconstructWorker:
         self.ssim: list[float] = []
         self.reconstruct_s = 0.0
         self.busy_s = 0.0
+        # Wall-clock (Unix) times of the first and last output frame: a throughput window that several
+        # receivers on one machine share (bench.load).
+        self.first_output_time: float | None = None
+        self.last_output_time: float | None = None
         self._thread = threading.Thread(target=self._run, name="vsae-reconstruct", daemon=True)
         self._thread.start()
 
@@ -135,6 +139,8 @@ class ReconstructWorker:
             image = to_uint8(frame[None])[0]
             self.writer.write(image)
             self.frames_out += 1
+            self.first_output_time = self.first_output_time or now
+            self.last_output_time = now
             capture = self.capture_times.pop(out.index, None)
             if capture is None and self.stream_t0 is not None:
                 capture = self.stream_t0 + out.index / self.info.fps
@@ -169,5 +175,7 @@ class ReconstructWorker:
             "psnr_bicubic": mean(self.psnr_bicubic),
             "ssim": round(statistics.fmean(self.ssim), 4) if self.ssim else None,
             "psnr_frames": len(self.psnr) if self.psnr else 0,
+            "first_output_time": self.first_output_time,
+            "last_output_time": self.last_output_time,
         }
 

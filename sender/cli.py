@@ -1,4 +1,11 @@
-"""`vsae send`: stream a video to a listening `vsae recv` (plugged into the `vsae` CLI by entry point)."""
+"""`vsae send`: stream a video to a listening `vsae recv` (plugged into the `vsae` CLI by entry point).
+
+`--connect` may be repeated: one sender process then runs one full session per receiver at once, in one
+event loop, each with its own peer connection and encoder, from low-res frames prepared once. A session
+that fails does not stop the others. With one receiver the output is one summary (`--json`: one object);
+with several, one per receiver in `--connect` order (`--json`: a list of objects, each with `connect` and
+`ok`, and `error` instead of the results when that session failed). Exit status 1 if any session failed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ import argparse
 import asyncio
 import json
 import sys
+
+import numpy as np
 
 from codec import bundle
 from codec.cli import _non_negative, _positive, _positive_float
@@ -15,14 +24,52 @@ from protocol.auth import secret_option
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
-from .session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_RETRIES, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SessionError, send
+from .session import (DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_RETRIES, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SendResult,
+                      SessionError, prepare_low_res, send)
+
+
+def _summary(result: SendResult) -> dict:
+    return {
+        "frames": result.frames, "frames_sent": result.frames_sent, "video_kbps": round(result.video_kbps, 3),
+        "video_bytes": result.video_bytes, "video_packets": result.video_packets,
+        "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
+        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), "attempts": result.attempts,
+        **result.extra,
+    }
+
+
+def _done_line(result: SendResult, kbps: float) -> str:
+    return (f"done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "
+            f"(target {kbps:g}), model {'sent' if result.model_bytes_sent else 'already at the receiver'}, "
+            f"receiver output {result.receiver_frames_out} frames")
+
+
+async def send_all(frames: np.ndarray, fps: float, model: bytes, options: list[SendOptions]) -> list[SendResult | str]:
+    """One session per receiver, all at once; each entry is that session's result or why it failed."""
+    first = options[0]
+    prepared = prepare_low_res(frames, first.scale, first.temporal)  # the same stream for every receiver
+
+    async def one(o: SendOptions) -> SendResult | str:
+        try:
+            return await send(frames, fps, model, o, prepared)
+        except Exception as exc:  # noqa: BLE001 -- any failure stays this session's, the others go on
+            return str(exc) if isinstance(exc, SessionError) else f"{type(exc).__name__}: {exc}"
+
+    return list(await asyncio.gather(*(one(o) for o in options)))
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    try:
-        host, port = parse_address(args.connect)
-    except ValueError as exc:
-        raise VsaeError(f"--connect: {exc}") from None
+    targets = []
+    for text in args.connect:
+        try:
+            targets.append(parse_address(text))
+        except ValueError as exc:
+            raise VsaeError(f"--connect: {exc}") from None
+    if len(set(targets)) < len(targets):
+        raise VsaeError("--connect: the same receiver is given twice (a receiver serves one session at a time)")
+    if len({host for host, _ in targets}) > 1 and not args.bind:
+        # ICE gathers on one address per process (protocol.peer.restrict_host_candidates), so say which.
+        raise VsaeError("--connect: receivers on different hosts need --bind HOST (this side's address for media)")
     bind = None
     if args.bind:
         try:
@@ -39,34 +86,46 @@ def cmd_send(args: argparse.Namespace) -> int:
     size = codec.meta.get("frame_size")
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
-    options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
-                          codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
-                          secret=secret, retries=args.retries)
+    options = [SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
+                           codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
+                           secret=secret, retries=args.retries) for host, port in targets]
     install_event_loop()
-    print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
+    where = ", ".join(f"{host}:{port}" for host, port in targets)
+    print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {where}, "
           f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
-    try:
-        result = asyncio.run(send(frames, fps, model, options))
-    except SessionError as exc:
-        raise VsaeError(str(exc)) from None
-    summary = {
-        "frames": result.frames, "frames_sent": result.frames_sent, "video_kbps": round(result.video_kbps, 3),
-        "video_bytes": result.video_bytes, "video_packets": result.video_packets,
-        "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
-        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), "attempts": result.attempts,
-        **result.extra,
-    }
-    print(json.dumps(summary) if args.json else
-          f"vsae send: done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "
-          f"(target {args.kbps:g}), model {'sent' if result.model_bytes_sent else 'already at the receiver'}, "
-          f"receiver output {result.receiver_frames_out} frames")
+    if len(options) == 1:
+        try:
+            result = asyncio.run(send(frames, fps, model, options[0]))
+        except SessionError as exc:
+            raise VsaeError(str(exc)) from None
+        print(json.dumps(_summary(result)) if args.json else f"vsae send: {_done_line(result, args.kbps)}")
+        return 0
+
+    results = asyncio.run(send_all(frames, fps, model, options))
+    report = []
+    for (host, port), result in zip(targets, results):
+        name = f"{host}:{port}"
+        if isinstance(result, SendResult):
+            report.append({"connect": name, "ok": True, **_summary(result)})
+            if not args.json:
+                print(f"vsae send: {name}: {_done_line(result, args.kbps)}")
+        else:
+            report.append({"connect": name, "ok": False, "error": result})
+            print(f"vsae send: {name}: failed: {result}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    failed = [r for r in report if not r["ok"]]
+    if failed:
+        raise VsaeError(f"{len(failed)} of {len(report)} sessions failed; first: {failed[0]['connect']}: {failed[0]['error']}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="stream a video's low-res frames to a vsae receiver over WebRTC")
     p.add_argument("video", help="video file or bundled clip name (carphone, bikes)")
-    p.add_argument("--connect", required=True, metavar="HOST:PORT", help="the receiver's signaling address, e.g. 127.0.0.1:8765")
+    p.add_argument("--connect", required=True, action="append", metavar="HOST:PORT",
+                   help="the receiver's signaling address, e.g. 127.0.0.1:8765; repeat it to stream to several "
+                        "receivers at once (--json then prints a list, one object per receiver)")
     p.add_argument("--model", required=True, help="the video's model bundle (.vsae)")
     p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE, help="spatial factor S: send frames ÷S")
     p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL, help="temporal factor T: send every T-th frame")

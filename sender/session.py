@@ -163,15 +163,18 @@ class LowResTrack(MediaStreamTrack):
         return packet
 
 
-async def send(frames: np.ndarray, source_fps: float, model: bytes, options: SendOptions) -> SendResult:
+async def send(frames: np.ndarray, source_fps: float, model: bytes, options: SendOptions,
+               prepared: tuple[list[int], np.ndarray] | None = None) -> SendResult:
     """Stream `frames` to a listening receiver; raises SessionError on failure.
 
     A connection lost before the video starts (the handshake or the model transfer) is retried in a new
-    session up to `options.retries` times; the receiver resumes the model transfer where it stopped."""
+    session up to `options.retries` times; the receiver resumes the model transfer where it stopped.
+    `prepared`: `prepare_low_res(frames, options.scale, options.temporal)` made once by a caller that
+    runs several sessions of the same stream (read-only here, so sessions can share it)."""
     if options.codec not in msg.CODECS:
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
     began = time.monotonic()
-    indices, low = prepare_low_res(frames, options.scale, options.temporal)
+    indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
     model_sent = [0]  # across attempts
     for attempt in range(1, options.retries + 2):
         try:
