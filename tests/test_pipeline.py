@@ -130,3 +130,26 @@ def test_reconstruct_stream(tiny_codec, low):
 def test_rejects_bad_temporal(tiny_codec):
     with pytest.raises(ValueError):
         Reconstructor(tiny_codec, HW, temporal=0)
+
+
+def test_long_concealed_gap_uses_the_cheap_method_and_never_fails(tiny_codec, low):
+    """A lost gap of 40 frames (past motion's 32-step grid, which raised before) is rebuilt with `residual`;
+    a short lost gap still gets `motion`."""
+    from codec.pipeline import CONCEAL_MOTION_MAX_STEPS
+
+    rec = Reconstructor(tiny_codec, HW, temporal=2, method="motion")
+    rec.push(0, low[0])
+    out = rec.push(41, low[1])
+    a, b = tiny_codec.key(low[0:1], HW), tiny_codec.key(low[1:2], HW)
+    assert [f.index for f in out] == list(range(1, 42)) and all(f.concealed for f in out[:-1])
+    expected = tiny_codec.in_between(a, b, 40, "residual")
+    assert torch.allclose(torch.stack([f.frame for f in out[:-1]]), expected, atol=1e-5)
+
+    short = CONCEAL_MOTION_MAX_STEPS - 1  # m = gap + 1 = CONCEAL_MOTION_MAX_STEPS: still motion
+    rec = Reconstructor(tiny_codec, HW, temporal=2, method="motion")
+    rec.push(0, low[0])
+    out = rec.push(short + 1, low[1])
+    assert all(f.concealed for f in out[:-1])
+    expected = tiny_codec.in_between(a, b, short, "motion")
+    assert torch.allclose(torch.stack([f.frame for f in out[:-1]]), expected, atol=1e-5)
+    assert not torch.allclose(expected, tiny_codec.in_between(a, b, short, "residual"), atol=1e-3)
