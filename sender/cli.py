@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import resource
 import sys
 
 from codec import bundle
@@ -18,7 +20,24 @@ from protocol.peer import install_event_loop, parse_address
 from .session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SessionError, send
 
 
+def loop_count(loop: int | None, duration: float | None, frames: int, fps: float) -> int:
+    """How many passes of the clip to stream: --loop N as given, or for --duration S the fewest whole
+    passes that last at least S seconds; 1 without either."""
+    if loop is not None and duration is not None:
+        raise VsaeError("--loop and --duration are alternatives: give one")
+    if loop is not None:
+        if loop < 1:
+            raise VsaeError(f"--loop must be a positive number of passes, got {loop}")
+        return loop
+    if duration is not None:
+        if not (duration > 0 and math.isfinite(duration)):
+            raise VsaeError(f"--duration must be a positive number of seconds, got {duration:g}")
+        return max(1, math.ceil(duration * fps / frames - 1e-9))  # tolerance: 8.0 s of a 4.0 s clip is 2 passes
+    return 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
+    loop_count(args.loop, args.duration, 1, 1.0)  # bad values fail before any file is read
     try:
         host, port = parse_address(args.connect)
     except ValueError as exc:
@@ -39,11 +58,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     size = codec.meta.get("frame_size")
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
+    loop = loop_count(args.loop, args.duration, len(frames), args.fps or fps)
     options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                           codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
-                          secret=secret)
+                          secret=secret, loop=loop)
     install_event_loop()
-    print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
+    looped = f" x{loop} passes" if loop > 1 else ""
+    print(f"vsae send: {len(frames)} frames{looped} {frames.shape[2]}x{frames.shape[1]} -> {host}:{port}, "
           f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
     try:
         result = asyncio.run(send(frames, fps, model, options))
@@ -53,7 +74,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         "frames": result.frames, "frames_sent": result.frames_sent, "video_kbps": round(result.video_kbps, 3),
         "video_bytes": result.video_bytes, "video_packets": result.video_packets,
         "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
-        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), **result.extra,
+        "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), "loop": loop,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **result.extra,
     }
     print(json.dumps(summary) if args.json else
           f"vsae send: done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "
@@ -73,6 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
     p.add_argument("--fps", type=_positive_float, default=None, help="source frame rate to stream at (default: the video's)")
+    p.add_argument("--loop", type=int, default=None, metavar="N",
+                   help="stream the clip N times back to back as one stream of N x frames (source indices keep "
+                        "counting; the receiver's output is N x frames long; see vsae recv --reference-loop)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="instead of --loop: repeat the clip in whole passes until the stream lasts at least SECONDS")
     p.add_argument("--bind", default=None, metavar="HOST",
                    help="this side's address for media (default: the --connect host; set it when the receiver is on another network namespace)")
     p.add_argument("--secret-file", default=None, metavar="FILE",

@@ -58,6 +58,7 @@ class SendOptions:
     connect_timeout: float = 15.0
     bind: str | None = None  # this side's ICE address (default: `host`, right for loopback)
     secret: bytes | None = None  # shared secret: answers a receiver's nonce with an HMAC tag (protocol.auth)
+    loop: int = 1  # stream the clip this many times back to back (source indices run on: 0 .. loop*len-1)
 
 
 @dataclass
@@ -86,6 +87,28 @@ def prepare_low_res(frames: np.ndarray, scale: int, temporal: int) -> tuple[list
     # In chunks: float copies of a long hi-res clip would not fit in memory at once.
     chunks = [to_uint8(resize(to_tensor(frames[indices[j : j + 64]]), size)) for j in range(0, len(indices), 64)]
     return indices, np.concatenate(chunks)
+
+
+class Looped:
+    """`items` repeated `times` times without copying: item j is items[j % len(items)], plus
+    (j // len(items)) * `offset` (the source indices of later passes continue past the clip's end).
+
+    Stands in for the low-res frames (offset 0) and their source indices (offset = clip length) of a
+    looped stream, so memory stays one clip's worth however long the stream runs."""
+
+    def __init__(self, items, times: int, offset: int = 0):
+        self.items, self.times, self.offset = items, times, offset
+        self.shape = (len(items) * times, *getattr(items, "shape", (len(items),))[1:])
+
+    def __len__(self) -> int:
+        return len(self.items) * self.times
+
+    def __getitem__(self, j: int):
+        n = len(self)
+        if not -n <= j < n:
+            raise IndexError(j)
+        passes, k = divmod(j % n, len(self.items))
+        return self.items[k] + passes * self.offset if self.offset else self.items[k]
 
 
 class LowResTrack(MediaStreamTrack):
@@ -153,9 +176,14 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     """Run one sender session against a listening receiver; raises SessionError on failure."""
     if options.codec not in msg.CODECS:
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
+    if options.loop < 1:
+        raise SessionError(f"loop must be >= 1, got {options.loop}")
     began = time.monotonic()
     fps = options.fps or source_fps
-    indices, low = prepare_low_res(frames, options.scale, options.temporal)
+    indices, low = prepare_low_res(frames, options.scale, options.temporal)  # once per clip, also when looping
+    total = len(frames) * options.loop  # source frames the stream covers
+    if options.loop > 1:
+        indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     ticks = ticks_per_frame(fps)
     sha = hashlib.sha256(model).hexdigest()
     track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
@@ -239,7 +267,7 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         height, width = frames.shape[1:3]
         config = msg.Config(
             width=width, height=height, low_width=low.shape[2], low_height=low.shape[1], fps=fps,
-            scale=options.scale, temporal=options.temporal, frames=len(frames), codec=options.codec,
+            scale=options.scale, temporal=options.temporal, frames=total, codec=options.codec,
             kbps=options.kbps, ticks=ticks,
         )
         if hello.nonce and options.secret is not None:
@@ -255,20 +283,20 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
 
         track.start.set()
         finished = asyncio.ensure_future(track.finished.wait())
-        stream_s = len(frames) / fps + 60.0
+        stream_s = total / fps + 60.0
         done, _ = await asyncio.wait({finished, failure}, timeout=stream_s, return_when=asyncio.FIRST_COMPLETED)
         if finished not in done:
             finished.cancel()
             raise SessionError(failure.result() if failure.done() else "timed out streaming")
         await asyncio.sleep(DRAIN_S)
         video_bytes, video_packets = await _rtp_sent(pc)
-        await send_message(control, msg.Bye(frames=len(frames), video_bytes=video_bytes, video_packets=video_packets))
+        await send_message(control, msg.Bye(frames=total, video_bytes=video_bytes, video_packets=video_packets))
         bye = await expect(msg.Bye, BYE_TIMEOUT_S)
     finally:
         await pc.close()
     return SendResult(
-        frames=len(frames), frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
-        video_kbps=video_bytes * 8 / (len(frames) / fps) / 1000, model_bytes_sent=model_sent,
+        frames=total, frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
+        video_kbps=video_bytes * 8 / (total / fps) / 1000, model_bytes_sent=model_sent,
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "ice_states": ice_states},
