@@ -28,6 +28,7 @@ from protocol.peer import DEFAULT_HOST, new_peer_connection, send_message
 from protocol.signaling import Busy, serve
 from protocol.timing import IndexMapper
 
+from .sampler import Sampler, worker_counters
 from .worker import ReconstructWorker, StreamInfo
 
 log = logging.getLogger("vsae.receiver")
@@ -54,6 +55,9 @@ class ReceiveOptions:
     device: str = "cpu"
     models: dict[str, Codec] = field(default_factory=dict)  # sha256 -> loaded model the receiver holds
     secret: bytes | None = None  # shared secret: stream only from senders whose config tag proves it
+    reference_loop: bool = False  # score output frame i against reference[i % len(reference)] (a looped sender)
+    samples: str | None = None  # JSON-lines file: RSS, output fps and counters every sample_interval s (receiver.sampler)
+    sample_interval: float | None = None  # default receiver.sampler.SAMPLE_INTERVAL_S
 
 
 class Session:
@@ -194,7 +198,7 @@ class Session:
         if not await self._authenticate(config):
             return
         self.config = config
-        if self.options.reference is not None and len(self.options.reference) < config.frames:
+        if self.options.reference is not None and len(self.options.reference) < config.frames and not self.options.reference_loop:
             log.warning("reference has %d frames, the stream %d: metrics cover the overlap", len(self.options.reference), config.frames)
         codec = self.options.models.get(self.hello.model_sha256)
         if codec is not None:
@@ -281,13 +285,17 @@ class Session:
         try:
             self.worker = await loop.run_in_executor(
                 None, lambda: ReconstructWorker(codec, info, self.options.output, self.options.iterations,
-                                                self.options.method, reference, self.options.bicubic_output),
+                                                self.options.method, reference, self.options.bicubic_output,
+                                                self.options.reference_loop),
             )
         except Exception as exc:  # e.g. the output file cannot be written
             await self.refuse("receiver_failed", f"cannot start reconstruction: {exc}")
             return
         self.mapper = IndexMapper(config.ticks)
         self.state = "streaming"
+        if self.options.samples:  # sampling runs while this session streams; any end of the session stops it
+            sampler = Sampler(self.options.samples, worker_counters(self.worker), self.options.sample_interval).start()
+            self.done.add_done_callback(lambda _: sampler.stop())
         await self.send(msg.Ack(sha256=self.hello.model_sha256))
 
     async def _bye(self, bye: msg.Bye) -> None:
