@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|faults` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults`."""
+"""`vsae bench rd|speed|faults|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults|soak`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, rd, speed
+from . import faults, rd, soak, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = kinds.add_parser("faults", help="stream across real network faults between network namespaces (root; faults.md)")
     faults.add_arguments(f)
     f.set_defaults(func=faults.run)
+    k = kinds.add_parser("soak", help="stream a looped clip for long (default 30 min): receiver RSS and output fps "
+                                      "every 10 s, verdict on growth and stalls (soak.json, soak.png, soak.md)")
+    soak.add_arguments(k)
+    k.set_defaults(func=soak.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
