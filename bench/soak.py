@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
             (out / name).unlink(missing_ok=True)
     (out / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     if samples:
-        plot(samples, result, out / "soak.png", f"vsae soak: {video.name}, {stream_s / 60:.1f} min, receiver")
+        plot(samples, result, out / "soak.png", f"vsae soak, receiver side: {video.name} looped for {stream_s / 60:.1f} min")
     (out / "soak.md").write_text(summary(report))
     line = (f"RSS {result.get('baseline_rss_mb')} -> max {result.get('max_rss_mb_after_warmup')} MB after warm-up "
             f"({result['rss_growth']:+.2%})" if "rss_growth" in result else "RSS n/a")
