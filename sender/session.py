@@ -182,6 +182,8 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     fps = options.fps or source_fps
     indices, low = prepare_low_res(frames, options.scale, options.temporal)  # once per clip, also when looping
     total = len(frames) * options.loop  # source frames the stream covers
+    if total > msg.MAX_FRAMES:
+        raise SessionError(f"{options.loop} passes of {len(frames)} frames exceed the protocol's {msg.MAX_FRAMES:,} frames a stream")
     if options.loop > 1:
         indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     ticks = ticks_per_frame(fps)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import numpy as np
@@ -53,6 +52,17 @@ def test_bad_loop_flags_are_one_error_line(argv, tmp_path, capsys):
     assert main(["send", "carphone", "--connect", "127.0.0.1:9", "--model", str(tmp_path / "none.vsae"), *argv]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("vsae: error: --") and ("loop" in err[0] or "duration" in err[0])
+
+
+def test_sender_refuses_a_loop_past_the_protocol_limit(tiny_codec):
+    from protocol.messages import MAX_FRAMES
+    from sender.session import SessionError
+
+    frames, fps = read_video("carphone", frames=f"0:{CLIP}")
+    with pytest.raises(SessionError, match="exceed"):  # before any connection (nothing listens on port 9)
+        asyncio.run(send(frames, fps, bundle.dumps(tiny_codec), SendOptions(port=9, loop=MAX_FRAMES // CLIP + 1)))
+    with pytest.raises(SessionError, match="loop must be >= 1"):
+        asyncio.run(send(frames, fps, bundle.dumps(tiny_codec), SendOptions(port=9, loop=0)))
 
 
 def test_reference_loop_needs_a_reference(tmp_path, capsys):
