@@ -15,6 +15,7 @@ from codec import bundle
 from codec.metrics import psnr_per_frame
 from codec.video import read_video, to_tensor
 from receiver import sampler as sampler_module
+from receiver import worker as worker_module
 from receiver.sampler import Sampler, rss_mb
 from receiver.session import Receiver, ReceiveOptions
 from receiver.worker import MAX_PENDING_CAPTURES, LatencyReservoir, ReconstructWorker, RunningMean, StreamInfo
@@ -73,9 +74,11 @@ def test_reference_loop_needs_a_reference(tmp_path, capsys):
     assert err == ["vsae: error: --reference-loop needs --reference"]
 
 
-def test_looped_stream_covers_n_passes_with_the_reference_wrapped(tiny_codec, tmp_path):
+def test_looped_stream_covers_n_passes_with_the_reference_wrapped(tiny_codec, tmp_path, monkeypatch):
     """--loop 3 over a 12-frame clip: one stream of 36 frames (source indices 0..35); every output frame is
     scored against reference[i % 12], and frames of later passes are the clip's frames again."""
+    # This is about indices, not real time: on a busy machine the receiver must not drop late frames.
+    monkeypatch.setattr(worker_module, "MAX_BACKLOG", 10_000)
     frames, fps = read_video("carphone", frames=f"0:{CLIP}")
     model = bundle.dumps(tiny_codec)
     samples = tmp_path / "samples.jsonl"
@@ -192,9 +195,12 @@ def test_sampler_thread_writes_one_line_per_interval_until_stopped(tmp_path, mon
     time.sleep(0.15)
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert len(lines) == written == sampler.samples  # nothing after stop()
-    assert 6 <= len(lines) <= 13
+    # 12 due in 0.6 s; a descheduled thread (2 busy cores) may miss a few, never samples more often.
+    assert 5 <= len(lines) <= 13
     t = [s["t"] for s in lines]
-    assert all(0.03 < b - a < 0.15 for a, b in zip([0.0] + t, t)) and all(s["fps_out"] > 0 for s in lines)
+    assert all(b > a for a, b in zip([0.0] + t, t)) and t[-1] < 0.9
+    assert all(v >= 0.05 * (i + 1) - 1e-3 for i, v in enumerate(t))  # the i-th sample never comes before its deadline
+    assert sum(s["fps_out"] > 0 for s in lines) >= len(lines) - 2
     assert lines[-1]["frames_out"] <= out["frames_out"]
 
 
