@@ -235,9 +235,11 @@ def test_verdict_ignores_growth_during_warm_up():
     assert result["passed"] and result["rss_growth"] == 0.0
 
 
-def test_verdict_ignores_one_transient_sample_but_not_a_step():
+def test_verdict_ignores_a_transient_burst_but_not_a_step():
     spike = verdict(series(rss=lambda t: 480.0 if t == 120 else 400.0), 30.0, 10.0)  # a frame's tensors caught in flight
     assert spike["passed"] and spike["max_rss_mb_sample"] == 480.0
+    burst = verdict(series(rss=lambda t: 430.0 if t in (110, 120) else 400.0), 30.0, 10.0)  # 20 s of concealment
+    assert burst["passed"] and burst["rss_growth"] == 0.0
     step = verdict(series(rss=lambda t: 480.0 if t >= 120 else 400.0), 30.0, 10.0)
     assert not step["passed"] and step["rss_growth"] == pytest.approx(0.2)
 
