@@ -11,28 +11,15 @@ a stalled receiver shows up as an interval with no output instead of as a missin
 from __future__ import annotations
 
 import json
-import os
-import resource
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
+from codec.memory import rss_mb
+
 # Seconds between samples (the issue's 10 s). Read when a Sampler is made, so tests may patch it.
 SAMPLE_INTERVAL_S = 10.0
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_mb() -> float:
-    """This process's current resident set size in MB (from /proc/self/statm). Where /proc is missing,
-    the peak RSS (getrusage) instead: it still shows growth, never a drop."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE / 2**20
-    except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1024 if os.uname().sysname != "Darwin" else peak / 2**20  # kB on Linux, bytes on macOS
 
 
 class Sampler:

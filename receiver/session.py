@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import resource
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from codec import bundle
 from codec.errors import BundleError
+from codec.memory import peak_rss_mb
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec
 from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
@@ -379,7 +379,7 @@ class Session:
             "keyframe_requests": self.keyframe_requests,
             "timestamps_anchored": self.mapper.anchored if self.mapper else None,
             "session_s": round(time.monotonic() - self.began, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),  # this process's own (ru_maxrss carries a parent's peak over exec)
         })
         return stats
 

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import json
 import math
-import resource
 import sys
 
 from codec import bundle
 from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
+from codec.memory import peak_rss_mb
 from codec.video import read_video
 from protocol.auth import secret_option
 from protocol.messages import CODECS
@@ -75,7 +75,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         "video_bytes": result.video_bytes, "video_packets": result.video_packets,
         "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
         "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), "loop": loop,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **result.extra,
+        "peak_rss_mb": round(peak_rss_mb(), 1), **result.extra,
     }
     print(json.dumps(summary) if args.json else
           f"vsae send: done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "

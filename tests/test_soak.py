@@ -204,6 +204,20 @@ def test_sampler_thread_writes_one_line_per_interval_until_stopped(tmp_path, mon
     assert lines[-1]["frames_out"] <= out["frames_out"]
 
 
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """ru_maxrss carries the parent's peak over fork + exec (a receiver started by a 600 MB pytest reported
+    600 MB); peak_rss_mb() reads the process's own high-water mark."""
+    import subprocess
+    import sys
+
+    block = np.ones(300 * 2**20, np.uint8)  # this process now holds > 300 MB
+    code = "from codec.memory import peak_rss_mb; import resource; print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    own, inherited = (float(v) for v in subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                       check=True).stdout.split())
+    del block
+    assert inherited > 300 + 100 and own < inherited - 200  # the child itself (python + torch) is ~250 MB
+
+
 def test_rss_follows_allocations():
     before = rss_mb()
     block = np.ones(200 * 2**20, np.uint8)  # 200 MB, touched
