@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|faults|load` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults|load`."""
+"""`vsae bench rd|speed|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults|load|soak`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, load, rd, speed
+from . import faults, load, rd, soak, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo = kinds.add_parser("load", help="several receivers at once from one sender: throughput vs cores (load.json, load.md, load.png)")
     load.add_arguments(lo)
     lo.set_defaults(func=load.run)
+    k = kinds.add_parser("soak", help="stream a looped clip for long (default 30 min): receiver RSS and output fps "
+                                      "every 10 s, verdict on growth and stalls (soak.json, soak.png, soak.md)")
+    soak.add_arguments(k)
+    k.set_defaults(func=soak.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 Feed received frames (low-res or full-size) with their source index, in increasing order; get back
 hi-res frames at the full source rate, each exactly once, in order. Missing frames between two keys
 are rebuilt by temporal interpolation; a gap longer than the temporal factor (a lost frame) is
-concealed by latent interpolation (CONCEALMENT_METHOD) and counted.
+concealed by latent interpolation when the gap is long (see CONCEAL_MOTION_MAX_STEPS) and counted.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import torch
 
 from .ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec, Key, upsample
 
-# Frames lost in transit are concealed by latent interpolation (the paper's eq. 8): one decode per frame
-# whatever the gap. The motion search of the default method is built for in-betweens a temporal factor
-# apart; across a long gap (an outage) it finds no motion within its radius and its sub-frame grid gets
-# fine and slow (seconds per frame at 176x144 for a 3 s gap, measured).
+# Frames lost in transit are concealed by interpolation across the gap. `motion` builds a 1/m-pixel grid for
+# an in-between at k/m (m = gap + 1): its time and memory grow with m squared (176x144, one thread: 0.1 s at
+# m=2, 0.2 s at 8, 3.3 s and ~1 GB at 32) and across a long gap (an outage) it finds no motion within its
+# radius anyway. A concealed gap longer than this many steps is rebuilt by latent interpolation (the paper's
+# eq. 8, CONCEALMENT_METHOD): one decode per frame, so a receiver that fell behind or came back from an
+# outage catches up instead of stalling further.
+CONCEAL_MOTION_MAX_STEPS = 8
 CONCEALMENT_METHOD = "latent"
 
 
@@ -68,7 +71,8 @@ class Reconstructor:
             last_index, last_key = self._last
             count = index - last_index - 1
             lost = count > self.temporal - 1
-            between = self.codec.in_between(last_key, key, count, CONCEALMENT_METHOD if lost else self.method)
+            long_gap = lost and count + 1 > CONCEAL_MOTION_MAX_STEPS
+            between = self.codec.in_between(last_key, key, count, CONCEALMENT_METHOD if long_gap else self.method)
             for j in range(count):
                 out.append(OutputFrame(last_index + 1 + j, between[j], lost, False))
         out.append(OutputFrame(index, key.frame[0], False, True))

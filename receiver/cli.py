@@ -18,6 +18,7 @@ from codec.video import read_video
 from protocol.auth import secret_option
 from protocol.peer import install_event_loop, parse_address
 
+from .sampler import SAMPLE_INTERVAL_S
 from .session import Receiver, ReceiveOptions
 
 # Torch threads for reconstruction: one core stays free for decoding and the event loop.
@@ -64,11 +65,20 @@ def cmd_recv(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
         models[hashlib.sha256(data).hexdigest()] = bundle.loads(data, args.device)
+    if args.reference_loop and not args.reference:
+        raise VsaeError("--reference-loop needs --reference")
+    if args.samples:
+        try:  # fail now, not when the first sender has connected
+            Path(args.samples).parent.mkdir(parents=True, exist_ok=True)
+            open(args.samples, "w").close()
+        except OSError as exc:
+            raise VsaeError(f"cannot write --samples {args.samples}: {exc.strerror}") from None
     reference = read_video(args.reference, args.reference_frames)[0] if args.reference else None
     torch.set_num_threads(args.threads)
     options = ReceiveOptions(host=host, port=port, output=args.output, stats=args.stats, reference=reference,
                              bicubic_output=args.bicubic_output, iterations=args.iterations, method=args.method,
-                             device=args.device, models=models, secret=secret)
+                             device=args.device, models=models, secret=secret, reference_loop=args.reference_loop,
+                             samples=args.samples, sample_interval=args.sample_interval)
     install_event_loop()
     stats = asyncio.run(_serve(options, args.timeout))
     if args.stats:
@@ -88,6 +98,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="a model bundle already here (a sender with the same one skips the transfer)")
     p.add_argument("--secret-file", default=None, metavar="FILE",
                    help="shared secret (>= 16 bytes): stream only from senders started with the same --secret-file")
+    p.add_argument("--reference-loop", action="store_true",
+                   help="the sender loops the clip (vsae send --loop/--duration): score output frame i against reference frame i mod its length")
+    p.add_argument("--samples", default=None, metavar="FILE.jsonl",
+                   help="while streaming, write one JSON line per interval: elapsed s, RSS MB, frames out, output fps, "
+                        "frames received / concealed / dropped (vsae bench soak reads it)")
+    p.add_argument("--sample-interval", type=_positive_float, default=SAMPLE_INTERVAL_S, metavar="SECONDS",
+                   help=f"seconds between --samples lines (default {SAMPLE_INTERVAL_S:g})")
     p.add_argument("--bicubic-output", default=None, help="also write the bicubic baseline from the same stream")
     p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS, help="reprojection iterations n")
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD, help="temporal rebuild")

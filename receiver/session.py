@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import resource
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from codec import bundle
 from codec.errors import BundleError
+from codec.memory import peak_rss_mb
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec
 from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
@@ -29,6 +29,7 @@ from protocol.signaling import Busy, serve
 from protocol.timing import IndexMapper
 
 from . import jitter
+from .sampler import Sampler, worker_counters
 from .worker import ReconstructWorker, StreamInfo
 
 log = logging.getLogger("vsae.receiver")
@@ -59,6 +60,9 @@ class ReceiveOptions:
     device: str = "cpu"
     models: dict[str, Codec] = field(default_factory=dict)  # sha256 -> loaded model the receiver holds
     secret: bytes | None = None  # shared secret: stream only from senders whose config tag proves it
+    reference_loop: bool = False  # score output frame i against reference[i % len(reference)] (a looped sender)
+    samples: str | None = None  # JSON-lines file: RSS, output fps and counters every sample_interval s (receiver.sampler)
+    sample_interval: float | None = None  # default receiver.sampler.SAMPLE_INTERVAL_S
 
 
 class Session:
@@ -211,7 +215,7 @@ class Session:
         if not await self._authenticate(config):
             return
         self.config = config
-        if self.options.reference is not None and len(self.options.reference) < config.frames:
+        if self.options.reference is not None and len(self.options.reference) < config.frames and not self.options.reference_loop:
             log.warning("reference has %d frames, the stream %d: metrics cover the overlap", len(self.options.reference), config.frames)
         codec = self.options.models.get(self.hello.model_sha256)
         if codec is not None:
@@ -303,13 +307,17 @@ class Session:
         try:
             self.worker = await loop.run_in_executor(
                 None, lambda: ReconstructWorker(codec, info, self.options.output, self.options.iterations,
-                                                self.options.method, reference, self.options.bicubic_output),
+                                                self.options.method, reference, self.options.bicubic_output,
+                                                self.options.reference_loop),
             )
         except Exception as exc:  # e.g. the output file cannot be written
             await self.refuse("receiver_failed", f"cannot start reconstruction: {exc}")
             return
         self.mapper = IndexMapper(config.ticks)
         self.state = "streaming"
+        if self.options.samples:  # sampling runs while this session streams; any end of the session stops it
+            sampler = Sampler(self.options.samples, worker_counters(self.worker), self.options.sample_interval).start()
+            self.done.add_done_callback(lambda _: sampler.stop())
         await self.send(msg.Ack(sha256=self.hello.model_sha256))
 
     async def _bye(self, bye: msg.Bye) -> None:
@@ -393,7 +401,7 @@ class Session:
             **self._jitter_stats(),
             "timestamps_anchored": self.mapper.anchored if self.mapper else None,
             "session_s": round(time.monotonic() - self.began, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),  # this process's own (ru_maxrss carries a parent's peak over exec)
         })
         return stats
 

@@ -4,12 +4,15 @@ Runs the codec core's `Reconstructor` (the same code path as `vsae reconstruct`)
 so inference never blocks WebRTC. If it falls behind by more than MAX_BACKLOG frames, the oldest
 waiting frame is dropped and later concealed by interpolation across the gap: a slow receiver loses
 quality, never the connection.
+
+Nothing here grows with the stream's length (a call may run for hours): quality metrics are running
+sums, latencies a fixed-size reservoir, capture times a bounded map of frames not yet output.
 """
 
 from __future__ import annotations
 
 import collections
-import statistics
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +27,9 @@ from codec.video import VideoWriter, to_tensor, to_uint8
 MAX_BACKLOG = 8
 # Capture times kept for frames not yet output (bounds memory if a peer floods frame meta).
 MAX_PENDING_CAPTURES = 4096
+# Latency median / p95 come from a uniform reservoir sample (Vitter's algorithm R) of this many output
+# frames: exact for streams up to this long (~5 min at 30 fps), a fixed 80 kB however long the call.
+LATENCY_RESERVOIR = 10_000
 
 
 @dataclass
@@ -46,11 +52,13 @@ class ReconstructWorker:
         method: str,
         reference: np.ndarray | None = None,
         bicubic_output: str | None = None,
+        reference_loop: bool = False,
     ):
         self.info = info
         self.reconstructor = Reconstructor(codec, info.size, info.temporal, iterations, method)
         self.baseline = BaselineReconstructor(info.size, info.temporal) if (reference is not None or bicubic_output) else None
         self.reference = reference
+        self.reference_loop = reference_loop  # output frame i is scored against reference[i % len(reference)]
         self.writer = VideoWriter(output, info.size, info.fps)
         self.bicubic_writer = VideoWriter(bicubic_output, info.size, info.fps) if bicubic_output else None
         self._queue: collections.deque = collections.deque()
@@ -63,10 +71,10 @@ class ReconstructWorker:
         self.frames_out = 0
         self.capture_times: dict[int, float] = {}
         self.stream_t0: float | None = None
-        self.latencies_ms: list[float] = []
-        self.psnr: list[float] = []
-        self.psnr_bicubic: list[float] = []
-        self.ssim: list[float] = []
+        self.latencies = LatencyReservoir(LATENCY_RESERVOIR)
+        self.psnr = RunningMean()
+        self.psnr_bicubic = RunningMean()
+        self.ssim = RunningMean()
         self.reconstruct_s = 0.0
         self.busy_s = 0.0
         # Wall-clock (Unix) times of the first and last output frame: a throughput window that several
@@ -90,6 +98,14 @@ class ReconstructWorker:
     def note_capture(self, index: int, capture_time: float) -> None:
         """The sender's capture time of a sent frame (frame meta): the latency reference. Frames never
         sent (in-betweens) were captured at the same clock, t0 + index / fps."""
+        if len(self.capture_times) >= MAX_PENDING_CAPTURES:
+            # Entries for frames already output (their meta came late) would otherwise stay for good and,
+            # over a long call, fill the map: drop them. Output indices run 0, 1, 2, ...; the frame being
+            # written right now (frames_out - 1 at most) may still need its entry. The thread pops
+            # concurrently, hence the snapshot of the keys and pop with a default.
+            done = self.frames_out - 1
+            for stale in [i for i in list(self.capture_times) if i < done]:
+                self.capture_times.pop(stale, None)
         if len(self.capture_times) < MAX_PENDING_CAPTURES:
             self.capture_times[index] = capture_time
         if self.stream_t0 is None:
@@ -145,23 +161,25 @@ class ReconstructWorker:
             if capture is None and self.stream_t0 is not None:
                 capture = self.stream_t0 + out.index / self.info.fps
             if capture is not None:
-                self.latencies_ms.append((now - capture) * 1000)
+                self.latencies.add((now - capture) * 1000)
             base = baseline[j].frame if j < len(baseline) else None
             if self.bicubic_writer is not None and base is not None:
                 self.bicubic_writer.write(to_uint8(base[None])[0])
-            if self.reference is not None and out.index < len(self.reference):
+            ref_index = out.index % len(self.reference) if self.reference is not None and self.reference_loop else out.index
+            if self.reference is not None and ref_index < len(self.reference):
                 # Metrics quantize to 8 bits first: they score what the viewer sees.
-                ref = to_tensor(self.reference[out.index][None])
-                self.psnr.append(float(psnr_per_frame(frame[None], ref)[0]))
-                self.ssim.append(ssim(frame[None], ref))
+                ref = to_tensor(self.reference[ref_index][None])
+                self.psnr.add(float(psnr_per_frame(frame[None], ref)[0]))
+                self.ssim.add(ssim(frame[None], ref))
                 if base is not None:
-                    self.psnr_bicubic.append(float(psnr_per_frame(base[None], ref)[0]))
+                    self.psnr_bicubic.add(float(psnr_per_frame(base[None], ref)[0]))
 
     # -- results -------------------------------------------------------------------------------------
     def stats(self) -> dict:
-        def mean(values: list[float]) -> float | None:
-            return round(statistics.fmean(values), 3) if values else None
+        def mean(values: RunningMean, digits: int = 3) -> float | None:
+            return round(values.mean, digits) if values.count else None
 
+        latency = self.latencies.values()
         return {
             "frames_received": self.frames_received,
             "frames_out": self.frames_out,
@@ -169,13 +187,51 @@ class ReconstructWorker:
             "frames_dropped_backlog": self.frames_dropped,
             "fps_reconstruct": round(self.frames_out / self.reconstruct_s, 2) if self.reconstruct_s else None,
             "fps_pipeline": round(self.frames_out / self.busy_s, 2) if self.busy_s else None,
-            "latency_ms": round(statistics.median(self.latencies_ms), 1) if self.latencies_ms else None,
-            "latency_ms_p95": round(float(np.percentile(self.latencies_ms, 95)), 1) if self.latencies_ms else None,
+            "latency_ms": round(float(np.median(latency)), 1) if len(latency) else None,
+            "latency_ms_p95": round(float(np.percentile(latency, 95)), 1) if len(latency) else None,
             "psnr": mean(self.psnr),
             "psnr_bicubic": mean(self.psnr_bicubic),
-            "ssim": round(statistics.fmean(self.ssim), 4) if self.ssim else None,
-            "psnr_frames": len(self.psnr) if self.psnr else 0,
+            "ssim": mean(self.ssim, 4),
+            "psnr_frames": self.psnr.count,
             "first_output_time": self.first_output_time,
             "last_output_time": self.last_output_time,
         }
+
+
+class RunningMean:
+    """Mean of a stream of values in constant memory."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+class LatencyReservoir:
+    """A uniform random sample of at most `size` values from a stream (algorithm R), preallocated so that
+    its memory never changes; holds every value while fewer than `size` have come. Seeded: runs repeat."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self._values = np.empty(size, np.float64)
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        if self.seen < len(self._values):
+            self._values[self.seen] = value
+        else:
+            slot = self._rng.randrange(self.seen + 1)  # keep the new value with probability size / (seen + 1)
+            if slot < len(self._values):
+                self._values[slot] = value
+        self.seen += 1
+
+    def values(self) -> np.ndarray:
+        return self._values[: min(self.seen, len(self._values))]
 

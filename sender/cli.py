@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from codec import bundle
 from codec.cli import _non_negative, _positive, _positive_float
 from codec.errors import VsaeError
+from codec.memory import peak_rss_mb
 from codec.video import read_video
 from protocol.auth import secret_option
 from protocol.messages import CODECS
@@ -28,13 +30,13 @@ from .session import (DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_RETRIES, DEFAULT_SCAL
                       SessionError, prepare_low_res, send)
 
 
-def _summary(result: SendResult) -> dict:
+def _summary(result: SendResult, loop: int) -> dict:
     return {
         "frames": result.frames, "frames_sent": result.frames_sent, "video_kbps": round(result.video_kbps, 3),
         "video_bytes": result.video_bytes, "video_packets": result.video_packets,
         "model_bytes_sent": result.model_bytes_sent, "keyframe_requests": result.keyframe_requests,
         "receiver_frames_out": result.receiver_frames_out, "wall_s": round(result.wall_s, 2), "attempts": result.attempts,
-        **result.extra,
+        "loop": loop, "peak_rss_mb": round(peak_rss_mb(), 1), **result.extra,
     }
 
 
@@ -58,7 +60,24 @@ async def send_all(frames: np.ndarray, fps: float, model: bytes, options: list[S
     return list(await asyncio.gather(*(one(o) for o in options)))
 
 
+def loop_count(loop: int | None, duration: float | None, frames: int, fps: float) -> int:
+    """How many passes of the clip to stream: --loop N as given, or for --duration S the fewest whole
+    passes that last at least S seconds; 1 without either."""
+    if loop is not None and duration is not None:
+        raise VsaeError("--loop and --duration are alternatives: give one")
+    if loop is not None:
+        if loop < 1:
+            raise VsaeError(f"--loop must be a positive number of passes, got {loop}")
+        return loop
+    if duration is not None:
+        if not (duration > 0 and math.isfinite(duration)):
+            raise VsaeError(f"--duration must be a positive number of seconds, got {duration:g}")
+        return max(1, math.ceil(duration * fps / frames - 1e-9))  # tolerance: 8.0 s of a 4.0 s clip is 2 passes
+    return 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
+    loop_count(args.loop, args.duration, 1, 1.0)  # bad values fail before any file is read
     targets = []
     for text in args.connect:
         try:
@@ -86,19 +105,21 @@ def cmd_send(args: argparse.Namespace) -> int:
     size = codec.meta.get("frame_size")
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
+    loop = loop_count(args.loop, args.duration, len(frames), args.fps or fps)
     options = [SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                            codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
-                           secret=secret, retries=args.retries) for host, port in targets]
+                           secret=secret, retries=args.retries, loop=loop) for host, port in targets]
     install_event_loop()
     where = ", ".join(f"{host}:{port}" for host, port in targets)
-    print(f"vsae send: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> {where}, "
+    looped = f" x{loop} passes" if loop > 1 else ""
+    print(f"vsae send: {len(frames)} frames{looped} {frames.shape[2]}x{frames.shape[1]} -> {where}, "
           f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
     if len(options) == 1:
         try:
             result = asyncio.run(send(frames, fps, model, options[0]))
         except SessionError as exc:
             raise VsaeError(str(exc)) from None
-        print(json.dumps(_summary(result)) if args.json else f"vsae send: {_done_line(result, args.kbps)}")
+        print(json.dumps(_summary(result, loop)) if args.json else f"vsae send: {_done_line(result, args.kbps)}")
         return 0
 
     results = asyncio.run(send_all(frames, fps, model, options))
@@ -106,7 +127,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     for (host, port), result in zip(targets, results):
         name = f"{host}:{port}"
         if isinstance(result, SendResult):
-            report.append({"connect": name, "ok": True, **_summary(result)})
+            report.append({"connect": name, "ok": True, **_summary(result, loop)})
             if not args.json:
                 print(f"vsae send: {name}: {_done_line(result, args.kbps)}")
         else:
@@ -133,6 +154,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
     p.add_argument("--fps", type=_positive_float, default=None, help="source frame rate to stream at (default: the video's)")
+    p.add_argument("--loop", type=int, default=None, metavar="N",
+                   help="stream the clip N times back to back as one stream of N x frames (source indices keep "
+                        "counting; the receiver's output is N x frames long; see vsae recv --reference-loop)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="instead of --loop: repeat the clip in whole passes until the stream lasts at least SECONDS")
     p.add_argument("--bind", default=None, metavar="HOST",
                    help="this side's address for media (default: the --connect host; set it when the receiver is on another network namespace)")
     p.add_argument("--secret-file", default=None, metavar="FILE",

@@ -71,6 +71,7 @@ class SendOptions:
     bind: str | None = None  # this side's ICE address (default: `host`, right for loopback)
     secret: bytes | None = None  # shared secret: answers a receiver's nonce with an HMAC tag (protocol.auth)
     retries: int = DEFAULT_RETRIES  # new sessions after a connection lost before the video started
+    loop: int = 1  # stream the clip this many times back to back (source indices run on: 0 .. loop*len-1)
 
 
 @dataclass
@@ -100,6 +101,28 @@ def prepare_low_res(frames: np.ndarray, scale: int, temporal: int) -> tuple[list
     # In chunks: float copies of a long hi-res clip would not fit in memory at once.
     chunks = [to_uint8(resize(to_tensor(frames[indices[j : j + 64]]), size)) for j in range(0, len(indices), 64)]
     return indices, np.concatenate(chunks)
+
+
+class Looped:
+    """`items` repeated `times` times without copying: item j is items[j % len(items)], plus
+    (j // len(items)) * `offset` (the source indices of later passes continue past the clip's end).
+
+    Stands in for the low-res frames (offset 0) and their source indices (offset = clip length) of a
+    looped stream, so memory stays one clip's worth however long the stream runs."""
+
+    def __init__(self, items, times: int, offset: int = 0):
+        self.items, self.times, self.offset = items, times, offset
+        self.shape = (len(items) * times, *getattr(items, "shape", (len(items),))[1:])
+
+    def __len__(self) -> int:
+        return len(self.items) * self.times
+
+    def __getitem__(self, j: int):
+        n = len(self)
+        if not -n <= j < n:
+            raise IndexError(j)
+        passes, k = divmod(j % n, len(self.items))
+        return self.items[k] + passes * self.offset if self.offset else self.items[k]
 
 
 class LowResTrack(MediaStreamTrack):
@@ -173,8 +196,14 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     runs several sessions of the same stream (read-only here, so sessions can share it)."""
     if options.codec not in msg.CODECS:
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
+    if options.loop < 1:
+        raise SessionError(f"loop must be >= 1, got {options.loop}")
     began = time.monotonic()
     indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
+    if len(frames) * options.loop > msg.MAX_FRAMES:
+        raise SessionError(f"{options.loop} passes of {len(frames)} frames exceed the protocol's {msg.MAX_FRAMES:,} frames a stream")
+    if options.loop > 1:  # the clip's low-res frames once, indexed lazily (also when several sessions share them)
+        indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     model_sent = [0]  # across attempts
     for attempt in range(1, options.retries + 2):
         try:
@@ -195,6 +224,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     """One session; `model_sent[0]` counts the model bytes shipped (kept when the session fails)."""
     began = time.monotonic()
     fps = options.fps or source_fps
+    total = len(frames) * options.loop  # source frames the stream covers
     ticks = ticks_per_frame(fps)
     sha = hashlib.sha256(model).hexdigest()
     track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
@@ -282,7 +312,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         height, width = frames.shape[1:3]
         config = msg.Config(
             width=width, height=height, low_width=low.shape[2], low_height=low.shape[1], fps=fps,
-            scale=options.scale, temporal=options.temporal, frames=len(frames), codec=options.codec,
+            scale=options.scale, temporal=options.temporal, frames=total, codec=options.codec,
             kbps=options.kbps, ticks=ticks,
         )
         if hello.nonce and options.secret is not None:
@@ -305,22 +335,22 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         streaming = True
         track.start.set()
         finished = asyncio.ensure_future(track.finished.wait())
-        stream_s = len(frames) / fps + 60.0
+        stream_s = total / fps + 60.0
         done, _ = await asyncio.wait({finished, failure}, timeout=stream_s, return_when=asyncio.FIRST_COMPLETED)
         if finished not in done:
             finished.cancel()
             raise failure.result() if failure.done() else SessionError("timed out streaming")
         await asyncio.sleep(DRAIN_S)
         video_bytes, video_packets = await _rtp_sent(pc)
-        await send_message(control, msg.Bye(frames=len(frames), video_bytes=video_bytes, video_packets=video_packets))
+        await send_message(control, msg.Bye(frames=total, video_bytes=video_bytes, video_packets=video_packets))
         bye = await expect(msg.Bye, BYE_TIMEOUT_S)
     except ConnectionError as exc:  # a data channel closed under a send
         raise SessionError(str(exc), retryable=not streaming) from None
     finally:
         await pc.close()
     return SendResult(
-        frames=len(frames), frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
-        video_kbps=video_bytes * 8 / (len(frames) / fps) / 1000, model_bytes_sent=model_sent[0],
+        frames=total, frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
+        video_kbps=video_bytes * 8 / (total / fps) / 1000, model_bytes_sent=model_sent[0],
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "ice_states": ice_states},
