@@ -257,6 +257,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between samples (default: receiver.sampler.SAMPLE_INTERVAL_S, 10)")
     p.add_argument("--warmup", type=float, default=WARMUP_S, help=f"warm-up seconds excluded from the verdict (default {WARMUP_S:g})")
     p.add_argument("--kbps", type=_positive_float, default=None, help="video bitrate (default: the sender's)")
+    p.add_argument("--fps", type=_positive_float, default=None,
+                   help="stream rate (default: the clip's); below what the receiver sustains, the run measures a "
+                        "healthy steady state rather than a receiver that conceals what it cannot rebuild in time")
     p.add_argument("--keep-video", action="store_true",
                    help="keep OUT/vsae.mp4 and OUT/bicubic.mp4 (deleted by default: a long run writes large files)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the receiver's log")
@@ -281,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = cached_fit(video, FIT_FRAMES, FIT_MINUTES)[0]
     frames, fps = read_video(video)
+    fps = args.fps or fps
     seconds = args.minutes * 60
     loop = loop_count(None, seconds, len(frames), fps)
     interval = args.interval or sampler.SAMPLE_INTERVAL_S
@@ -291,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     stream_s = loop * len(frames) / fps
     kbps = args.kbps or DEFAULT_KBPS
     command = (f"vsae bench soak --minutes {args.minutes:g} --out {out}" + (f" --model {args.model}" if args.model else "")
-               + (f" --video {args.video}" if args.video != DEFAULT_VIDEO else ""))
+               + (f" --video {args.video}" if args.video != DEFAULT_VIDEO else "") + (f" --fps {args.fps:g}" if args.fps else ""))
     print(f"vsae bench soak: {video.name} looped {loop}x ({stream_s / 60:.1f} min at {fps:.2f} fps), "
           f"a sample every {interval:g} s, warm-up {args.warmup:g} s, model {model}", file=sys.stderr, flush=True)
 
@@ -300,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         stats = run_stream(video, model, out, kbps=kbps, timeout=stream_s + STREAM_MARGIN_S, echo=args.verbose,
                            extra_recv=("--reference-loop", "--samples", str(samples_path), "--sample-interval", f"{interval:g}"),
-                           extra_send=("--loop", str(loop)))
+                           extra_send=("--loop", str(loop), *(("--fps", f"{args.fps:g}") if args.fps else ())))
     finally:
         progress.done.set()
         progress.join(PROGRESS_POLL_S * 5)

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -40,6 +41,22 @@ MODEL_TIMEOUT_S = 120.0
 BYE_TIMEOUT_S = 120.0
 # After the last frame, let the last RTP packets and RTCP reports go out before reading the stats.
 DRAIN_S = 0.5
+# Rate control. The encoder holds a fixed target (see sender/encoder.py); the one sign that the link cannot
+# carry it is a keyframe request storm: each request means the receiver gave up on lost packets, and a
+# keyframe (several times a delta frame) into a link already too narrow is lost again. After
+# STORM_REQUESTS requests within STORM_WINDOW_S since the last change the target drops by RATE_DECREASE (not
+# below MIN_KBPS_SHARE of the requested one); after RATE_PROBE_S without a request it climbs back by
+# RATE_INCREASE, up to the request. Each change restarts the encoder, at a keyframe. Random loss that NACK
+# repairs brings no requests; a single outage brings one.
+STORM_REQUESTS = 2
+STORM_WINDOW_S = 5.0
+RATE_DECREASE = 0.7
+RATE_INCREASE = 1.15
+RATE_PROBE_S = 10.0
+MIN_KBPS_SHARE = 0.25
+# Frame metadata (capture time, the latency reference) at most this often: the receiver dates the frames in
+# between from the stream's clock. Every frame's would cost ~6 kbps of data-channel traffic at 7.5 fps.
+META_INTERVAL_S = 1.0
 # A session whose connection drops before the video starts (e.g. during the model transfer on a lossy link)
 # is started again this many times by default, after RETRY_DELAY_S; the receiver keeps the model chunks it
 # has and the transfer resumes there (Hello.model_offset).
@@ -134,9 +151,11 @@ class LowResTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, low: np.ndarray, indices: list[int], fps: float, ticks: int, codec: str, kbps: float, temporal: int):
+    def __init__(self, low: np.ndarray, indices: list[int], fps: float, ticks: int, codec: str, kbps: float, temporal: int,
+                 clock=time.monotonic):
         super().__init__()
         self.low, self.indices, self.fps, self.ticks, self.temporal = low, indices, fps, ticks, temporal
+        self.codec, self.target_kbps, self.kbps = codec, kbps, kbps
         h, w = low.shape[1:3]
         self.encoder = RealtimeEncoder(codec, w, h, kbps, fps / temporal)
         self._sync_encoder = RealtimeEncoder(codec, w, h, kbps, fps / temporal)
@@ -148,10 +167,40 @@ class LowResTrack(MediaStreamTrack):
         self._next = 0
         self._sync = 0
         self.keyframe_requests = 0
+        self._clock = clock
+        self._requests: list[float] = []  # times of recent keyframe requests
+        self._rate_changed = -math.inf
+        self._started_at: float | None = None  # clock() at the first real frame
+        self.encoded_bytes = 0  # over every encoder this track has had
+        self.rate_changes: list[tuple[float, float]] = []  # (seconds into the session, new kbps)
 
     def request_keyframe(self) -> None:
+        """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them lowers the rate."""
         self.keyframe_requests += 1
         self.keyframe_wanted = True
+        now = self._clock()
+        # Only requests the current rate caused: the last change's keyframe may still be on its way.
+        self._requests = [t for t in self._requests if now - t < STORM_WINDOW_S and t > self._rate_changed] + [now]
+        if len(self._requests) >= STORM_REQUESTS:
+            self._set_kbps(max(self.target_kbps * MIN_KBPS_SHARE, self.kbps * RATE_DECREASE), now,
+                           f"{len(self._requests)} keyframe requests in {STORM_WINDOW_S:g} s")
+
+    def _probe(self) -> None:
+        """Climb back towards the requested rate after a quiet spell."""
+        now = self._clock()
+        quiet = not self._requests or now - self._requests[-1] >= RATE_PROBE_S
+        if self.kbps < self.target_kbps and quiet and now - self._rate_changed >= RATE_PROBE_S:  # after a decrease only
+            self._set_kbps(min(self.target_kbps, self.kbps * RATE_INCREASE), now,
+                           f"no keyframe request for {RATE_PROBE_S:g} s")
+
+    def _set_kbps(self, kbps: float, now: float, why: str) -> None:
+        # libvpx and x264 take no new target once open (through FFmpeg): a new encoder, from a keyframe.
+        self.encoded_bytes += self.encoder.bytes
+        h, w = self.low.shape[1:3]
+        self.encoder = RealtimeEncoder(self.codec, w, h, kbps, self.fps / self.temporal)
+        self.kbps, self._rate_changed, self.keyframe_wanted = kbps, now, True
+        self.rate_changes.append((round(now - self._started_at, 2) if self._started_at else 0.0, round(kbps, 2)))
+        log.warning("vsae send: %s: video target %.1f kbps", why, kbps)
 
     async def recv(self):
         await self.start.wait()
@@ -179,6 +228,9 @@ class LowResTrack(MediaStreamTrack):
         index = self.indices[j]
         capture_time = self.start_time + index / self.fps
         await asyncio.sleep(max(0.0, capture_time - time.time()))
+        if self._started_at is None:
+            self._started_at = self._clock()
+        self._probe()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
         if self.on_frame is not None:
@@ -269,8 +321,11 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         if pc.connectionState in ("failed", "closed"):
             fail(f"connection {pc.connectionState}", lost_connection=True)
 
+    last_meta = [-META_INTERVAL_S]
+
     def on_frame(index: int, capture_time: float) -> None:
-        if meta.readyState == "open":
+        if meta.readyState == "open" and capture_time - last_meta[0] >= META_INTERVAL_S:
+            last_meta[0] = capture_time
             meta.send(msg.encode(msg.Frame(index=index, capture_time=capture_time)))
 
     track.on_frame = on_frame
@@ -352,7 +407,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         frames=total, frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
         video_kbps=video_bytes * 8 / (total / fps) / 1000, model_bytes_sent=model_sent[0],
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
-        extra={"encoded_bytes": track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
+        extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
+               "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
                "ice_states": ice_states},
     )
 
