@@ -518,13 +518,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    try:
-        return run(p.parse_args(argv))
-    except VsaeError as exc:
-        print(f"vsae: error: {exc}", file=sys.stderr)
-        return 1
+    """`python -m bench.load ARGS`: the same as `vsae bench load ARGS` (one error line, exit 1, on bad input)."""
+    from .cli import main as bench_main
+
+    return bench_main(["load", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
