@@ -405,7 +405,6 @@ class Session:
         })
         return stats
 
-
     def _jitter_stats(self) -> dict:
         stats = [b.stats() for b in self.jitter_buffers]
         recoveries = [ms for s in stats for ms in s["recovery_ms"]]
