@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from codec.cli import _positive
 from codec.errors import VsaeError
 
 from .impair import Impairment
@@ -32,12 +33,13 @@ RECEIVER_IP, MIDDLE_RECEIVER_IP = "10.77.2.2", "10.77.2.1"
 RELAY_TABLE = "100"
 # Seconds for one `ip` command and for the relay to attach.
 SETUP_TIMEOUT_S = 10
-# One scenario's stream: the stream itself is ~8 s at 15 fps; the rest is model transfer (with the sender's
-# retries after a lost connection) and recovery.
+# One scenario's stream: the stream itself is ~16 s (FAULT_LOOPS passes at 15 fps); the rest is model transfer
+# (with the sender's retries after a lost connection) and recovery.
 SCENARIO_TIMEOUT_S = 300
-# Stream settings of the fault table: carphone at 15 fps (8 s, so a 3 s outage sits in the middle),
-# ÷4, every 2nd frame, VP8 at 20 kbps.
+# Stream settings of the fault table: carphone at 15 fps, looped twice (16 s: room for a 3 s outage in the
+# middle and for the sender's rate to settle under a cap), ÷4, every 2nd frame, VP8 at 20 kbps.
 FAULT_FPS = 15.0
+FAULT_LOOPS = 2
 
 
 def lab_available() -> str | None:
@@ -169,13 +171,13 @@ def scenarios(kbps: float) -> list[Scenario]:
              note="Gilbert-Elliott (mean burst 4 packets, ~7% lost) while streaming"),
         both("burst loss from start", burst_p=0.02, burst_r=0.25, note="the same, during the model transfer too"),
         Scenario(f"cap {kbps * 0.75:g} kbps", Impairment(rate_kbps=kbps * 0.75), note="below the 20 kbps target, media direction, while streaming"),
-        both("outage 3 s", outage_after_media_s=3.0, outage_s=3.0, note="everything dropped, from 3 s into the stream"),
+        both("outage 3 s", outage_after_media_s=6.5, outage_s=3.0, note="everything dropped, 6.5 to 9.5 s into the 16 s stream"),
         both("model loss 10%", model_loss=0.10, note="data-channel packets before the first media packet"),
     ]
 
 
 def run_scenario(lab: NetworkLab, scenario: Scenario, video: str, model: str, out: Path, frames: str | None = None,
-                 scale: int = 4, temporal: int = 2, kbps: float = 20.0, fps: float = FAULT_FPS,
+                 scale: int = 4, temporal: int = 2, kbps: float = 20.0, fps: float = FAULT_FPS, loops: int = 1,
                  timeout: float = SCENARIO_TIMEOUT_S) -> dict:
     """Stream once across the lab with this scenario's impairments; the receiver's stats plus outcome."""
     from receiver.demo import run_stream
@@ -187,7 +189,8 @@ def run_scenario(lab: NetworkLab, scenario: Scenario, video: str, model: str, ou
     row: dict = {"scenario": scenario.name, "note": scenario.note}
     try:
         stats = run_stream(video, model, out, scale, temporal, kbps, frames=frames, timeout=timeout, echo=echo,
-                           extra_send=("--bind", SENDER_IP, "--fps", f"{fps:g}"), recv_host=RECEIVER_IP,
+                           extra_send=("--bind", SENDER_IP, "--fps", f"{fps:g}", "--loop", str(loops)),
+                           extra_recv=("--reference-loop",), recv_host=RECEIVER_IP,
                            recv_wrap=lab.exec_in(lab.receiver), send_wrap=lab.exec_in(lab.sender))
         row.update(outcome="completed", stats=stats)
     except (VsaeError, subprocess.TimeoutExpired) as exc:
@@ -253,6 +256,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kbps", type=float, default=20.0)
     p.add_argument("--fps", type=float, default=FAULT_FPS)
     p.add_argument("--frames", default=None)
+    p.add_argument("--loops", type=_positive, default=FAULT_LOOPS, help=f"passes of the clip per stream (default {FAULT_LOOPS})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         for scenario in chosen:
             print(f"vsae bench faults: {scenario.name} ...", file=sys.stderr, flush=True)
             row = run_scenario(lab, scenario, str(video), model, out / scenario.name.replace(" ", "_").replace("%", "pct"),
-                               args.frames, kbps=args.kbps, fps=args.fps)
+                               args.frames, kbps=args.kbps, fps=args.fps, loops=args.loops)
             rows.append(row)
             clean = next((r["stats"]["psnr"] for r in rows if r["scenario"] == "clean" and r.get("stats")), None)
             table.append(summarize_row(row, clean))

@@ -41,15 +41,18 @@ MAX_WAIT_S = 0.8
 # asked for again. While a hole blocks the buffer, NACK what is still missing again this often (about the
 # lab's worst RTT: sooner would only duplicate retransmissions under way).
 NACK_RETRY_S = 0.25
-# At most this many sequence numbers per repeated NACK.
-NACK_MAX = 64
+# At most this many sequence numbers per repeated NACK, and each of them repeated at most NACK_REPEATS times
+# (on a congested link retransmissions only add load).
+NACK_MAX = 16
+NACK_REPEATS = 2
 # While waiting for a keyframe after giving up, ask again this often (a PLI is an RTCP packet: it can be lost).
 PLI_RETRY_S = 0.5
 # aiortc's own video buffer size (packets).
 CAPACITY = 512
 CLOCK_RATE = 90_000
 _PRIVATE = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__timestamp_mapper",
-            "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__codecs", "_send_rtcp_nack")
+            "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__nack_generator",
+            "_send_rtcp_nack")
 
 
 def is_keyframe(mime: str, data: bytes) -> bool:
@@ -96,6 +99,7 @@ class DrainingJitterBuffer(JitterBuffer):
         self.awaiting_keyframe = False
         self._last_pli = 0.0
         self._hole_nacked: float | None = None  # when the hole at the head was last NACKed
+        self._repeats: dict[int, int] = {}  # sequence number -> times NACKed again by us
         self._skip_began: float | None = None
         self._last_released: int | None = None  # RTP timestamp of the last frame handed out
         # Counts, for the receiver's stats.
@@ -199,12 +203,15 @@ class DrainingJitterBuffer(JitterBuffer):
         missing = []
         for count in range(min(uint16_add(newest.sequence_number, -self._origin), self.capacity)):
             seq = uint16_add(self._origin, count)
-            if self._packets[seq % self.capacity] is None:
+            if self._packets[seq % self.capacity] is None and self._repeats.get(seq, 0) < NACK_REPEATS:
                 missing.append(seq)
+            if len(missing) == NACK_MAX:
+                break
         if missing:
             self._hole_nacked = now
             self.renacks += 1
-            self._spawn(self._receiver._send_rtcp_nack(newest.ssrc, missing[:NACK_MAX]))
+            self._repeats = {seq: self._repeats.get(seq, 0) + 1 for seq in missing}  # only the current hole's
+            self._spawn(self._receiver._send_rtcp_nack(newest.ssrc, missing))
 
     def _skip_to(self, newest: RtpPacket) -> None:
         """Drop every packet of frames older than `newest`'s and wait for a keyframe."""
@@ -222,10 +229,18 @@ class DrainingJitterBuffer(JitterBuffer):
             if held is not None:
                 dropped_ts.add(held.timestamp)
         self.remove(uint16_add(start, -self._origin))
+        self._forget_missing(start)
         self._last_released = None
         self.skips += 1
         self.frames_skipped += len(dropped_ts)
         self._await_keyframe()
+
+    def _forget_missing(self, start: int) -> None:
+        """Stop aiortc NACKing the packets given up on (everything before `start`). It NACKs every packet still
+        missing each time a new one goes missing: on a congested link the retransmissions of abandoned packets
+        are lost again and asked for again, and the link collapses (measured: 3x the media's packets)."""
+        nack = getattr(self._receiver, "_RTCRtpReceiver__nack_generator")
+        nack.missing = {seq for seq in nack.missing if uint16_add(seq, -start) < 0x8000}
 
     def _await_keyframe(self) -> None:
         if not self.awaiting_keyframe:

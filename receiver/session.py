@@ -85,6 +85,7 @@ class Session:
         self.resumable = False  # the connection dropped mid-transfer: keep the chunks for the sender's retry
         self.last_heard = time.monotonic()
         self.peer_closed = asyncio.Event()
+        self.said_bye = asyncio.Event()  # our bye is out and the connection closed (a complete session's end)
         self.codec: Codec | None = None
         self.model_bytes = 0
         self.model_transferred = False
@@ -338,6 +339,7 @@ class Session:
         except (ConnectionError, asyncio.TimeoutError):
             pass  # the stream is complete; at worst the sender misses our count
         await self.pc.close()
+        self.said_bye.set()
 
     # -- video ---------------------------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
@@ -483,7 +485,16 @@ class Receiver:
 
     async def wait(self, timeout: float | None = None) -> dict:
         try:
-            return await asyncio.wait_for(asyncio.shield(self._completed), timeout)
+            stats = await asyncio.wait_for(asyncio.shield(self._completed), timeout)
+            # The stats are final before our bye goes out: let the session finish its goodbye (closing now
+            # could overtake the bye on a link that delays and reorders, and the sender would see a dropped
+            # connection instead of a complete session).
+            if self.session is not None:
+                try:
+                    await asyncio.wait_for(self.session.said_bye.wait(), BYE_LINGER_S + 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            return stats
         finally:
             await self.stop()
 
