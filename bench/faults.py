@@ -228,10 +228,14 @@ def _model_outcome(row: dict) -> str:
     s = row.get("stats") or {}
     if not s:
         return "not loaded"
-    attempts = (s.get("sender") or {}).get("attempts", 1)
-    text = "verified" if s.get("model_transferred") else "cached"
-    if attempts > 1:
-        text += f" after {attempts} sessions"
+    sender = s.get("sender") or {}
+    attempts = sender.get("attempts", 1)
+    if s.get("model_transferred"):
+        text = "verified" + (f" in session {attempts} of {attempts}" if attempts > 1 else "")
+    elif sender.get("model_bytes_sent"):  # loaded by an earlier session of this stream, whose connection then dropped
+        text = f"verified in an earlier session ({attempts} sessions)"
+    else:
+        text = "already held by the receiver"
     if s.get("model_bytes_resumed"):
         text += f" (resumed at {s['model_bytes_resumed'] // 1024} KiB)"
     return text

@@ -259,7 +259,7 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     model_sent = [0]  # across attempts
     for attempt in range(1, options.retries + 2):
         try:
-            result = await _session(frames, source_fps, indices, low, model, options, model_sent)
+            result = await _session(frames, source_fps, indices, low, model, options, model_sent, retrying=attempt > 1)
         except SessionError as exc:
             if not exc.retryable or attempt > options.retries:
                 raise
@@ -272,8 +272,9 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
 
 
 async def _session(frames: np.ndarray, source_fps: float, indices: list[int], low: np.ndarray, model: bytes,
-                   options: SendOptions, model_sent: list[int]) -> SendResult:
-    """One session; `model_sent[0]` counts the model bytes shipped (kept when the session fails)."""
+                   options: SendOptions, model_sent: list[int], retrying: bool = False) -> SendResult:
+    """One session; `model_sent[0]` counts the model bytes shipped (kept when the session fails). `retrying`: an
+    earlier session reached this receiver, so failing to reach it now is the link, worth another try."""
     began = time.monotonic()
     fps = options.fps or source_fps
     total = len(frames) * options.loop  # source frames the stream covers
@@ -352,7 +353,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         try:
             answer = await request_answer(options.host, options.port, pc.localDescription, options.connect_timeout)
         except ConnectionError as exc:
-            raise SessionError(str(exc), retryable=isinstance(exc, ReceiverBusy)) from None
+            raise SessionError(str(exc), retryable=retrying or isinstance(exc, ReceiverBusy)) from None
         await pc.setRemoteDescription(answer)
         opener = asyncio.ensure_future(opened.wait())
         done, _ = await asyncio.wait({opener, failure}, timeout=HANDSHAKE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
