@@ -11,7 +11,7 @@ Session (sender -> receiver unless marked <-):
   ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model; from chunk
       model_offset // CHUNK_BYTES when it holds the start of it from an interrupted session)
   <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
-  Frame(index, capture_time) per sent frame, on the unordered meta channel
+  Frame(index, capture_time) for a sent frame, once a second, on the unordered meta channel
   <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
   Error(code, message) either way, then close.
