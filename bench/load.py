@@ -58,6 +58,7 @@ from typing import Sequence
 
 from codec.cli import _positive, _positive_float
 from codec.errors import VsaeError
+from receiver.demo import _vsae
 from protocol.messages import CODECS
 from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 
@@ -255,10 +256,6 @@ def machine_busy_s() -> float | None:
 def _own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _vsae(*args: str) -> list[str]:
-    return [sys.executable, "-m", "codec.cli", *args]
 
 
 def _pinned(cpus: list[int] | None) -> list[str]:

@@ -31,6 +31,8 @@ from typing import Callable
 
 from hypothesis import HealthCheck, settings
 
+from codec.memory import rss_mb
+
 FUZZ_EXAMPLES = int(os.environ.get("VSAE_FUZZ_EXAMPLES", "20000"))
 MAX_CALL_S = 2.0
 MAX_CALL_RSS_MB = 256
@@ -41,11 +43,6 @@ MAX_REPLAY_GROWTH_MB = 8
 # Every example is new (no example database, no replay of earlier failures); no deadline (the bound
 # above is ours, checked per call, and generous for a machine shared with other work).
 LONG = settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _max_rss_mb() -> float:
@@ -72,7 +69,7 @@ class Tally:
         self.slowest_s = 0.0
         self.peak_traced_mb = 0.0
         self.began = time.perf_counter()
-        self.rss_start = _rss_mb()
+        self.rss_start = rss_mb()
         self.max_rss_start = _max_rss_mb()
         self.call_rss_peak = 0.0  # the most one call raised the process's peak RSS
         self.sample: list = []  # a uniform sample of the calls (fn, args), replayed for leaks
@@ -119,13 +116,13 @@ class Tally:
         start = 0.0
         for k in range(REPLAY_PASSES + 1):
             if k == 1:
-                start = _rss_mb()
+                start = rss_mb()
             for fn, args in self.sample:
                 try:
                     fn(*args)
                 except self.expected:
                     pass
-        return _rss_mb() - start
+        return rss_mb() - start
 
     def finish(self, min_calls: int) -> dict:
         """Check the run as a whole, print and record its counts."""
@@ -136,7 +133,7 @@ class Tally:
             "slowest_call_s": round(self.slowest_s, 4), "peak_traced_mb": round(self.peak_traced_mb, 2),
             "call_peak_rss_raise_mb": round(self.call_rss_peak, 1),
             "replay_rss_growth_mb": round(replay_growth, 2), "replayed_calls": len(self.sample) * REPLAY_PASSES,
-            "process_rss_growth_mb": round(_rss_mb() - self.rss_start, 1),
+            "process_rss_growth_mb": round(rss_mb() - self.rss_start, 1),
             "process_peak_rss_growth_mb": round(_max_rss_mb() - self.max_rss_start, 1),
             "wall_s": round(time.perf_counter() - self.began, 1),
             "outcomes": dict(self.outcomes.most_common()),
