@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults|load|soak`."""
+"""`vsae bench rd|speed|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|precision|faults|load|soak`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, load, rd, soak, speed
+from . import faults, load, precision, rd, soak, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("speed", help="receiver throughput and per-stage time, fit time per epoch (speed.json)")
     speed.add_arguments(s)
     s.set_defaults(func=speed.run)
+    pr = kinds.add_parser("precision", help="fit steps/s with --train-precision auto vs forced f32 and bf16 (precision.json, precision.md)")
+    precision.add_arguments(pr)
+    pr.set_defaults(func=precision.run)
     f = kinds.add_parser("faults", help="stream across real network faults between network namespaces (root; faults.md)")
     faults.add_arguments(f)
     f.set_defaults(func=faults.run)

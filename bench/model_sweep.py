@@ -27,6 +27,7 @@ from codec.evaluate import evaluate
 from codec.model import ModelConfig
 from codec.ops import TEMPORAL_METHODS, Codec
 from codec.train import FitOptions, fit
+from codec.precision import TRAIN_PRECISIONS
 from codec.video import parse_size, read_video, to_tensor
 
 SCALES = {4: (1, 2, 3, 5), 8: (1, 2, 3)}
@@ -39,11 +40,11 @@ def run(args: argparse.Namespace) -> dict:
     full = to_tensor(read_video(args.clip, None, size)[0])
     config = ModelConfig(args.width, tuple(int(m) for m in args.multipliers.split(",")))
     degrade = tuple(int(f) for f in args.degrade.split(","))
-    result = fit(train, config, FitOptions(minutes=args.minutes, lr=args.lr, degrade=degrade, bf16=not args.fp32,
+    result = fit(train, config, FitOptions(minutes=args.minutes, lr=args.lr, degrade=degrade, train_precision=args.train_precision,
                                            batch=args.batch, seed=args.seed, progress=False))
     codec = Codec(result.model, result.normalization, meta={"frame_size": [held.shape[-1], held.shape[-2]]})
     row: dict = {"tag": args.tag, "clip": args.clip, "size": args.size, "width": args.width,
-                 "multipliers": args.multipliers, "lr": args.lr, "degrade": args.degrade, "bf16": not args.fp32,
+                 "multipliers": args.multipliers, "lr": args.lr, "degrade": args.degrade, "train_precision": result.train_precision,
                  "params": result.model.parameter_count(), "fit_s": round(result.seconds, 1), "steps": result.steps,
                  "epochs": round(result.epochs, 1)}
     start = time.perf_counter()
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--degrade", default="1,2,4,8", help="degraded-input factors; 1 = plain training")
     p.add_argument("--batch", type=int, default=6)
-    p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--train-precision", choices=TRAIN_PRECISIONS, default="auto", help="training arithmetic (default auto: timed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="run")
     p.add_argument("--out", default=None, help="append the JSON line to this file too")

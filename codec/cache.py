@@ -1,8 +1,10 @@
 """A per-user cache of fitted models, so demos and benchmarks fit each (clip, frames, size, budget) once.
 
 Entries live in $XDG_CACHE_HOME/vsae/models (default ~/.cache/vsae/models), named by the clip's name
-and SHA-256, the frame selection, the size and the fit budget. A fit goes through `vsae fit` itself and
-lands atomically, so an interrupted one never leaves a half-written entry.
+and SHA-256, the frame selection, the size, the fit budget and the recipe: a fingerprint of the code that
+decides what a fit produces (model, training, precision choice, frame reading) and of the torch version,
+so a model cached before a training fix is never reused after it. A fit goes through `vsae fit` itself
+and lands atomically, so an interrupted one never leaves a half-written entry.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 from . import bundle
 from .errors import VsaeError
@@ -22,6 +26,19 @@ def cache_dir() -> Path:
     return Path(base) / "vsae" / "models"
 
 
+# The modules whose code decides what `vsae fit` produces from a clip: an edit to any of them is a new recipe.
+RECIPE_MODULES = ("model.py", "train.py", "precision.py", "video.py")
+
+
+def recipe_fingerprint(source_dir: Path | None = None) -> str:
+    """16 hex digits naming the fit recipe: the recipe modules' source and torch's major.minor version."""
+    h = hashlib.sha256(".".join(torch.__version__.split(".")[:2]).encode())
+    here = source_dir or Path(__file__).parent
+    for name in RECIPE_MODULES:
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached_fit(video: Path, frames: str, minutes: float, size: str | None = None, progress: bool = True) -> tuple[Path, bool]:
     """The model fitted on `frames` of `video` (optionally resized to `size` WxH), from the cache or
     fitted now; returns (path, fitted_now)."""
@@ -29,7 +46,7 @@ def cached_fit(video: Path, frames: str, minutes: float, size: str | None = None
 
     digest = hashlib.sha256(Path(video).read_bytes()).hexdigest()[:16]
     tag = frames.replace(":", "_") + (f"-{size}" if size else "")
-    path = cache_dir() / f"{Path(video).stem}-{digest}-{DEFAULT_MODEL}-{tag}-{minutes:g}min.vsae"
+    path = cache_dir() / f"{Path(video).stem}-{digest}-{DEFAULT_MODEL}-{tag}-{minutes:g}min-r{recipe_fingerprint()}.vsae"
     if path.exists():
         try:
             bundle.load(path)

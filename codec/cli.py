@@ -26,6 +26,7 @@ from .metrics import psnr_per_frame, ssim
 from .model import DEFAULT_MODEL, MODELS, model_config
 from .ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, TEMPORAL_METHODS, Codec
 from .pipeline import Reconstructor, reconstruct_stream
+from .precision import TRAIN_PRECISIONS
 from .train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_MINUTES, DEGRADE_FACTORS, FitOptions, fit, pick_device
 from .video import downscale, parse_size, read_video, resolve_video, to_tensor, to_uint8, write_video
 
@@ -109,6 +110,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         degrade=args.degrade,
         seed=args.seed,
         device=args.device,
+        train_precision=args.train_precision,
         progress=not args.quiet,
     )
     device = pick_device(args.device)
@@ -134,6 +136,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "degrade": list(args.degrade),
         "seed": args.seed,
         "device": str(device),
+        "train_precision": result.train_precision,
+        "train_precision_reason": result.precision_reason,
         "model": args.model,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -141,7 +145,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     size = bundle.save(codec, args.output, args.precision)
     print(
         f"wrote {args.output}: {size} bytes ({args.precision}), {result.model.parameter_count()} parameters, "
-        f"{result.epochs:.0f} epochs in {result.seconds:.0f} s, train PSNR {result.final_psnr:.2f} dB"
+        f"{result.epochs:.0f} epochs ({result.steps} steps, {result.train_precision}) in {result.seconds:.0f} s, "
+        f"train PSNR {result.final_psnr:.2f} dB"
     )
     return 0
 
@@ -247,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, help=f"batch size (default {DEFAULT_BATCH})")
     p.add_argument("--degrade", type=_factors, default=DEGRADE_FACTORS,
                    help="degraded-input training factors, e.g. 1,2,4,8, or none (default 1,2,4,8)")
-    p.add_argument("--precision", choices=("f16", "f32"), default="f16", help="weight precision in the bundle")
+    p.add_argument("--precision", choices=("f16", "f32"), default="f16", help="weight precision stored in the bundle")
+    p.add_argument("--train-precision", choices=TRAIN_PRECISIONS, default="auto",
+                   help="arithmetic while training: auto (default) times a few steps of bf16 and f32 (CUDA: f16 and f32) "
+                        "on this machine and keeps the faster")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

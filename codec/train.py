@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from .errors import VsaeError
 from .model import AutoEncoder, ModelConfig, Normalization
+from .precision import autocast_context, check_precision, choose_precision
+from .progress import progress as progress_bar
 from .video import downscale
 
 # Training defaults (paper: Adam 2e-4, batch 6; see README for the measurements behind each change).
@@ -29,7 +30,11 @@ DEGRADE_FACTORS = (1, 2, 4, 8)
 
 @dataclass
 class FitOptions:
-    """Fit settings. Budgets: epochs and/or wall-clock minutes, whichever ends first (minutes=None: epochs only)."""
+    """Fit settings. Budgets: epochs and/or wall-clock minutes, whichever ends first (minutes=None: epochs only).
+
+    A budget whose result must not depend on the machine's speed (tests, benchmarks) gives epochs and
+    minutes=None.
+    """
 
     epochs: int | None = None
     minutes: float | None = DEFAULT_MINUTES
@@ -38,8 +43,9 @@ class FitOptions:
     degrade: tuple[int, ...] = DEGRADE_FACTORS
     seed: int = 0
     device: str = "auto"
-    # bf16 autocast on CPU: 1.7x the steps of fp32 in the same wall clock here, +0.8 dB at 4 minutes (README).
-    bf16: bool = True
+    # auto: time a few steps of each candidate (codec/precision.py) and train in the faster. bf16 autocast
+    # is 1.7x fp32 on a CPU with native bf16 and ~11x slower on one without (README).
+    train_precision: str = "auto"
     progress: bool = True
 
 
@@ -52,6 +58,11 @@ class FitResult:
     seconds: float
     final_psnr: float
     history: list[dict] = field(default_factory=list)
+    train_precision: str = "f32"
+    # The one line saying why (`auto`: the timings; otherwise "asked for").
+    precision_reason: str = ""
+    # Wall time of the precision probe, part of `seconds` (0 when the precision was given or already timed).
+    probe_seconds: float = 0.0
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -113,23 +124,29 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     steps_per_epoch = max(1, math.ceil(n / batch))
     total_steps = opts.epochs * steps_per_epoch if opts.epochs is not None else None
     budget_s = opts.minutes * 60 if opts.minutes is not None else None
-    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-    use_amp = opts.bf16 if device.type == "cpu" else True
-    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+    check_precision(device, opts.train_precision)
+    start = time.perf_counter()  # the probe below is part of the wall-clock budget the user gave
+    probe_target = data[:batch]
+    probe_inputs = norm.apply(degrade(probe_target, tuple(opts.degrade), torch.Generator().manual_seed(opts.seed + 1)))
+    choice = choose_precision(
+        model, probe_inputs.contiguous(memory_format=torch.channels_last), norm.apply(probe_target), device, opts.train_precision
+    )
+    probe_seconds = time.perf_counter() - start
+    if opts.progress:
+        print(f"fit: training in {choice.name}: {choice.reason}", file=sys.stderr, flush=True)
+    scaler = torch.amp.GradScaler(enabled=choice.name == "f16")
 
     by_steps = total_steps is not None
-    bar = tqdm(
-        total=total_steps if by_steps else round(budget_s),
-        disable=not opts.progress,
-        unit="step",
+    bar = progress_bar(
+        total_steps if by_steps else round(budget_s),
         desc="fit",
-        dynamic_ncols=True,
+        unit="step" if by_steps else "s",
+        disable=not opts.progress,
         # A wall-clock budget counts seconds: show them as elapsed/total, not as a rate.
         bar_format=None if by_steps else "{l_bar}{bar}| {n}/{total} s{postfix}",
     )
     # Model space is RGB scaled per channel by 1/std: multiply back to report PSNR in RGB [0, 1].
     std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
-    start = time.perf_counter()
     step, history, ema_mse = 0, [], None
     order: list[int] = []
     model.train()
@@ -140,7 +157,7 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
             step / total_steps if total_steps is not None else 0.0,
             elapsed / budget_s if budget_s is not None else 0.0,
         )
-        if progress >= 1.0:
+        if progress >= 1.0 and step > 0:  # at least one step, even when the precision probe used the budget
             break
         if len(order) < batch:
             order += torch.randperm(n, generator=generator).tolist()
@@ -150,7 +167,7 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         target_n = norm.apply(target)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress, opts.lr)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        with autocast_context(device, choice.name):
             output = model(inputs.contiguous(memory_format=torch.channels_last))
         loss = F.mse_loss(output.float(), target_n)
         optimizer.zero_grad(set_to_none=True)
@@ -163,9 +180,8 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         psnr = -10 * math.log10(max(ema_mse, 1e-12))
         if step % 20 == 0:
             history.append({"step": step, "seconds": round(time.perf_counter() - start, 2), "psnr": round(psnr, 3)})
-        if step % 10 == 0:
-            # refresh=False: tqdm's own rate limit decides when to redraw.
-            bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", epoch=f"{step / steps_per_epoch:.0f}", refresh=False)
+        # Every step (a slow step can take seconds): refresh=False lets the bar's own rate limit decide when to redraw.
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.2f}", epoch=f"{step / steps_per_epoch:.1f}", refresh=False)
         if by_steps:
             bar.update(1)
         else:
@@ -175,4 +191,4 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     # Model memory format back to default so saved/loaded models behave the same.
     model = model.to(memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - start
-    return FitResult(model, norm, step / steps_per_epoch, step, seconds, round(psnr, 3), history)
+    return FitResult(model, norm, step / steps_per_epoch, step, seconds, round(psnr, 3), history, choice.name, choice.reason, probe_seconds)
