@@ -21,8 +21,9 @@ DEFAULT_ITERATIONS = 1
 BATCH = 16
 # Temporal rebuild methods: `latent` is the paper's eq. 8; `residual` keeps the key frames' own detail
 # (pixel blend) and adds the motion the latent interpolation predicts; `motion` motion-compensates the
-# key frames themselves, choosing per pixel the motion that agrees with the `residual` prediction.
-TEMPORAL_METHODS = ("latent", "residual", "motion")
+# key frames themselves, choosing per pixel the motion that agrees with the `residual` prediction;
+# `blend` is the plain pixel blend of the two keys (no model work: the receiver's cheapest in-between).
+TEMPORAL_METHODS = ("latent", "residual", "motion", "blend")
 DEFAULT_TEMPORAL_METHOD = "motion"
 # `motion` search: total motion between two keys searched up to this many pixels each way ...
 MOTION_RADIUS = 3
@@ -123,6 +124,8 @@ class Codec:
         alphas = alphas.to(self.device, torch.float32)
         if alphas.numel() == 0:
             return key_a.frame.new_zeros((0, *key_a.frame.shape[1:]))
+        if method == "blend":
+            return torch.lerp(key_a.frame, key_b.frame, alphas.view(-1, 1, 1, 1))
         predicted = self.interpolate(key_a.latent, key_b.latent, alphas, key_a.size)
         if method == "latent":
             return predicted

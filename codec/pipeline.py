@@ -52,6 +52,11 @@ class Reconstructor:
         self.next_index = 0  # the next source index to output
         self.concealed = 0
 
+    def set_mode(self, method: str, iterations: int) -> None:
+        """Rebuild the frames from the next push on with this in-between method and reprojection count
+        (a receiver that adapts to its CPU; the keys already made stay as they are)."""
+        self.method, self.iterations = method, iterations
+
     def push(self, index: int, frame: torch.Tensor) -> list[OutputFrame]:
         """Add a received frame (3, h, w) or (1, 3, h, w) with its source index; returns frames now final.
 

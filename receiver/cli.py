@@ -35,6 +35,11 @@ def summary_line(stats: dict) -> str:
         parts.append(f"{stats['fps_reconstruct']:.1f} fps reconstruct")
     if stats.get("latency_ms") is not None:
         parts.append(f"latency {stats['latency_ms']:.0f} ms")
+    ladder = stats.get("ladder")
+    if ladder and (ladder["steps_down"] or ladder["steps_up"]):
+        parts.append(f"rebuild ladder: {ladder['steps_down']} down / {ladder['steps_up']} up, ended at {ladder['rung_name']}")
+    if stats.get("frames_dropped_backlog"):
+        parts.append(f"{stats['frames_dropped_backlog']} dropped from the backlog")
     return ", ".join(parts)
 
 
@@ -77,7 +82,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     options = ReceiveOptions(host=host, port=port, output=args.output, stats=args.stats, reference=reference,
                              bicubic_output=args.bicubic_output, iterations=args.iterations, method=args.method,
-                             device=args.device, models=models, secret=secret, reference_loop=args.reference_loop,
+                             adapt=not args.no_adapt, device=args.device, models=models, secret=secret, reference_loop=args.reference_loop,
                              samples=args.samples, sample_interval=args.sample_interval)
     install_event_loop()
     stats = asyncio.run(_serve(options, args.timeout))
@@ -108,6 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bicubic-output", default=None, help="also write the bicubic baseline from the same stream")
     p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS, help="reprojection iterations n")
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD, help="temporal rebuild")
+    p.add_argument("--no-adapt", action="store_true",
+                   help="keep --method and --iterations however slow this CPU is (default: step down a fixed ladder "
+                        "before falling behind, back up with headroom; stats.json 'ladder')")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=_positive, default=RECEIVER_THREADS, help="torch threads for reconstruction")
     p.add_argument("--timeout", type=_positive_float, default=None, help="give up after this many seconds without a complete session")

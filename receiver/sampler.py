@@ -100,6 +100,8 @@ def worker_counters(worker) -> Callable[[], dict]:
             "frames_received": worker.frames_received,
             "frames_concealed": worker.reconstructor.concealed,
             "frames_dropped_backlog": worker.frames_dropped,
+            "ladder_rung": worker.ladder.position,
+            "ladder_rung_name": worker.ladder.rung.name,
         }
 
     return counters

@@ -57,6 +57,7 @@ class ReceiveOptions:
     bicubic_output: str | None = None
     iterations: int = DEFAULT_ITERATIONS
     method: str = DEFAULT_TEMPORAL_METHOD
+    adapt: bool = True  # step the rebuild down/up with the measured load (receiver/ladder.py)
     device: str = "cpu"
     models: dict[str, Codec] = field(default_factory=dict)  # sha256 -> loaded model the receiver holds
     secret: bytes | None = None  # shared secret: stream only from senders whose config tag proves it
@@ -309,7 +310,7 @@ class Session:
             self.worker = await loop.run_in_executor(
                 None, lambda: ReconstructWorker(codec, info, self.options.output, self.options.iterations,
                                                 self.options.method, reference, self.options.bicubic_output,
-                                                self.options.reference_loop),
+                                                self.options.reference_loop, self.options.adapt),
             )
         except Exception as exc:  # e.g. the output file cannot be written
             await self.refuse("receiver_failed", f"cannot start reconstruction: {exc}")

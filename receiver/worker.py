@@ -1,9 +1,10 @@
 """The receiver's reconstruction thread: received low-res frames in, hi-res full-rate video out.
 
 Runs the codec core's `Reconstructor` (the same code path as `vsae reconstruct`) off the event loop,
-so inference never blocks WebRTC. If it falls behind by more than MAX_BACKLOG frames, the oldest
-waiting frame is dropped and later concealed by interpolation across the gap: a slow receiver loses
-quality, never the connection.
+so inference never blocks WebRTC. It measures its own load and steps the rebuild down (and back up) a
+fixed ladder before it falls behind (receiver/ladder.py). If it still falls behind by more than
+MAX_BACKLOG frames, the oldest waiting frame is dropped and later concealed by interpolation across the
+gap: a slow receiver loses quality, never the connection.
 
 Nothing here grows with the stream's length (a call may run for hours): quality metrics are running
 sums, latencies a fixed-size reservoir, capture times a bounded map of frames not yet output.
@@ -20,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from codec.metrics import psnr_per_frame, ssim
-from codec.ops import Codec
+from codec.ops import TEMPORAL_METHODS, Codec
 from codec.pipeline import BaselineReconstructor, OutputFrame, Reconstructor
 from codec.video import VideoWriter, to_tensor, to_uint8
+
+from .ladder import RebuildController, build_ladder
 
 MAX_BACKLOG = 8
 # Capture times kept for frames not yet output (bounds memory if a peer floods frame meta).
@@ -53,9 +56,11 @@ class ReconstructWorker:
         reference: np.ndarray | None = None,
         bicubic_output: str | None = None,
         reference_loop: bool = False,
+        adapt: bool = True,
     ):
         self.info = info
         self.reconstructor = Reconstructor(codec, info.size, info.temporal, iterations, method)
+        self.ladder = RebuildController(build_ladder(method, iterations, TEMPORAL_METHODS), adapt=adapt)
         self.baseline = BaselineReconstructor(info.size, info.temporal) if (reference is not None or bicubic_output) else None
         self.reference = reference
         self.reference_loop = reference_loop  # output frame i is scored against reference[i % len(reference)]
@@ -120,6 +125,7 @@ class ReconstructWorker:
 
     # -- the thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
+        previous_index: int | None = None
         try:
             while True:
                 with self._wake:
@@ -135,7 +141,11 @@ class ReconstructWorker:
                 self.reconstruct_s += time.perf_counter() - began
                 baseline = self.baseline.push(index, frame) if self.baseline else []
                 self._emit(outputs, baseline)
-                self.busy_s += time.perf_counter() - began
+                busy = time.perf_counter() - began
+                self.busy_s += busy
+                if previous_index is not None and index > previous_index:
+                    self._adapt(busy, (index - previous_index) / self.info.fps, index)
+                previous_index = max(index, previous_index if previous_index is not None else index)
             began = time.perf_counter()
             outputs = self.reconstructor.flush(self._total)
             self.reconstruct_s += time.perf_counter() - began
@@ -147,6 +157,13 @@ class ReconstructWorker:
             self.writer.close()
             if self.bicubic_writer:
                 self.bicubic_writer.close()
+
+    def _adapt(self, busy_s: float, media_s: float, index: int) -> None:
+        with self._wake:
+            backlog = len(self._queue)
+        rung = self.ladder.observe(busy_s, media_s, backlog, index)
+        if rung is not None:
+            self.reconstructor.set_mode(rung.method, rung.iterations)
 
     def _emit(self, outputs: list[OutputFrame], baseline: list[OutputFrame]) -> None:
         now = time.time()
@@ -193,6 +210,7 @@ class ReconstructWorker:
             "psnr_bicubic": mean(self.psnr_bicubic),
             "ssim": mean(self.ssim, 4),
             "psnr_frames": self.psnr.count,
+            "ladder": self.ladder.stats(),
             "first_output_time": self.first_output_time,
             "last_output_time": self.last_output_time,
         }
