@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|precision|faults|load|soak`."""
+"""`vsae bench rd|speed|live|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|live|precision|faults|load|soak`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, load, precision, rd, soak, speed
+from . import faults, live, load, precision, rd, soak, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("speed", help="receiver throughput and per-stage time, fit time per epoch (speed.json)")
     speed.add_arguments(s)
     s.set_defaults(func=speed.run)
+    li = kinds.add_parser("live", help="a call of frames the model never saw: bicubic, static vsae, guarded, guard + live "
+                                       "refresh per update form and model budget (live.json, live.md, live.png)")
+    live.add_arguments(li)
+    li.set_defaults(func=live.run)
     pr = kinds.add_parser("precision", help="fit steps/s with --train-precision auto vs forced f32 and bf16 (precision.json, precision.md)")
     precision.add_arguments(pr)
     pr.set_defaults(func=precision.run)

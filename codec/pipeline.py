@@ -31,6 +31,7 @@ class OutputFrame:
     frame: torch.Tensor  # (3, H, W) in [0, 1]
     concealed: bool  # rebuilt across a gap larger than the temporal factor (frame loss)
     key: bool  # a received frame (reprojected), not an in-between
+    model_version: int = 0  # the model (after live updates, codec/refresh.py) this frame was rebuilt with
 
 
 class Reconstructor:
@@ -51,6 +52,14 @@ class Reconstructor:
         self._last: tuple[int, Key] | None = None
         self.next_index = 0  # the next source index to output
         self.concealed = 0
+        self.model_version = 0
+        self._switch: tuple[int, object] | None = None  # (from index, callable that swaps the weights)
+
+    def switch_model_at(self, index: int, apply) -> None:
+        """Swap the model's weights (by calling `apply()`) so that frames >= `index` use the new ones and
+        frames before it the old: sender and receiver call this with the same index. `index` should be a
+        key's; if that key is lost, the switch happens at the next key received."""
+        self._switch = (index, apply)
 
     def set_mode(self, method: str, iterations: int) -> None:
         """Rebuild the frames from the next push on with this in-between method and reprojection count
@@ -67,11 +76,12 @@ class Reconstructor:
         if frame.ndim == 3:
             frame = frame.unsqueeze(0)
         key = self.codec.key(frame, self.size, self.iterations)
+        switching = self._switch is not None and index >= self._switch[0]
         out: list[OutputFrame] = []
         if self._last is None:
             # Frames before the first received one cannot be interpolated: hold the first key.
             for i in range(self.next_index, index):
-                out.append(OutputFrame(i, key.frame[0], True, False))
+                out.append(OutputFrame(i, key.frame[0], True, False, self.model_version))
         else:
             last_index, last_key = self._last
             count = index - last_index - 1
@@ -79,8 +89,15 @@ class Reconstructor:
             long_gap = lost and count + 1 > CONCEAL_MOTION_MAX_STEPS
             between = self.codec.in_between(last_key, key, count, CONCEALMENT_METHOD if long_gap else self.method)
             for j in range(count):
-                out.append(OutputFrame(last_index + 1 + j, between[j], lost, False))
-        out.append(OutputFrame(index, key.frame[0], False, True))
+                out.append(OutputFrame(last_index + 1 + j, between[j], lost, False, self.model_version))
+        if switching:
+            # The frames before the switch were rebuilt with the old weights (above); the key and all
+            # after it with the new ones.
+            self._switch[1]()
+            self._switch = None
+            self.model_version += 1
+            key = self.codec.key(frame, self.size, self.iterations)
+        out.append(OutputFrame(index, key.frame[0], False, True, self.model_version))
         self.concealed += sum(f.concealed for f in out)
         self._last = (index, key)
         self.next_index = index + 1
@@ -93,7 +110,7 @@ class Reconstructor:
             held = self._last[1].frame[0]
             # Up to T-1 trailing frames are expected (the stream ended between keys); more were lost.
             for i in range(self.next_index, total):
-                out.append(OutputFrame(i, held, i - self._last[0] > self.temporal - 1, False))
+                out.append(OutputFrame(i, held, i - self._last[0] > self.temporal - 1, False, self.model_version))
             self.concealed += sum(f.concealed for f in out)
             self.next_index = max(self.next_index, total)
         return out

@@ -46,6 +46,11 @@ class FitOptions:
     # auto: time a few steps of each candidate (codec/precision.py) and train in the faster. bf16 autocast
     # is 1.7x fp32 on a CPU with native bf16 and ~11x slower on one without (README).
     train_precision: str = "auto"
+    # Codec-in-the-loop inputs: (P, N, 3, H, W) versions of the N frames as the receiver would get them
+    # (through the call's encoder at P rates, upsampled back); each sample draws one with pool_fraction
+    # probability instead of a clean area-downscale. None: clean degradation only.
+    degraded_pool: torch.Tensor | None = None
+    pool_fraction: float = 0.5
     progress: bool = True
 
 
@@ -120,6 +125,9 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     data = frames.to(device)
     n = data.shape[0]
+    pool = opts.degraded_pool.to(device) if opts.degraded_pool is not None else None
+    if pool is not None and (pool.ndim != 5 or tuple(pool.shape[1:]) != tuple(frames.shape)):
+        raise VsaeError(f"degraded_pool must be (P, {', '.join(map(str, frames.shape))}), got {tuple(pool.shape)}")
     batch = min(opts.batch, n)
     steps_per_epoch = max(1, math.ceil(n / batch))
     total_steps = opts.epochs * steps_per_epoch if opts.epochs is not None else None
@@ -163,7 +171,15 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
             order += torch.randperm(n, generator=generator).tolist()
         idx, order = order[:batch], order[batch:]
         target = data[idx]
-        inputs = norm.apply(degrade(target, tuple(opts.degrade), generator))
+        degraded = degrade(target, tuple(opts.degrade), generator)
+        if pool is not None:
+            degraded = degraded.clone() if degraded is target else degraded  # never write into the frames
+            take = (torch.rand(len(idx), generator=generator) < opts.pool_fraction).tolist()
+            versions = torch.randint(pool.shape[0], (len(idx),), generator=generator).tolist()
+            for j, (use, version) in enumerate(zip(take, versions)):
+                if use:
+                    degraded[j] = pool[version, idx[j]]
+        inputs = norm.apply(degraded)
         target_n = norm.apply(target)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress, opts.lr)
