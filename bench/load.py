@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from codec.cli import _positive, _positive_float
+from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
 from receiver.demo import _vsae
 from protocol.messages import CODECS
@@ -443,11 +443,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--receivers", default=",".join(map(str, DEFAULT_RECEIVERS)),
                    help=f"comma-separated receiver counts (default: {','.join(map(str, DEFAULT_RECEIVERS))})")
     p.add_argument("--frames", default=None, help="frame selection to stream (default: all)")
-    p.add_argument("--fps", type=_positive_float, default=None,
+    p.add_argument("--fps", type=positive_float, default=None,
                    help="stream rate per session (default: the clip's; higher saturates the receivers)")
-    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE)
-    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL)
-    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS)
+    p.add_argument("--scale", type=positive, default=DEFAULT_SCALE)
+    p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL)
+    p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS)
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS)
     p.add_argument("--no-reference", action="store_true", help="receivers skip PSNR/SSIM (less work per frame)")
     p.add_argument("--ship-model", action="store_true", help="every session transfers the model (default: receivers hold it)")

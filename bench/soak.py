@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from codec.cli import _positive_float
+from codec.argtypes import positive_float
 from codec.errors import VsaeError
 
 DEFAULT_VIDEO = "carphone"
@@ -250,14 +250,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default=DEFAULT_VIDEO, help=f"video file or bundled clip (default {DEFAULT_VIDEO}), looped")
     p.add_argument("--model", default=None,
                    help="model bundle (default: the demo's cached fit on the even frames, fitted once if missing)")
-    p.add_argument("--minutes", type=_positive_float, default=DEFAULT_MINUTES,
+    p.add_argument("--minutes", type=positive_float, default=DEFAULT_MINUTES,
                    help=f"stream length in minutes, rounded up to whole passes of the clip (default {DEFAULT_MINUTES:g})")
     p.add_argument("--out", required=True, help="output folder: soak.json, soak.png, soak.md")
-    p.add_argument("--interval", type=_positive_float, default=None,
+    p.add_argument("--interval", type=positive_float, default=None,
                    help="seconds between samples (default: receiver.sampler.SAMPLE_INTERVAL_S, 10)")
     p.add_argument("--warmup", type=float, default=WARMUP_S, help=f"warm-up seconds excluded from the verdict (default {WARMUP_S:g})")
-    p.add_argument("--kbps", type=_positive_float, default=None, help="video bitrate (default: the sender's)")
-    p.add_argument("--fps", type=_positive_float, default=None,
+    p.add_argument("--kbps", type=positive_float, default=None, help="video bitrate (default: the sender's)")
+    p.add_argument("--fps", type=positive_float, default=None,
                    help="stream rate (default: the clip's); below what the receiver sustains, the run measures a "
                         "healthy steady state rather than a receiver that conceals what it cannot rebuild in time")
     p.add_argument("--keep-video", action="store_true",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from codec import bundle
-from codec.cli import _positive, _positive_float
+from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
 from codec.cache import cached_fit
 from codec.train import DEFAULT_MINUTES
@@ -176,10 +176,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", default=DEFAULT_VIDEO, help="video file or bundled clip name (default: carphone)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: vsae-demo)")
     p.add_argument("--model", default=None, help="use this model instead of the cached fit")
-    p.add_argument("--minutes", type=_positive_float, default=DEFAULT_MINUTES, help="fit budget when no cached model exists")
-    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE)
-    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL)
-    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS)
+    p.add_argument("--minutes", type=positive_float, default=DEFAULT_MINUTES, help="fit budget when no cached model exists")
+    p.add_argument("--scale", type=positive, default=DEFAULT_SCALE)
+    p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL)
+    p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS)
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection to stream (default: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the receiver's log")
