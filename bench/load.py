@@ -60,7 +60,7 @@ from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
 from receiver.demo import _vsae
 from protocol.messages import CODECS
-from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 
 DEFAULT_RECEIVERS = (1, 2, 4)
 # A session "keeps up" when its p95 capture-to-output latency stays under this (the loopback demo's is

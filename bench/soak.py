@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     from receiver import sampler
     from receiver.demo import run_stream
     from sender.cli import loop_count
-    from sender.session import DEFAULT_KBPS
+    from protocol.defaults import DEFAULT_KBPS
 
     if args.warmup < 0:
         raise VsaeError(f"--warmup must be >= 0 seconds, got {args.warmup:g}")

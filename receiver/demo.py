@@ -24,7 +24,7 @@ from codec.cache import cached_fit
 from codec.train import DEFAULT_MINUTES
 from codec.video import VideoWriter, read_video, resolve_video
 from protocol.messages import CODECS
-from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 
 from .cli import summary_line
 

@@ -23,11 +23,11 @@ from codec.errors import VsaeError
 from codec.memory import peak_rss_mb
 from codec.video import read_video
 from protocol.auth import secret_option
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
-from .session import (DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_RETRIES, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SendResult,
-                      SessionError, prepare_low_res, send)
+from .session import DEFAULT_RETRIES, SendOptions, SendResult, SessionError, prepare_low_res, send
 
 
 def _summary(result: SendResult, loop: int) -> dict:
