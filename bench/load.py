@@ -58,9 +58,9 @@ from typing import Sequence
 
 from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
-from receiver.demo import _vsae
-from protocol.messages import CODECS
 from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
+from protocol.messages import CODECS
+from receiver.spawn import vsae_command
 
 DEFAULT_RECEIVERS = (1, 2, 4)
 # A session "keeps up" when its p95 capture-to-output latency stays under this (the loopback demo's is
@@ -302,7 +302,7 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
         (out / f"r{k}.json").unlink(missing_ok=True)  # a stale file from an earlier run must not count
     try:
         for k in range(n):
-            cmd = [*_pinned(recv_cpus), *_vsae(
+            cmd = [*_pinned(recv_cpus), *vsae_command(
                 "recv", "--listen", "127.0.0.1:0", "-o", str(out / f"r{k}.mp4"), "--stats", str(out / f"r{k}.json"),
                 "--threads", "1", "--timeout", f"{bound:g}",
                 *(() if spec.ship_model else ("--model", spec.model)),
@@ -316,7 +316,7 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
                 why = r.last_error() if r.popen.poll() is not None else f"not listening after {LISTEN_TIMEOUT_S:g} s"
                 raise VsaeError(f"{r.name}: {why}")
         connects = [a for r in receivers for a in ("--connect", f"127.0.0.1:{r.port}")]
-        sender = Child.start("sender", [*_pinned(send_cpus), *_vsae(
+        sender = Child.start("sender", [*_pinned(send_cpus), *vsae_command(
             "send", spec.video, *connects, "--model", spec.model, "--fps", f"{spec.fps:g}", "--scale", str(spec.scale),
             "--temporal", str(spec.temporal), "--kbps", f"{spec.kbps:g}", "--codec", spec.codec, "--json", *frames_args)])
         children.append(sender)

@@ -23,10 +23,11 @@ from codec.errors import VsaeError
 from codec.cache import cached_fit
 from codec.train import DEFAULT_MINUTES
 from codec.video import VideoWriter, read_video, resolve_video
-from protocol.messages import CODECS
 from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
+from protocol.messages import CODECS
 
 from .cli import summary_line
+from .spawn import vsae_command
 
 DEFAULT_VIDEO = "carphone"
 DEFAULT_OUT = "vsae-demo"
@@ -40,10 +41,6 @@ SEPARATOR_PX = 2
 def cached_model(video: Path, minutes: float, progress: bool = True) -> tuple[Path, bool]:
     """The demo's model for `video` (fitted on its even frames), cached after the first fit."""
     return cached_fit(video, FIT_FRAMES, minutes, progress=progress)
-
-
-def _vsae(*args: str) -> list[str]:
-    return [sys.executable, "-m", "codec.cli", *args]
 
 
 def _pump(stream, sink: list[str], echo: bool) -> None:
@@ -76,9 +73,10 @@ def run_stream(
     OUT/stats.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recv_cmd = [*recv_wrap, *_vsae("recv", "--listen", f"{recv_host}:0", "-o", str(out / "vsae.mp4"), "--stats", str(out / "stats.json"),
-                     "--reference", str(video), "--bicubic-output", str(out / "bicubic.mp4"), "--timeout", str(timeout),
-                     *(("--reference-frames", frames) if frames else ()), *extra_recv)]
+    recv_cmd = [*recv_wrap, *vsae_command(
+        "recv", "--listen", f"{recv_host}:0", "-o", str(out / "vsae.mp4"), "--stats", str(out / "stats.json"),
+        "--reference", str(video), "--bicubic-output", str(out / "bicubic.mp4"), "--timeout", str(timeout),
+        *(("--reference-frames", frames) if frames else ()), *extra_recv)]
     receiver = subprocess.Popen(recv_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recv_out: list[str] = []
     recv_err: list[str] = []
@@ -86,9 +84,9 @@ def run_stream(
         port = _wait_listening(receiver, recv_out)
         threading.Thread(target=_pump, args=(receiver.stdout, recv_out, echo), daemon=True).start()
         threading.Thread(target=_pump, args=(receiver.stderr, recv_err, echo), daemon=True).start()
-        send_cmd = [*send_wrap, *_vsae("send", str(video), "--connect", f"{recv_host}:{port}", "--model", str(model),
-                                       "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
-                                       "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
+        send_cmd = [*send_wrap, *vsae_command("send", str(video), "--connect", f"{recv_host}:{port}", "--model", str(model),
+                                              "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
+                                              "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
         try:
             sender = subprocess.run(send_cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
