@@ -339,9 +339,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bench.soak ARGS`: the same as `vsae bench soak ARGS` (one error line, exit 1, on bad input)."""
-    from .cli import main as bench_main
+    from codec.cli import main as vsae_main  # registers bench.cli's commands (entry point); bench.cli imports this module
 
-    return bench_main(["soak", *(sys.argv[1:] if argv is None else argv)])
+    return vsae_main(["bench", "soak", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
