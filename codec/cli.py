@@ -1,7 +1,8 @@
 """The `vsae` command line. Every command is `main(argv)`-callable, so tests drive it in-process.
 
-The codec's own commands live here. Later layers (sender, receiver, bench) plug theirs in through
-the `vsae.commands` entry-point group, each a `register(subparsers)` function, so this module imports
+The codec's own commands live here; the applications' (`vsae explore`, `vsae edit`, `vsae mask-check`)
+come from codec/apps/cli.py. Later layers (sender, receiver, bench) plug theirs in through the
+`vsae.commands` entry-point group, each a `register(subparsers)` function, so this module imports
 nothing from them.
 """
 
@@ -20,6 +21,7 @@ from typing import Sequence
 import torch
 
 from . import bundle
+from .apps.cli import register as register_apps
 from .argtypes import positive, positive_float
 from .errors import VsaeError
 from .evaluate import evaluate
@@ -266,9 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_reconstruct)
 
-    from .explore_edit_cli import register as register_explore_edit  # imports this module's helpers
-
-    register_explore_edit(sub)
+    register_apps(sub)
 
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:

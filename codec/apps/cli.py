@@ -10,7 +10,12 @@ from pathlib import Path
 
 import torch
 
-from . import bundle
+from .. import bundle
+from ..argtypes import positive, positive_float
+from ..errors import VsaeError
+from ..ops import TEMPORAL_METHODS, Codec
+from ..train import pick_device
+from ..video import parse_size, read_video, select_frames, to_tensor, to_uint8, write_video
 from .edit import (
     BRIDGE_FRAMES,
     EDIT_ITERATIONS,
@@ -26,7 +31,6 @@ from .edit import (
     stretch,
     video_texture,
 )
-from .errors import VsaeError
 from .explore import (
     AVERAGE_ITERATIONS,
     cluster_frames,
@@ -37,10 +41,6 @@ from .explore import (
     video_average,
 )
 from .figures import image_grid, latent_map_figure
-from .ops import TEMPORAL_METHODS, Codec
-from .argtypes import positive, positive_float
-from .train import pick_device
-from .video import parse_size, read_video, select_frames, to_tensor, to_uint8, write_video
 
 # Defaults of `--factor`: slow motion x4, stretch to twice the width.
 SLOWMO_FACTOR = 4.0
@@ -325,9 +325,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 # -- known-answer check for mask propagation ------------------------------------------------------------
 def cmd_mask_check(args: argparse.Namespace) -> int:
     """Mask propagation scored where the answer is known: a synthetic moving shape, its own fitted model."""
-    from .model import model_config
+    from ..model import model_config
+    from ..train import FitOptions, fit
     from .pixelcodes import mask_overlay, mean_iou, moving_shape_video, propagate_mask
-    from .train import FitOptions, fit
 
     out = Path(args.out)
     video, truth = moving_shape_video(frames=args.frames, seed=args.seed, drift=args.drift)
