@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from codec.cli import _positive
+from codec.argtypes import positive
 from codec.errors import VsaeError
 
 from .impair import Impairment
@@ -260,7 +260,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kbps", type=float, default=20.0)
     p.add_argument("--fps", type=float, default=FAULT_FPS)
     p.add_argument("--frames", default=None)
-    p.add_argument("--loops", type=_positive, default=FAULT_LOOPS, help=f"passes of the clip per stream (default {FAULT_LOOPS})")
+    p.add_argument("--loops", type=positive, default=FAULT_LOOPS, help=f"passes of the clip per stream (default {FAULT_LOOPS})")
 
 
 def run(args: argparse.Namespace) -> int:

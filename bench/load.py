@@ -56,11 +56,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from codec.cli import _positive, _positive_float
+from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
-from receiver.demo import _vsae
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.messages import CODECS
-from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
+from receiver.spawn import vsae_command
 
 DEFAULT_RECEIVERS = (1, 2, 4)
 # A session "keeps up" when its p95 capture-to-output latency stays under this (the loopback demo's is
@@ -302,7 +302,7 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
         (out / f"r{k}.json").unlink(missing_ok=True)  # a stale file from an earlier run must not count
     try:
         for k in range(n):
-            cmd = [*_pinned(recv_cpus), *_vsae(
+            cmd = [*_pinned(recv_cpus), *vsae_command(
                 "recv", "--listen", "127.0.0.1:0", "-o", str(out / f"r{k}.mp4"), "--stats", str(out / f"r{k}.json"),
                 "--threads", "1", "--timeout", f"{bound:g}",
                 *(() if spec.ship_model else ("--model", spec.model)),
@@ -316,7 +316,7 @@ def run_once(spec: RunSpec, cores: int, n: int, available: list[int], out: Path)
                 why = r.last_error() if r.popen.poll() is not None else f"not listening after {LISTEN_TIMEOUT_S:g} s"
                 raise VsaeError(f"{r.name}: {why}")
         connects = [a for r in receivers for a in ("--connect", f"127.0.0.1:{r.port}")]
-        sender = Child.start("sender", [*_pinned(send_cpus), *_vsae(
+        sender = Child.start("sender", [*_pinned(send_cpus), *vsae_command(
             "send", spec.video, *connects, "--model", spec.model, "--fps", f"{spec.fps:g}", "--scale", str(spec.scale),
             "--temporal", str(spec.temporal), "--kbps", f"{spec.kbps:g}", "--codec", spec.codec, "--json", *frames_args)])
         children.append(sender)
@@ -443,11 +443,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--receivers", default=",".join(map(str, DEFAULT_RECEIVERS)),
                    help=f"comma-separated receiver counts (default: {','.join(map(str, DEFAULT_RECEIVERS))})")
     p.add_argument("--frames", default=None, help="frame selection to stream (default: all)")
-    p.add_argument("--fps", type=_positive_float, default=None,
+    p.add_argument("--fps", type=positive_float, default=None,
                    help="stream rate per session (default: the clip's; higher saturates the receivers)")
-    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE)
-    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL)
-    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS)
+    p.add_argument("--scale", type=positive, default=DEFAULT_SCALE)
+    p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL)
+    p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS)
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=CODECS)
     p.add_argument("--no-reference", action="store_true", help="receivers skip PSNR/SSIM (less work per frame)")
     p.add_argument("--ship-model", action="store_true", help="every session transfers the model (default: receivers hold it)")
@@ -516,9 +516,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bench.load ARGS`: the same as `vsae bench load ARGS` (one error line, exit 1, on bad input)."""
-    from .cli import main as bench_main
+    from codec.cli import main as vsae_main  # registers bench.cli's commands (entry point); bench.cli imports this module
 
-    return bench_main(["load", *(sys.argv[1:] if argv is None else argv)])
+    return vsae_main(["bench", "load", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

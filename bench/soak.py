@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from codec.cli import _positive_float
+from codec.argtypes import positive_float
 from codec.errors import VsaeError
 
 DEFAULT_VIDEO = "carphone"
@@ -250,14 +250,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default=DEFAULT_VIDEO, help=f"video file or bundled clip (default {DEFAULT_VIDEO}), looped")
     p.add_argument("--model", default=None,
                    help="model bundle (default: the demo's cached fit on the even frames, fitted once if missing)")
-    p.add_argument("--minutes", type=_positive_float, default=DEFAULT_MINUTES,
+    p.add_argument("--minutes", type=positive_float, default=DEFAULT_MINUTES,
                    help=f"stream length in minutes, rounded up to whole passes of the clip (default {DEFAULT_MINUTES:g})")
     p.add_argument("--out", required=True, help="output folder: soak.json, soak.png, soak.md")
-    p.add_argument("--interval", type=_positive_float, default=None,
+    p.add_argument("--interval", type=positive_float, default=None,
                    help="seconds between samples (default: receiver.sampler.SAMPLE_INTERVAL_S, 10)")
     p.add_argument("--warmup", type=float, default=WARMUP_S, help=f"warm-up seconds excluded from the verdict (default {WARMUP_S:g})")
-    p.add_argument("--kbps", type=_positive_float, default=None, help="video bitrate (default: the sender's)")
-    p.add_argument("--fps", type=_positive_float, default=None,
+    p.add_argument("--kbps", type=positive_float, default=None, help="video bitrate (default: the sender's)")
+    p.add_argument("--fps", type=positive_float, default=None,
                    help="stream rate (default: the clip's); below what the receiver sustains, the run measures a "
                         "healthy steady state rather than a receiver that conceals what it cannot rebuild in time")
     p.add_argument("--keep-video", action="store_true",
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     from receiver import sampler
     from receiver.demo import run_stream
     from sender.cli import loop_count
-    from sender.session import DEFAULT_KBPS
+    from protocol.defaults import DEFAULT_KBPS
 
     if args.warmup < 0:
         raise VsaeError(f"--warmup must be >= 0 seconds, got {args.warmup:g}")
@@ -339,9 +339,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m bench.soak ARGS`: the same as `vsae bench soak ARGS` (one error line, exit 1, on bad input)."""
-    from .cli import main as bench_main
+    from codec.cli import main as vsae_main  # registers bench.cli's commands (entry point); bench.cli imports this module
 
-    return bench_main(["soak", *(sys.argv[1:] if argv is None else argv)])
+    return vsae_main(["bench", "soak", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

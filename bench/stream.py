@@ -22,7 +22,7 @@ from typing import Sequence
 from codec.train import DEFAULT_MINUTES
 from codec.video import resolve_video
 from receiver.demo import cached_model, run_stream
-from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 
 REPORTED = ("video_kbps", "psnr", "psnr_bicubic", "ssim", "frames_in", "frames_out", "frames_concealed",
             "frames_dropped_backlog", "fps_reconstruct", "fps_pipeline", "latency_ms", "latency_ms_p95", "peak_rss_mb")

@@ -1,6 +1,8 @@
 """vsae codec core: the video-specific autoencoder, its training, reprojection, interpolation and bundle.
 
-Imports nothing from protocol/, sender/, receiver/ or bench/: the data path flows one way.
+The applications of the fitted model (explore, edit, mask propagation) are the subpackage codec.apps;
+argtypes.py holds the argparse types every `vsae` command line uses. Imports nothing from protocol/,
+sender/, receiver/ or bench/: the data path flows one way.
 """
 
 from .bundle import dumps, load, loads, save

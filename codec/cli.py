@@ -1,7 +1,8 @@
 """The `vsae` command line. Every command is `main(argv)`-callable, so tests drive it in-process.
 
-The codec's own commands live here. Later layers (sender, receiver, bench) plug theirs in through
-the `vsae.commands` entry-point group, each a `register(subparsers)` function, so this module imports
+The codec's own commands live here; the applications' (`vsae explore`, `vsae edit`, `vsae mask-check`)
+come from codec/apps/cli.py. Later layers (sender, receiver, bench) plug theirs in through the
+`vsae.commands` entry-point group, each a `register(subparsers)` function, so this module imports
 nothing from them.
 """
 
@@ -20,6 +21,8 @@ from typing import Sequence
 import torch
 
 from . import bundle
+from .apps.cli import register as register_apps
+from .argtypes import positive, positive_float
 from .errors import VsaeError
 from .evaluate import evaluate
 from .metrics import psnr_per_frame, ssim
@@ -31,35 +34,6 @@ from .train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_MINUTES, DEGRADE_FACTORS, 
 from .video import downscale, parse_size, read_video, resolve_video, to_tensor, to_uint8, write_video
 
 ENTRY_POINT_GROUP = "vsae.commands"
-
-
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer >= minimum."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive = _int_at_least(1, "a positive integer")
-_non_negative = _int_at_least(0, "an integer >= 0")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def _factors(text: str) -> tuple[int, ...]:
@@ -242,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit an autoencoder to a video and write a model bundle")
     p.add_argument("video", help="video file, or a bundled clip name (carphone, bikes)")
     p.add_argument("-o", "--output", required=True, help="model bundle to write (.vsae)")
-    p.add_argument("--minutes", type=_positive_float, default=None, help=f"wall-clock budget (default {DEFAULT_MINUTES})")
-    p.add_argument("--epochs", type=_positive, default=None, help="epoch budget instead of minutes")
+    p.add_argument("--minutes", type=positive_float, default=None, help=f"wall-clock budget (default {DEFAULT_MINUTES})")
+    p.add_argument("--epochs", type=positive, default=None, help="epoch budget instead of minutes")
     p.add_argument("--frames", default=None, help="all, even, odd or a slice A:B[:step] (default all)")
     p.add_argument("--size", default=None, help="resize frames to WxH before fitting")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help=f"architecture (default {DEFAULT_MODEL})")
-    p.add_argument("--width", type=_positive, default=None, help="width k of the first layer (default from --model)")
-    p.add_argument("--lr", type=_positive_float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
-    p.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, help=f"batch size (default {DEFAULT_BATCH})")
+    p.add_argument("--width", type=positive, default=None, help="width k of the first layer (default from --model)")
+    p.add_argument("--lr", type=positive_float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
+    p.add_argument("--batch", type=positive, default=DEFAULT_BATCH, help=f"batch size (default {DEFAULT_BATCH})")
     p.add_argument("--degrade", type=_factors, default=DEGRADE_FACTORS,
                    help="degraded-input training factors, e.g. 1,2,4,8, or none (default 1,2,4,8)")
     p.add_argument("--precision", choices=("f16", "f32"), default="f16", help="weight precision stored in the bundle")
@@ -271,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("--frames", default=None, help="all, even, odd or A:B[:step]")
     p.add_argument("--size", default=None, help="resize frames to WxH")
-    p.add_argument("--scale", type=_positive, default=4, help="spatial factor S (default 4)")
-    p.add_argument("--temporal", type=_positive, default=1, help="temporal factor T (default 1)")
-    p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS, help=f"reprojections n (default {DEFAULT_ITERATIONS})")
+    p.add_argument("--scale", type=positive, default=4, help="spatial factor S (default 4)")
+    p.add_argument("--temporal", type=positive, default=1, help="temporal factor T (default 1)")
+    p.add_argument("--iterations", type=positive, default=DEFAULT_ITERATIONS, help=f"reprojections n (default {DEFAULT_ITERATIONS})")
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD, help="temporal rebuild")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -282,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lowres", help="write the low-res, every-T-th-frame stream a sender would transmit")
     p.add_argument("video")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--scale", type=_positive, default=4)
-    p.add_argument("--temporal", type=_positive, default=1)
+    p.add_argument("--scale", type=positive, default=4)
+    p.add_argument("--temporal", type=positive, default=1)
     p.add_argument("--frames", default=None)
     p.add_argument("--size", default=None)
     p.add_argument("--crf", type=int, default=12, help="x264 quality of the written file (lower is better)")
@@ -293,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("lowres")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--temporal", type=_positive, default=1, help="the file holds every T-th frame")
-    p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS)
+    p.add_argument("--temporal", type=positive, default=1, help="the file holds every T-th frame")
+    p.add_argument("--iterations", type=positive, default=DEFAULT_ITERATIONS)
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD)
     p.add_argument("--size", default=None, help="output WxH (default: the model's frame size)")
     p.add_argument("--reference", default=None, help="original video: print PSNR/SSIM against it")
@@ -302,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_reconstruct)
 
-    from .explore_edit_cli import register as register_explore_edit  # imports this module's helpers
-
-    register_explore_edit(sub)
+    register_apps(sub)
 
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from codec import bundle
-from codec.cli import _positive, _positive_float
+from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, TEMPORAL_METHODS
 from codec.video import read_video
@@ -108,15 +108,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", default=None, metavar="FILE.jsonl",
                    help="while streaming, write one JSON line per interval: elapsed s, RSS MB, frames out, output fps, "
                         "frames received / concealed / dropped (vsae bench soak reads it)")
-    p.add_argument("--sample-interval", type=_positive_float, default=SAMPLE_INTERVAL_S, metavar="SECONDS",
+    p.add_argument("--sample-interval", type=positive_float, default=SAMPLE_INTERVAL_S, metavar="SECONDS",
                    help=f"seconds between --samples lines (default {SAMPLE_INTERVAL_S:g})")
     p.add_argument("--bicubic-output", default=None, help="also write the bicubic baseline from the same stream")
-    p.add_argument("--iterations", type=_positive, default=DEFAULT_ITERATIONS, help="reprojection iterations n")
+    p.add_argument("--iterations", type=positive, default=DEFAULT_ITERATIONS, help="reprojection iterations n")
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=DEFAULT_TEMPORAL_METHOD, help="temporal rebuild")
     p.add_argument("--no-adapt", action="store_true",
                    help="keep --method and --iterations however slow this CPU is (default: step down a fixed ladder "
                         "before falling behind, back up with headroom; stats.json 'ladder')")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=_positive, default=RECEIVER_THREADS, help="torch threads for reconstruction")
-    p.add_argument("--timeout", type=_positive_float, default=None, help="give up after this many seconds without a complete session")
+    p.add_argument("--threads", type=positive, default=RECEIVER_THREADS, help="torch threads for reconstruction")
+    p.add_argument("--timeout", type=positive_float, default=None, help="give up after this many seconds without a complete session")
     p.set_defaults(func=cmd_recv)

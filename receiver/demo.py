@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from codec import bundle
-from codec.cli import _positive, _positive_float
+from codec.argtypes import positive, positive_float
 from codec.errors import VsaeError
 from codec.cache import cached_fit
 from codec.train import DEFAULT_MINUTES
 from codec.video import VideoWriter, read_video, resolve_video
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.messages import CODECS
-from sender.session import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 
 from .cli import summary_line
+from .spawn import vsae_command
 
 DEFAULT_VIDEO = "carphone"
 DEFAULT_OUT = "vsae-demo"
@@ -40,10 +41,6 @@ SEPARATOR_PX = 2
 def cached_model(video: Path, minutes: float, progress: bool = True) -> tuple[Path, bool]:
     """The demo's model for `video` (fitted on its even frames), cached after the first fit."""
     return cached_fit(video, FIT_FRAMES, minutes, progress=progress)
-
-
-def _vsae(*args: str) -> list[str]:
-    return [sys.executable, "-m", "codec.cli", *args]
 
 
 def _pump(stream, sink: list[str], echo: bool) -> None:
@@ -76,9 +73,10 @@ def run_stream(
     OUT/stats.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recv_cmd = [*recv_wrap, *_vsae("recv", "--listen", f"{recv_host}:0", "-o", str(out / "vsae.mp4"), "--stats", str(out / "stats.json"),
-                     "--reference", str(video), "--bicubic-output", str(out / "bicubic.mp4"), "--timeout", str(timeout),
-                     *(("--reference-frames", frames) if frames else ()), *extra_recv)]
+    recv_cmd = [*recv_wrap, *vsae_command(
+        "recv", "--listen", f"{recv_host}:0", "-o", str(out / "vsae.mp4"), "--stats", str(out / "stats.json"),
+        "--reference", str(video), "--bicubic-output", str(out / "bicubic.mp4"), "--timeout", str(timeout),
+        *(("--reference-frames", frames) if frames else ()), *extra_recv)]
     receiver = subprocess.Popen(recv_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recv_out: list[str] = []
     recv_err: list[str] = []
@@ -86,9 +84,9 @@ def run_stream(
         port = _wait_listening(receiver, recv_out)
         threading.Thread(target=_pump, args=(receiver.stdout, recv_out, echo), daemon=True).start()
         threading.Thread(target=_pump, args=(receiver.stderr, recv_err, echo), daemon=True).start()
-        send_cmd = [*send_wrap, *_vsae("send", str(video), "--connect", f"{recv_host}:{port}", "--model", str(model),
-                                       "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
-                                       "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
+        send_cmd = [*send_wrap, *vsae_command("send", str(video), "--connect", f"{recv_host}:{port}", "--model", str(model),
+                                              "--scale", str(scale), "--temporal", str(temporal), "--kbps", str(kbps),
+                                              "--codec", codec, "--json", *(("--frames", frames) if frames else ()), *extra_send)]
         try:
             sender = subprocess.run(send_cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
@@ -176,10 +174,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", default=DEFAULT_VIDEO, help="video file or bundled clip name (default: carphone)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: vsae-demo)")
     p.add_argument("--model", default=None, help="use this model instead of the cached fit")
-    p.add_argument("--minutes", type=_positive_float, default=DEFAULT_MINUTES, help="fit budget when no cached model exists")
-    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE)
-    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL)
-    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS)
+    p.add_argument("--minutes", type=positive_float, default=DEFAULT_MINUTES, help="fit budget when no cached model exists")
+    p.add_argument("--scale", type=positive, default=DEFAULT_SCALE)
+    p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL)
+    p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS)
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection to stream (default: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the receiver's log")

@@ -18,16 +18,16 @@ import sys
 import numpy as np
 
 from codec import bundle
-from codec.cli import _non_negative, _positive, _positive_float
+from codec.argtypes import non_negative, positive, positive_float
 from codec.errors import VsaeError
 from codec.memory import peak_rss_mb
 from codec.video import read_video
 from protocol.auth import secret_option
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
-from .session import (DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_RETRIES, DEFAULT_SCALE, DEFAULT_TEMPORAL, SendOptions, SendResult,
-                      SessionError, prepare_low_res, send)
+from .session import DEFAULT_RETRIES, SendOptions, SendResult, SessionError, prepare_low_res, send
 
 
 def _summary(result: SendResult, loop: int) -> dict:
@@ -148,12 +148,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the receiver's signaling address, e.g. 127.0.0.1:8765; repeat it to stream to several "
                         "receivers at once (--json then prints a list, one object per receiver)")
     p.add_argument("--model", required=True, help="the video's model bundle (.vsae)")
-    p.add_argument("--scale", type=_positive, default=DEFAULT_SCALE, help="spatial factor S: send frames ÷S")
-    p.add_argument("--temporal", type=_positive, default=DEFAULT_TEMPORAL, help="temporal factor T: send every T-th frame")
-    p.add_argument("--kbps", type=_positive_float, default=DEFAULT_KBPS, help="video bitrate target (kbps)")
+    p.add_argument("--scale", type=positive, default=DEFAULT_SCALE, help="spatial factor S: send frames ÷S")
+    p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL, help="temporal factor T: send every T-th frame")
+    p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS, help="video bitrate target (kbps)")
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
-    p.add_argument("--fps", type=_positive_float, default=None, help="source frame rate to stream at (default: the video's)")
+    p.add_argument("--fps", type=positive_float, default=None, help="source frame rate to stream at (default: the video's)")
     p.add_argument("--loop", type=int, default=None, metavar="N",
                    help="stream the clip N times back to back as one stream of N x frames (source indices keep "
                         "counting; the receiver's output is N x frames long; see vsae recv --reference-loop)")
@@ -163,8 +163,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="this side's address for media (default: the --connect host; set it when the receiver is on another network namespace)")
     p.add_argument("--secret-file", default=None, metavar="FILE",
                    help="shared secret (>= 16 bytes) for a receiver started with the same --secret-file")
-    p.add_argument("--connect-timeout", type=_positive_float, default=15.0, help="seconds to wait for the receiver")
-    p.add_argument("--retries", type=_non_negative, default=DEFAULT_RETRIES, metavar="N",
+    p.add_argument("--connect-timeout", type=positive_float, default=15.0, help="seconds to wait for the receiver")
+    p.add_argument("--retries", type=non_negative, default=DEFAULT_RETRIES, metavar="N",
                    help=f"new sessions after a connection lost before the video starts; the model transfer resumes "
                         f"where it stopped (default {DEFAULT_RETRIES})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

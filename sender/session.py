@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
 from protocol import messages as msg
+from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_message
 from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
@@ -31,10 +32,6 @@ from .encoder import RealtimeEncoder
 
 log = logging.getLogger("vsae.sender")
 
-DEFAULT_SCALE = 4
-DEFAULT_TEMPORAL = 2
-DEFAULT_KBPS = 20.0
-DEFAULT_CODEC = "vp8"
 # How long to wait for each step the receiver must answer (hello, model ack, final bye).
 HANDSHAKE_TIMEOUT_S = 30.0
 MODEL_TIMEOUT_S = 120.0

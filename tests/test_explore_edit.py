@@ -1,4 +1,4 @@
-"""Explore and edit (codec/explore.py, codec/edit.py, `vsae explore`, `vsae edit`) on the suite's real fit."""
+"""Explore and edit (codec/apps/explore.py, codec/apps/edit.py, `vsae explore`, `vsae edit`) on the suite's real fit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codec.cli import main as vsae
-from codec.edit import (
+from codec.apps.edit import (
     Loop,
     border_discontinuity,
     extrapolate,
@@ -22,7 +22,7 @@ from codec.edit import (
     video_texture,
 )
 from codec.errors import VsaeError
-from codec.explore import (
+from codec.apps.explore import (
     cluster_frames,
     decode_mean,
     frames_in_rect,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from codec.errors import VsaeError
 from codec.model import model_config
 from codec.ops import Codec
-from codec.pixelcodes import (
+from codec.apps.pixelcodes import (
     correspondences,
     feature_size,
     hypercolumns,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import VsaeError
-from .metrics import psnr_per_frame, ssim
-from .ops import Codec
+from ..errors import VsaeError
+from ..metrics import psnr_per_frame, ssim
+from ..ops import Codec
 
 # Reprojections applied to a decoded mean latent (the paper's "latent code average + iterative").
 AVERAGE_ITERATIONS = 5

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import torch
 
-from . import bundle
+from .. import bundle
+from ..argtypes import positive, positive_float
+from ..errors import VsaeError
+from ..ops import TEMPORAL_METHODS, Codec
+from ..train import pick_device
+from ..video import parse_size, read_video, select_frames, to_tensor, to_uint8, write_video
 from .edit import (
     BRIDGE_FRAMES,
     EDIT_ITERATIONS,
@@ -26,7 +31,6 @@ from .edit import (
     stretch,
     video_texture,
 )
-from .errors import VsaeError
 from .explore import (
     AVERAGE_ITERATIONS,
     cluster_frames,
@@ -37,10 +41,6 @@ from .explore import (
     video_average,
 )
 from .figures import image_grid, latent_map_figure
-from .ops import TEMPORAL_METHODS, Codec
-from .cli import _positive, _positive_float
-from .train import pick_device
-from .video import parse_size, read_video, select_frames, to_tensor, to_uint8, write_video
 
 # Defaults of `--factor`: slow motion x4, stretch to twice the width.
 SLOWMO_FACTOR = 4.0
@@ -325,9 +325,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 # -- known-answer check for mask propagation ------------------------------------------------------------
 def cmd_mask_check(args: argparse.Namespace) -> int:
     """Mask propagation scored where the answer is known: a synthetic moving shape, its own fitted model."""
-    from .model import model_config
+    from ..model import model_config
+    from ..train import FitOptions, fit
     from .pixelcodes import mask_overlay, mean_iou, moving_shape_video, propagate_mask
-    from .train import FitOptions, fit
 
     out = Path(args.out)
     video, truth = moving_shape_video(frames=args.frames, seed=args.seed, drift=args.drift)
@@ -360,14 +360,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--frames", default=None, help="frame selection: all, even, odd or A:B[:step] (default all)")
     p.add_argument("--size", default=None, help="resize frames to WxH (default: the model's frame size)")
-    p.add_argument("--iterations", type=_positive, default=None, help="reprojections applied (default per command)")
+    p.add_argument("--iterations", type=positive, default=None, help="reprojections applied (default per command)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explore", help="see a video through its autoencoder: PCA map, averages, clusters, region summary")
     _common(p)
-    p.add_argument("--clusters", type=_positive, default=None, help="k-means cluster count (default: chosen by silhouette)")
+    p.add_argument("--clusters", type=positive, default=None, help="k-means cluster count (default: chosen by silhouette)")
     p.add_argument("--region-frames", default=None, help="summarize these frames, e.g. 10:40 or 3,7,20")
     p.add_argument("--region-rect", default=None, help="summarize frames whose map point lies in x0,y0,x1,y1 (map.json coordinates)")
     p.set_defaults(func=cmd_explore, iterations=AVERAGE_ITERATIONS)
@@ -375,11 +375,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="edit a video through its autoencoder (slow motion, loops, stitching, removal, ...)")
     p.add_argument("edit", choices=(*EDITS, "all"), help="which edit; `all` makes every one with defaults")
     _common(p)
-    p.add_argument("--factor", type=_positive_float, default=None, help="slowmo: time factor (default 4); stretch: width factor (default 2)")
+    p.add_argument("--factor", type=positive_float, default=None, help="slowmo: time factor (default 4); stretch: width factor (default 2)")
     p.add_argument("--method", choices=TEMPORAL_METHODS, default=EDIT_TEMPORAL_METHOD, help="temporal interpolation (slowmo, texture)")
-    p.add_argument("--seconds", type=_positive_float, default=10.0, help="texture: length of the looping video (default 10)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="texture: length of the looping video (default 10)")
     p.add_argument("--loop", default=None, help="texture: START:END frames to loop (default: most similar pair)")
-    p.add_argument("--min-loop", type=_positive, default=MIN_LOOP_FRAMES, help=f"texture: shortest loop (default {MIN_LOOP_FRAMES})")
+    p.add_argument("--min-loop", type=positive, default=MIN_LOOP_FRAMES, help=f"texture: shortest loop (default {MIN_LOOP_FRAMES})")
     p.add_argument("--bridge", type=int, default=BRIDGE_FRAMES, help=f"texture: interpolated frames closing the loop (default {BRIDGE_FRAMES})")
     p.add_argument("--stitch-frames", default=None, help="stitch: frames to put side by side (default first, middle, last)")
     p.add_argument("--frame", type=int, default=None, help="stretch/extrapolate/remove: which frame (default the middle one)")
@@ -390,8 +390,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("mask-check", help="score mask propagation on a synthetic moving shape (known answer)")
     p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--frames", type=_positive, default=MASK_CHECK_FRAMES, help=f"clip length (default {MASK_CHECK_FRAMES})")
-    p.add_argument("--minutes", type=_positive_float, default=MASK_CHECK_MINUTES, help=f"fit budget (default {MASK_CHECK_MINUTES})")
+    p.add_argument("--frames", type=positive, default=MASK_CHECK_FRAMES, help=f"clip length (default {MASK_CHECK_FRAMES})")
+    p.add_argument("--minutes", type=positive_float, default=MASK_CHECK_MINUTES, help=f"fit budget (default {MASK_CHECK_MINUTES})")
     p.add_argument("--drift", type=float, default=0.0, help="0..1: how far the shape's colour and texture change over the clip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .errors import VsaeError
-from .ops import Codec
+from ..errors import VsaeError
+from ..ops import Codec
 
 # Codes on a grid of 1/FEATURE_STRIDE of the frame: correspondences are a matmul over all pixel pairs, so
 # halving the grid cuts their cost 16x; labels are upsampled back with bilinear vote maps (sharp enough).
@@ -33,7 +33,7 @@ CORRESPONDENCE_CHUNK = 1024
 # Label propagation. Defaults measured on `moving_shape_video` (48 frames, 96x128, seed 0), a width-32 model
 # fitted 1 minute (single thread) on that video, mean IoU over frames 1..47 for drift=0 | drift=1 (the
 # object keeps | changes its look); copying the frame-0 mask to every frame scores 0.080 | 0.080.
-# `python -m codec.pixelcodes` reruns the main rows (about 4 minutes).
+# `python -m codec.apps.pixelcodes` reruns the main rows (about 4 minutes).
 #   defaults (frame 0 + 1 previous, k 10, T 0.05, bonus 0.1, no radius)   0.960 | 0.929
 #   frame 0 only                                                          0.962 | 0.725 (last frame: 0.00)
 #   no bonus                                                              0.930 | 0.859
@@ -454,8 +454,8 @@ def _measure(minutes: float = 1.0, drifts: tuple[float, ...] = (0.0, 1.0)) -> No
     """Rerun the main rows of the table above: fit a width-32 model per case, print mean IoU (frames 1..)."""
     import time
 
-    from .model import model_config
-    from .train import FitOptions, fit
+    from ..model import model_config
+    from ..train import FitOptions, fit
 
     torch.set_num_threads(1)  # as measured: one thread, so a busy second core does not stall the fit
     variants = {

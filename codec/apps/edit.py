@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .errors import VsaeError
+from ..errors import VsaeError
+from ..metrics import psnr_per_frame, ssim
+from ..ops import DEFAULT_TEMPORAL_METHOD, MOTION_MAX_STEPS, TEMPORAL_METHODS, Codec
 from .explore import LatentCodes
-from .metrics import psnr_per_frame, ssim
-from .ops import DEFAULT_TEMPORAL_METHOD, MOTION_MAX_STEPS, TEMPORAL_METHODS, Codec
 
 # Reprojections for the spatial edits: the paper uses a few; progress figures show 1..EDIT_ITERATIONS.
 EDIT_ITERATIONS = 5
