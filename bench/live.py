@@ -47,9 +47,9 @@ from .codecs import transcode
 
 DEFAULT_MODEL_KBPS = (5.0, 10.0, 20.0)
 DEFAULT_FORMS = ("sparse-grad", "sparse-delta", "affine")
-# Adam steps of the refresh per second of call: the deterministic compute budget (~1-3 s of one CPU core
-# per second of call at 176x144 in f32; a sender with a GPU affords far more).
-DEFAULT_REFRESH_STEPS = 20
+# Adam steps of the refresh per second of call: the deterministic compute budget (batch 4 at 176x144:
+# ~2-5 s of 2 CPU cores per second of call; a sender with a GPU affords far more).
+DEFAULT_REFRESH_STEPS = 50
 # Seconds of call between update decisions (each one spends what the budget has saved since the last).
 UPDATE_INTERVAL_S = 0.5
 # Keys the refresh trains on: the latest ones (the call's recent content), oldest dropped first.
@@ -130,7 +130,7 @@ def refresh_call(base_codec: Codec, received, decoded_up: dict[int, torch.Tensor
     window: list[int] = []
     outputs, versions = [], []
     sent_bytes, version, in_flight = 0, 0, None
-    updates, refused, steps_done, next_decision = [], 0, 0, UPDATE_INTERVAL_S
+    updates, refused, steps_done, next_decision = [], 0, 0, args.update_interval
     began = time.perf_counter()
     for i, x in received:
         t = (i + 1) / fps  # call time once frame i has been captured
@@ -158,7 +158,7 @@ def refresh_call(base_codec: Codec, received, decoded_up: dict[int, torch.Tensor
             steps_done += due
         # An update decision every UPDATE_INTERVAL_S, spending what the model budget saved since the last.
         if t >= next_decision and in_flight is None:
-            next_decision = t + UPDATE_INTERVAL_S
+            next_decision = t + args.update_interval
             budget = int(model_kbps * 1000 / 8 * t) - sent_bytes
             # The update fills at most the budget, so its last byte is there by this time; it applies from
             # the first key after that (the index travels inside the update).
@@ -200,7 +200,9 @@ def run_clip(video: str, args: argparse.Namespace) -> dict:
     total = len(call)
     row = {"clip": Path(str(video)).stem, "prior": prior_spec, "call": args.call, "fps": round(fps, 3), "scale": args.scale,
            "temporal": args.temporal, "codec": args.codec, "video_kbps": round(video_kbps, 3), "size": [size[1], size[0]],
-           "refresh_steps_per_s": args.refresh_steps, "methods": {}}
+           "refresh_steps_per_s": args.refresh_steps,
+           "update_interval_s": args.update_interval, "fit": {"epochs": args.fit_epochs, "minutes": None if args.fit_epochs else args.fit_minutes,
+                                                              "recipes": list(args.fit_recipes)}, "methods": {}}
     base_rec = BaselineReconstructor(size, args.temporal)
     baseline = [f.frame for i, x in received for f in base_rec.push(i, x)] + [f.frame for f in base_rec.flush(total)]
     row["methods"]["bicubic"] = {**score(baseline, reference, fps), "model_kbps": 0.0, "updates": 0}
@@ -309,6 +311,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kbps", type=_floats, default=DEFAULT_MODEL_KBPS, help="model-stream budgets K (default 5,10,20)")
     p.add_argument("--forms", type=_forms, default=DEFAULT_FORMS, help=f"update forms (default {','.join(DEFAULT_FORMS)})")
     p.add_argument("--refresh-steps", type=int, default=DEFAULT_REFRESH_STEPS, help="refresh Adam steps per second of call")
+    p.add_argument("--update-interval", type=float, default=UPDATE_INTERVAL_S,
+                   help=f"seconds of call between update decisions (default {UPDATE_INTERVAL_S:g})")
     p.add_argument("--fit-minutes", type=float, default=4.0, help="prior fit budget (cached; default 4)")
     p.add_argument("--fit-epochs", type=int, default=None, help="prior fit by epochs instead (deterministic, not cached)")
     p.add_argument("--fit-recipes", type=lambda t: tuple(t.split(",")), default=("clean",),

@@ -10,9 +10,11 @@ Update forms (UPDATE_FORMS), each int8 per tensor (symmetric, one scale) and zst
 The delta is always taken against the receiver's weights as the sender mirrors them, so what
 quantization or a sparse choice left out is sent later (error feedback).
 
-Wire format, never pickled: UPDATE_MAGIC + msgpack {"sha256", "payload"}; payload is zstd of msgpack
-{"version", "apply_from", "form", "base", "result", "tensors": [{"name", "shape", "scale", "indices"?,
-"values"}]}. `base` / `result` are SHA-256 digests of the weights before and after: the receiver applies
+Wire format, never pickled, compact (a call's whole model budget can be a few kB): UPDATE_MAGIC + the
+SHA-256 of the payload (32 bytes) + the payload, zstd of the msgpack array [WIRE_VERSION, version,
+apply_from, form, base, result, tensors], each tensor [parameter number in state-dict order, shape, scale,
+index gaps (uint32) or nil for all, int8 values]. `base` / `result` are the SHA-256 digests (32 bytes) of
+the weights before and after: the receiver applies
 an update to a copy, checks everything (names, shapes, index ranges, finiteness, sizes, both digests) and
 swaps only when all holds, so a bad update never reaches the picture.
 """
@@ -42,8 +44,11 @@ MAX_UPDATE_PAYLOAD = 32 * 1024 * 1024
 MAX_UPDATE_TENSORS = 256
 ZSTD_LEVEL = 19  # updates are small and sent rarely: spend the CPU on bytes
 # A sparse update's bytes per weight before zstd (index delta ~1-2 bytes after coding + 1 value): the
-# first guess of how many weights fit a budget, corrected by measuring.
+# first guess of how many weights fit a budget, corrected by measuring: up to SPARSE_FIT_ROUNDS packings,
+# stopping once one fills SPARSE_FILL of the budget.
 SPARSE_BYTES_GUESS = 2.5
+SPARSE_FIT_ROUNDS = 6
+SPARSE_FILL = 0.9
 # Refresh training: Adam at this rate on the call's frames (lower than the fit's 1e-3: it starts trained).
 REFRESH_LR = 3e-4
 REFRESH_BATCH = 4
@@ -53,13 +58,16 @@ class UpdateError(VsaeError):
     """A model update that is malformed, foreign or would break the model: refused, old model kept."""
 
 
-def weights_digest(model: torch.nn.Module) -> str:
+WIRE_VERSION = 1
+
+
+def weights_digest(model: torch.nn.Module) -> bytes:
     """SHA-256 of every parameter and buffer (float32 bytes, state-dict order)."""
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return h.digest()
 
 
 def affine_names(model: AutoEncoder) -> list[str]:
@@ -86,10 +94,12 @@ def _quantize(delta: np.ndarray) -> tuple[float, np.ndarray]:
     return scale, np.clip(np.rint(delta / scale), -127, 127).astype(np.int8)
 
 
-def _pack(version: int, apply_from: int, form: str, base: str, result: str, tensors: list[dict]) -> bytes:
-    inner = {"version": version, "apply_from": apply_from, "form": form, "base": base, "result": result, "tensors": tensors}
+def _pack(version: int, apply_from: int, form: str, base: bytes, result: bytes, tensors: list[dict], names: list[str]) -> bytes:
+    number = {n: i for i, n in enumerate(names)}
+    wire = [[number[e["name"]], e["shape"], e["scale"], e["indices"], e["values"]] for e in tensors]
+    inner = [WIRE_VERSION, version, apply_from, UPDATE_FORMS.index(form), base, result, wire]
     payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(inner, use_bin_type=True))
-    return UPDATE_MAGIC + msgpack.packb({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, use_bin_type=True)
+    return UPDATE_MAGIC + hashlib.sha256(payload).digest() + payload
 
 
 def _apply_entries(model: AutoEncoder, tensors: list[dict]) -> None:
@@ -136,9 +146,11 @@ def make_update(receiver: AutoEncoder, trained: AutoEncoder, form: str, budget_b
     offsets = np.cumsum([0] + [deltas[n].size for n in before])
     count = min(int(budget_bytes / SPARSE_BYTES_GUESS), int(np.count_nonzero(flat_delta)))
     ranked = np.argsort(-scores, kind="stable")
-    for _ in range(8):
+    best = None
+    limit = int(np.count_nonzero(flat_delta))
+    for _ in range(SPARSE_FIT_ROUNDS):
         if count <= 0:
-            return None
+            break
         chosen = np.sort(ranked[:count])
         entries = []
         for k, n in enumerate(before):
@@ -148,19 +160,23 @@ def make_update(receiver: AutoEncoder, trained: AutoEncoder, form: str, budget_b
             scale, q = _quantize(deltas[n][local])
             coded = np.diff(local, prepend=0).astype(np.uint32)  # first index, then gaps: small numbers zstd packs well
             entries.append({"name": n, "shape": list(before[n].shape), "scale": scale, "indices": coded.tobytes(), "values": q.tobytes()})
-        result = _finish(receiver, entries, form, budget_bytes, version, apply_from, base)
-        if result is not None:
-            return result
-        size = len(_pack(version, apply_from, form, base, "0" * 64, entries))
-        count = int(count * budget_bytes / size * 0.95)
-    return None
+        # A digest-like placeholder for the result (zeros would compress, and the real update come out larger).
+        size = len(_pack(version, apply_from, form, base, hashlib.sha256(base).digest(), entries, list(before)))
+        if size <= budget_bytes:
+            best = entries
+            if size > SPARSE_FILL * budget_bytes or count >= limit:
+                break
+        # Measured bytes per weight at this count: aim just under the budget next.
+        grown = int(count * budget_bytes / size * 0.97)
+        count = min(limit, grown if grown != count else count - 1)
+    return _finish(receiver, best, form, budget_bytes, version, apply_from, base) if best is not None else None
 
 
 def _finish(receiver: AutoEncoder, entries: list[dict], form: str, budget_bytes: int, version: int, apply_from: int,
             base: str) -> tuple[bytes, AutoEncoder, UpdateInfo] | None:
     updated = copy.deepcopy(receiver)
     _apply_entries(updated, entries)
-    data = _pack(version, apply_from, form, base, weights_digest(updated), entries)
+    data = _pack(version, apply_from, form, base, weights_digest(updated), entries, [n for n, _ in receiver.named_parameters()])
     if len(data) > budget_bytes:
         return None
     weights = sum(len(e["values"]) for e in entries)
@@ -181,13 +197,10 @@ def read_update(data: bytes, model: AutoEncoder, version: int) -> tuple[AutoEnco
     if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_UPDATE_BYTES:
         raise UpdateError("model update is not bytes or is over the size limit")
     data = bytes(data)
-    if not data.startswith(UPDATE_MAGIC):
+    if not data.startswith(UPDATE_MAGIC) or len(data) < len(UPDATE_MAGIC) + 32:
         raise UpdateError("not a vsae model update")
-    outer = _unpack(data[len(UPDATE_MAGIC):], MAX_UPDATE_BYTES)
-    if not isinstance(outer, dict) or not isinstance(outer.get("payload"), bytes) or not isinstance(outer.get("sha256"), str):
-        raise UpdateError("model update envelope is malformed")
-    payload = outer["payload"]
-    if hashlib.sha256(payload).hexdigest() != outer["sha256"]:
+    digest, payload = data[len(UPDATE_MAGIC) : len(UPDATE_MAGIC) + 32], data[len(UPDATE_MAGIC) + 32 :]
+    if hashlib.sha256(payload).digest() != digest:
         raise UpdateError("model update checksum mismatch")
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
@@ -197,23 +210,27 @@ def read_update(data: bytes, model: AutoEncoder, version: int) -> tuple[AutoEnco
     if len(raw) > MAX_UPDATE_PAYLOAD:
         raise UpdateError("model update expands beyond its limit")
     inner = _unpack(raw, MAX_UPDATE_PAYLOAD)
-    if not isinstance(inner, dict):
-        raise UpdateError("model update payload is malformed")
-    form, new_version, apply_from = inner.get("form"), inner.get("version"), inner.get("apply_from")
-    if form not in UPDATE_FORMS or not isinstance(new_version, int) or not isinstance(apply_from, int) or apply_from < 0:
+    if not isinstance(inner, list) or len(inner) != 7 or inner[0] != WIRE_VERSION:
+        raise UpdateError("model update payload is malformed or of another format version")
+    _, new_version, apply_from, form_number, base, result, wire = inner
+    if not isinstance(form_number, int) or not 0 <= form_number < len(UPDATE_FORMS) or not isinstance(new_version, int) \
+            or not isinstance(apply_from, int) or apply_from < 0:
         raise UpdateError("model update header is malformed")
+    form = UPDATE_FORMS[form_number]
     if new_version != version + 1:
         raise UpdateError(f"model update is version {new_version}, expected {version + 1}")
-    if inner.get("base") != weights_digest(model):
+    if base != weights_digest(model):
         raise UpdateError("model update is for other weights than this receiver has")
-    tensors = inner.get("tensors")
-    if not isinstance(tensors, list):
+    names = [n for n, _ in model.named_parameters()]
+    if not isinstance(wire, list) or not all(isinstance(w, list) and len(w) == 5 and isinstance(w[0], int) for w in wire) \
+            or not all(0 <= w[0] < len(names) for w in wire):
         raise UpdateError("model update tensors are malformed")
+    tensors = [{"name": names[w[0]], "shape": w[1], "scale": w[2], "indices": w[3], "values": w[4]} for w in wire]
     params = dict(model.named_parameters())
     seen = set()
     for entry in tensors:
-        if not isinstance(entry, dict) or entry.get("name") not in params or entry["name"] in seen:
-            raise UpdateError("model update names an unknown or repeated tensor")
+        if entry["name"] in seen:
+            raise UpdateError("model update names a tensor twice")
         seen.add(entry["name"])
         p = params[entry["name"]]
         if entry.get("shape") != list(p.shape):
@@ -235,7 +252,7 @@ def read_update(data: bytes, model: AutoEncoder, version: int) -> tuple[AutoEnco
     _apply_entries(updated, tensors)
     if not all(torch.isfinite(t).all() for t in updated.state_dict().values() if t.is_floating_point()):
         raise UpdateError("model update makes a weight non-finite")
-    if weights_digest(updated) != inner.get("result"):
+    if weights_digest(updated) != result:
         raise UpdateError("model update result digest mismatch")
     weights = sum(len(e["values"]) for e in tensors)
     return updated, UpdateInfo(new_version, apply_from, form, weights, len(data))

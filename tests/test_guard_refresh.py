@@ -106,39 +106,49 @@ def test_sparse_update_fits_its_budget(trained):
 
 
 def _tamper(data: bytes, edit) -> bytes:
-    outer = msgpack.unpackb(data[len(UPDATE_MAGIC):], raw=False)
-    inner = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(outer["payload"]), raw=False)
+    """Edit the decoded payload and re-wrap it with a valid checksum: only the deeper checks can catch it.
+    Payload: [wire version, version, apply_from, form, base, result, [[number, shape, scale, gaps, values]]]."""
+    inner = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(data[len(UPDATE_MAGIC) + 32 :]), raw=False)
     edit(inner)
     payload = zstandard.ZstdCompressor().compress(msgpack.packb(inner, use_bin_type=True))
-    return UPDATE_MAGIC + msgpack.packb({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, use_bin_type=True)
+    return UPDATE_MAGIC + hashlib.sha256(payload).digest() + payload
 
 
 def _wrong_shape(inner):
-    inner["tensors"][0]["shape"] = [1, 2, 3]
+    inner[6][0][1] = [1, 2, 3]
 
 
 def _nan_scale(inner):
-    inner["tensors"][0]["scale"] = math.nan
+    inner[6][0][2] = math.nan
 
 
 def _index_out_of_range(inner):
-    entry = next(e for e in inner["tensors"] if e["indices"] is not None)
-    entry["indices"] = entry["indices"][:-4] + (2**31).to_bytes(4, "little")
+    entry = inner[6][0]
+    entry[3] = entry[3][:-4] + (2**31).to_bytes(4, "little")
+
+
+def _repeated_tensor(inner):
+    inner[6].append(inner[6][0])
+
+
+def _unknown_tensor(inner):
+    inner[6][0][0] = 9999
 
 
 def _other_result(inner):
-    inner["result"] = "0" * 64
+    inner[5] = bytes(32)
 
 
 def _other_base(inner):
-    inner["base"] = "f" * 64
+    inner[4] = b"\xff" * 32
 
 
 def _next_version(inner):
-    inner["version"] = 5
+    inner[1] = 5
 
 
-@pytest.mark.parametrize("edit", [_wrong_shape, _nan_scale, _index_out_of_range, _other_result, _other_base, _next_version])
+@pytest.mark.parametrize("edit", [_wrong_shape, _nan_scale, _index_out_of_range, _repeated_tensor, _unknown_tensor,
+                                  _other_result, _other_base, _next_version])
 def test_hostile_update_refused_and_model_kept(trained, edit):
     receiver, refresher = trained
     before = weights_digest(receiver)
