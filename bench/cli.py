@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|live|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|live|precision|faults|load|soak`."""
+"""`vsae bench rd|speed|live|inference|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|live|inference|precision|faults|load|soak`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, live, load, precision, rd, soak, speed
+from . import faults, inference, live, load, precision, rd, soak, speed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "refresh per update form and model budget (live.json, live.md, live.png)")
     live.add_arguments(li)
     li.set_defaults(func=live.run)
+    inf = kinds.add_parser("inference", help="the autoencoder's forward through eager, torch.compile and ONNX Runtime, "
+                                             "threads 1 and 2 (inference.json, inference.md)")
+    inference.add_arguments(inf)
+    inf.set_defaults(func=inference.run)
     pr = kinds.add_parser("precision", help="fit steps/s with --train-precision auto vs forced f32 and bf16 (precision.json, precision.md)")
     precision.add_arguments(pr)
     pr.set_defaults(func=precision.run)
