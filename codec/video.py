@@ -83,10 +83,11 @@ RATE_AGREEMENT = 0.15
 # (400 MB at 8K) and the autoencoder's activations are several times that; a header claiming more (e.g.
 # 16384x16384, 3.2 GB a frame as floats) is refused before a frame is decoded.
 MAX_FRAME_PIXELS = 7680 * 4320
-# Bytes a command holds per decoded RGB byte: the decoded frames and their stacked array (2 x uint8)
-# plus to_tensor's float32 copy (4 x). Decoding stops with an error once that would pass the memory
-# the machine has available.
-WORKING_SET_FACTOR = 6
+# read_video holds every decoded RGB byte twice at its peak (the decoded frames, then their stacked array).
+# It refuses a video whose header says that would pass the memory the machine has available, and stops
+# decoding once it would. (Commands that then convert the whole clip to float32 need ~5x its uint8 size;
+# the sender converts in chunks.)
+DECODE_COPIES = 2
 
 
 def _rate(value: object) -> float | None:
@@ -139,7 +140,7 @@ def frame_rate(stream: "av.video.stream.VideoStream", pts: Sequence[int | None] 
 
 
 def _amount(mb: float) -> str:
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
 
 
 def _too_big(path: Path, frames: int, width: int, height: int, available: float | None, known: bool) -> str | None:
@@ -147,10 +148,10 @@ def _too_big(path: Path, frames: int, width: int, height: int, available: float 
     if width * height > MAX_FRAME_PIXELS:
         return (f"{path}: frame size {width}x{height} is over the {MAX_FRAME_PIXELS / 1e6:.1f}-megapixel limit "
                 f"(MAX_FRAME_PIXELS, 8K UHD)")
-    need_mb = frames * width * height * 3 * WORKING_SET_FACTOR / 2**20
+    need_mb = frames * width * height * 3 * DECODE_COPIES / 2**20
     if available is not None and need_mb > available:
-        what = f"its {frames} frames" if known else f"more than {frames} frames"
-        return (f"{path}: {what} of {width}x{height} need about {_amount(need_mb)} as decoded and float frames, "
+        what = f"its {frames} frames" if known else f"{frames}+ frames"
+        return (f"{path}: {what} of {width}x{height} need about {_amount(need_mb)} decoded, "
                 f"{_amount(available)} available; use a shorter or smaller video")
     return None
 
@@ -193,7 +194,7 @@ def read_video(
                     raise VsaeError(f"{path}: the frame size changes from {decoded[0].shape[1]}x{decoded[0].shape[0]} "
                                     f"to {image.shape[1]}x{image.shape[0]} at frame {len(decoded)}")
                 nbytes += image.nbytes
-                if available is not None and nbytes * WORKING_SET_FACTOR / 2**20 > available:
+                if available is not None and nbytes * DECODE_COPIES / 2**20 > available:
                     raise VsaeError(_too_big(path, len(decoded) + 1, frame.width, frame.height, available, False))
                 decoded.append(image)
                 pts.append(frame.pts)
