@@ -279,17 +279,24 @@ def test_read_video_refusal(name, hostile):
 
 @pytest.fixture(scope="module", autouse=True)
 def write_table():
+    """With VSAE_HOSTILE_TABLE set: the command x file table of this module's in-process runs, each distinct
+    error line once in a legend under it."""
     yield
     target = os.environ.get("VSAE_HOSTILE_TABLE")
     if not target or not _TABLE:
         return
+    legend: dict[str, str] = {}
     rows = ["| command | " + " | ".join(f"`{f}`" for f in FILES) + " |", "|---" * (len(FILES) + 1) + "|"]
     for command in COMMANDS:
         cells = []
         for f in FILES:
             text = _TABLE.get((command, f), "not run" if (f, command) in NOT_RUN else "?")
-            cells.append(text.replace(ERROR_PREFIX, "").strip().replace("|", "\\|"))
+            if text.startswith(ERROR_PREFIX):
+                text = legend.setdefault(text, f"E{len(legend) + 1}")
+            cells.append(text)
         rows.append(f"| `vsae {command}` | " + " | ".join(cells) + " |")
+    rows.append("")
+    rows += [f"- {key}: `{line}`" for line, key in legend.items()]
     Path(target).write_text("\n".join(rows) + "\n")
 
 
