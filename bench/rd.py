@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from codec import bundle
 from codec.cache import cached_fit
+from codec.cli import _positive
+from codec.errors import VsaeError
 from codec.metrics import psnr_per_frame, ssim
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD
 from codec.pipeline import BaselineReconstructor, Reconstructor, reconstruct_stream
@@ -89,6 +91,9 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
     if args.max_frames:
         frames = frames[: args.max_frames]
     fit_frames, evaluated = split(len(frames), setting, args.split)
+    if not range(len(frames))[evaluated]:
+        raise VsaeError(f"{video}: {len(frames)} frame(s) leave none to evaluate in the {setting} setting "
+                        f"(split {args.split}); use a longer clip or --setting insample")
     if evaluated.step == 2:
         fps /= 2  # the evaluated clip is every other frame
     if args.model:
@@ -269,7 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporals", type=lambda t: tuple(int(v) for v in t.split(",")), default=TEMPORALS)
     p.add_argument("--fit-minutes", type=float, default=DEFAULT_MINUTES, help="fit budget (models are cached per clip, split and budget)")
     p.add_argument("--model", default=None, help="use this model for every clip instead of fitting")
-    p.add_argument("--max-frames", type=int, default=None, help="cut the clips (smoke runs)")
+    p.add_argument("--max-frames", type=_positive, default=None, help="cut the clips (smoke runs)")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
     p.add_argument("--method", default=DEFAULT_TEMPORAL_METHOD)
 

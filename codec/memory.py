@@ -1,4 +1,5 @@
-"""This process's memory, for long-run reports: current and peak resident set size in MB.
+"""This process's memory, for long-run reports: current and peak resident set size in MB; and the
+machine's available memory, for refusing input that would not fit.
 
 Both come from /proc (Linux). Not `resource.getrusage(...).ru_maxrss` for the peak: Linux carries the
 parent's peak over fork and exec into it, so a receiver or sender started by a 600 MB test or bench
@@ -38,3 +39,18 @@ def peak_rss_mb() -> float:
     except (OSError, ValueError, IndexError):
         pass
     return _ru_maxrss_mb()
+
+
+def available_mb() -> float | None:
+    """Memory the machine can give without swapping, in MB (MemAvailable in /proc/meminfo); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * _PAGE / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None

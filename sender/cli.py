@@ -27,7 +27,7 @@ from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAUL
 from protocol.messages import CODECS
 from protocol.peer import install_event_loop, parse_address
 
-from .session import DEFAULT_RETRIES, SendOptions, SendResult, SessionError, prepare_low_res, send
+from .session import DEFAULT_RETRIES, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
 
 
 def _summary(result: SendResult, loop: int) -> dict:
@@ -101,7 +101,7 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
     codec = bundle.loads(model)  # refuse a broken or foreign model here, before any connection
     secret = secret_option(args.secret_file, "vsae send")
-    frames, fps = read_video(args.video, args.frames)
+    frames, fps = read_video(args.video, args.frames, fps=args.fps)  # --fps: also when the file's rate is unusable
     size = codec.meta.get("frame_size")
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
@@ -109,6 +109,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     options = [SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                            codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop) for host, port in targets]
+    try:
+        stream_config(frames.shape, fps, options[0])  # e.g. a frame rate the protocol cannot carry: refused before connecting
+    except SessionError as exc:
+        raise VsaeError(str(exc)) from None
     install_event_loop()
     where = ", ".join(f"{host}:{port}" for host, port in targets)
     looped = f" x{loop} passes" if loop > 1 else ""

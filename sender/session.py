@@ -235,6 +235,24 @@ class LowResTrack(MediaStreamTrack):
         return packet
 
 
+def stream_config(shape: tuple[int, ...], source_fps: float, options: SendOptions) -> msg.Config:
+    """The stream's `config` message (before any auth tag) for source frames of `shape` (N, H, W, 3).
+
+    Raises SessionError, before anything touches the network, when the protocol cannot carry the stream
+    (e.g. a frame rate outside Config.limits, from --fps or a file's broken timestamps)."""
+    count, height, width = (int(v) for v in shape[:3])
+    low_height, low_width = low_res_size(height, width, options.scale)
+    fps = float(options.fps or source_fps)
+    config = msg.Config(width=width, height=height, low_width=low_width, low_height=low_height, fps=fps,
+                        scale=options.scale, temporal=options.temporal, frames=count * options.loop, codec=options.codec,
+                        kbps=options.kbps, ticks=ticks_per_frame(fps) if fps > 0 else 0)
+    try:
+        msg.encode(config)
+    except msg.ProtocolError as exc:
+        raise SessionError(f"the stream is outside the protocol's limits: {exc}") from None
+    return config
+
+
 async def send(frames: np.ndarray, source_fps: float, model: bytes, options: SendOptions,
                prepared: tuple[list[int], np.ndarray] | None = None) -> SendResult:
     """Stream `frames` to a listening receiver; raises SessionError on failure.
@@ -247,10 +265,11 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
     if options.loop < 1:
         raise SessionError(f"loop must be >= 1, got {options.loop}")
-    began = time.monotonic()
-    indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
     if len(frames) * options.loop > msg.MAX_FRAMES:
         raise SessionError(f"{options.loop} passes of {len(frames)} frames exceed the protocol's {msg.MAX_FRAMES:,} frames a stream")
+    stream_config(frames.shape, source_fps, options)  # refuse what the receiver would, before connecting
+    began = time.monotonic()
+    indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
     if options.loop > 1:  # the clip's low-res frames once, indexed lazily (also when several sessions share them)
         indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     model_sent = [0]  # across attempts
@@ -362,12 +381,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         own_hello = msg.Hello(role="sender", model_sha256=sha, model_bytes=len(model))
         await send_message(control, own_hello)
         hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
-        height, width = frames.shape[1:3]
-        config = msg.Config(
-            width=width, height=height, low_width=low.shape[2], low_height=low.shape[1], fps=fps,
-            scale=options.scale, temporal=options.temporal, frames=total, codec=options.codec,
-            kbps=options.kbps, ticks=ticks,
-        )
+        config = stream_config(frames.shape, source_fps, options)
         if hello.nonce and options.secret is not None:
             config = dataclasses.replace(config, auth=auth.tag(options.secret, hello.nonce, own_hello, config))
         elif options.secret is not None:
