@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from codec import bundle
 from codec.cache import cached_fit
-from codec.cli import _positive
+from codec.argtypes import positive
 from codec.errors import VsaeError
 from codec.metrics import psnr_per_frame, ssim
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD
@@ -274,7 +274,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temporals", type=lambda t: tuple(int(v) for v in t.split(",")), default=TEMPORALS)
     p.add_argument("--fit-minutes", type=float, default=DEFAULT_MINUTES, help="fit budget (models are cached per clip, split and budget)")
     p.add_argument("--model", default=None, help="use this model for every clip instead of fitting")
-    p.add_argument("--max-frames", type=_positive, default=None, help="cut the clips (smoke runs)")
+    p.add_argument("--max-frames", type=positive, default=None, help="cut the clips (smoke runs)")
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
     p.add_argument("--method", default=DEFAULT_TEMPORAL_METHOD)
 
