@@ -56,6 +56,8 @@ UPDATE_INTERVAL_S = 0.5
 REFRESH_WINDOW_KEYS = 30
 # One-way delay assumed before an update's last byte is there (the data channel on a call's link).
 UPDATE_LATENCY_S = 0.1
+# Plot: per-frame PSNR smoothed over this many seconds.
+PLOT_SMOOTH_S = 0.25
 # Codec-in-the-loop fit: prior frames through the call's encoder at this many rates in [kbps/2, 2·kbps].
 CODEC_POOL_RATES = 4
 
@@ -260,21 +262,31 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """PSNR over the call, per method: per-frame values smoothed over PLOT_SMOOTH_S (a short call has only
+    a few whole seconds), with each whole second's mean as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(rows), figsize=(7.5 * len(rows), 4.8), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
     for ax, row in zip(axes[0], rows):
-        for name, m in row["methods"].items():
+        fps = row["fps"]
+        window = max(1, round(PLOT_SMOOTH_S * fps))
+        for k, (name, m) in enumerate(row["methods"].items()):
+            values = np.array(m["psnr_per_frame"])
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            t = (np.arange(len(smooth)) + window / 2) / fps
             style = "--" if name in ("bicubic", "upper-full") else "-"
-            ax.plot(range(1, len(m["psnr_per_second"]) + 1), m["psnr_per_second"], style, marker="o", ms=3, label=name)
-        ax.set_title(f"{row['clip']}: call {row['call']}, {row['video_kbps']:.0f} kbps video")
-        ax.set_xlabel("second of the call")
+            ax.plot(t, smooth, style, color=colors[k % len(colors)], lw=1.4, label=name)
+            seconds = np.arange(len(m["psnr_per_second"])) + 0.5
+            ax.plot(seconds, m["psnr_per_second"], "o", color=colors[k % len(colors)], ms=4)
+        ax.set_title(f"{row['clip']}: call {row['call']}, {row['video_kbps']:.0f} kbps video (dots: per-second means)")
+        ax.set_xlabel("seconds into the call")
         ax.set_ylabel("PSNR (dB)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
