@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|faults|load|soak`."""
+"""`vsae bench rd|speed|temporal|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench ...` likewise."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, load, rd, soak, speed
+from . import faults, load, rd, soak, speed, temporal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("speed", help="receiver throughput and per-stage time, fit time per epoch (speed.json)")
     speed.add_arguments(s)
     s.set_defaults(func=speed.run)
+    t = kinds.add_parser("temporal", help="the in-between alone: quality of each temporal method on true, reprojected "
+                                          "or ÷S keys (temporal-*.json), or --speed: ms per in-between (interp-speed.json)")
+    temporal.add_arguments(t)
+    t.set_defaults(func=temporal.run)
     f = kinds.add_parser("faults", help="stream across real network faults between network namespaces (root; faults.md)")
     faults.add_arguments(f)
     f.set_defaults(func=faults.run)
