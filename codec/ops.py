@@ -296,14 +296,18 @@ def _box_mean(x: torch.Tensor, window: int, counts: torch.Tensor) -> torch.Tenso
 
 
 # -- `flow`: optical-flow in-betweens ------------------------------------------------------------------
-_DIS = threading.local()  # one DIS instance per preset and thread (an instance is not thread-safe)
+# One DIS instance per preset, frame size and thread: an instance is not thread-safe, and one reused at
+# another size returns a different flow than a fresh one (OpenCV 5.0, measured: up to 6 px apart).
+_DIS = threading.local()
 
 
-def _dis(preset: str) -> "cv2.DISOpticalFlow":
-    cache = _DIS.__dict__.setdefault("by_preset", {})
-    if preset not in cache:
-        cache[preset] = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
-    return cache[preset]
+def _dis(preset: str, size: tuple[int, int]) -> "cv2.DISOpticalFlow":
+    cache: dict = _DIS.__dict__.setdefault("instances", {})
+    if (preset, size) not in cache:
+        if len(cache) >= 8:  # a few sizes at most in one process; never grows without bound
+            cache.clear()
+        cache[preset, size] = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
+    return cache[preset, size]
 
 
 def _gray_u8(rgb: torch.Tensor) -> np.ndarray:
@@ -323,7 +327,7 @@ def optical_flows(
     """
     cv2.setNumThreads(torch.get_num_threads())
     ga, gb = _gray_u8(a), _gray_u8(b)
-    dis = _dis(preset)
+    dis = _dis(preset, ga.shape)
     flows = torch.from_numpy(np.stack([dis.calc(ga, gb, None), dis.calc(gb, ga, None)])).permute(0, 3, 1, 2)
     flows = flows.to(a.device)
     h, w = ga.shape

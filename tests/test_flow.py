@@ -171,3 +171,12 @@ def test_flow_on_cuda():
     out = flow_interpolate(a, b, torch.tensor([0.5]), flows)
     cpu = flow_interpolate(a.cpu(), b.cpu(), torch.tensor([0.5]), tuple(f.cpu() for f in flows))
     assert out.device.type == "cuda" and torch.allclose(out.cpu(), cpu, atol=1e-3)
+
+
+def test_flow_does_not_depend_on_earlier_calls_at_other_sizes():
+    """OpenCV's DIS instance remembers the last frame size; the codec keeps one per size."""
+    canvas = _canvas()
+    a, b = _shifted(canvas, 0), _shifted(canvas, 4)
+    fresh = optical_flows(a, b)[0]
+    optical_flows(downscale(a, 4), downscale(b, 4))
+    assert torch.equal(optical_flows(a, b)[0], fresh)
