@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|live|inference|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench rd|speed|live|inference|precision|faults|load|soak`."""
+"""`vsae bench rd|speed|temporal|live|inference|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench ...` likewise."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, inference, live, load, precision, rd, soak, speed
+from . import faults, inference, live, load, precision, rd, soak, speed, temporal
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = kinds.add_parser("speed", help="receiver throughput and per-stage time, fit time per epoch (speed.json)")
     speed.add_arguments(s)
     s.set_defaults(func=speed.run)
+    t = kinds.add_parser("temporal", help="the in-between alone: quality of each temporal method on true, reprojected "
+                                          "or ÷S keys (temporal-*.json), or --speed: ms per in-between (interp-speed.json)")
+    temporal.add_arguments(t)
+    t.set_defaults(func=temporal.run)
     li = kinds.add_parser("live", help="a call of frames the model never saw: bicubic, static vsae, guarded, guard + live "
                                        "refresh per update form and model budget (live.json, live.md, live.png)")
     live.add_arguments(li)

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="fit an autoencoder to a video and write a model bundle")
-    p.add_argument("video", help="video file, or a bundled clip name (carphone, bikes)")
+    p.add_argument("video", help="video file, or a bundled clip name (carphone, bikes, bigbuckbunny)")
     p.add_argument("-o", "--output", required=True, help="model bundle to write (.vsae)")
     p.add_argument("--minutes", type=positive_float, default=None, help=f"wall-clock budget (default {DEFAULT_MINUTES})")
     p.add_argument("--epochs", type=positive, default=None, help="epoch budget instead of minutes")

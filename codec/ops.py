@@ -7,9 +7,12 @@ device moves happen here, once, so callers never repeat them. Everything runs un
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,9 +24,10 @@ DEFAULT_ITERATIONS = 1
 BATCH = 16
 # Temporal rebuild methods: `latent` is the paper's eq. 8; `residual` keeps the key frames' own detail
 # (pixel blend) and adds the motion the latent interpolation predicts; `motion` motion-compensates the
-# key frames themselves, choosing per pixel the motion that agrees with the `residual` prediction;
+# key frames themselves, choosing per pixel the motion that agrees with the `residual` prediction; `flow`
+# warps the key frames along OpenCV's DIS optical flow between them (no decode, no search; see flow_interpolate);
 # `blend` is the plain pixel blend of the two keys (no model work: the receiver's cheapest in-between).
-TEMPORAL_METHODS = ("latent", "residual", "motion", "blend")
+TEMPORAL_METHODS = ("latent", "residual", "motion", "flow", "blend")
 DEFAULT_TEMPORAL_METHOD = "motion"
 # `motion` search: total motion between two keys searched up to this many pixels each way ...
 MOTION_RADIUS = 3
@@ -37,6 +41,31 @@ MOTION_PENALTY = 1e-4
 MOTION_CHUNK = 25
 # In-between positions must be fractions k/m with m up to this (temporal factors up to 32).
 MOTION_MAX_STEPS = 32
+# `flow`: OpenCV DIS optical flow presets by name ...
+FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+# ... computed on the rebuilt hi-res key frames (`keys`) or on the frames as received (`received`: the
+# low-res stream, flow scaled up to the output size; cheaper, coarser) ...
+FLOW_SOURCES = ("keys", "received")
+# ... and the box window (pixels) over which the warped pair's disagreement is pooled (the fallback weight).
+FLOW_WINDOW = 7
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """How the `flow` in-between computes its optical flow (see flow_interpolate)."""
+
+    preset: str = "ultrafast"
+    source: str = "keys"
+    window: int = FLOW_WINDOW
+
+    def __post_init__(self) -> None:
+        if self.preset not in FLOW_PRESETS:
+            raise ValueError(f"unknown flow preset {self.preset!r}; choose from {', '.join(FLOW_PRESETS)}")
+        if self.source not in FLOW_SOURCES:
+            raise ValueError(f"unknown flow source {self.source!r}; choose from {', '.join(FLOW_SOURCES)}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError("flow window must be a positive odd number of pixels")
 
 
 @dataclass
@@ -56,6 +85,7 @@ class Codec:
     normalization: Normalization
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     meta: dict = field(default_factory=dict)
+    flow: FlowOptions = field(default_factory=FlowOptions)  # the `flow` temporal method's settings
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device).to(memory_format=torch.channels_last)
@@ -126,6 +156,10 @@ class Codec:
             return key_a.frame.new_zeros((0, *key_a.frame.shape[1:]))
         if method == "blend":
             return torch.lerp(key_a.frame, key_b.frame, alphas.view(-1, 1, 1, 1))
+        if method == "flow":  # the key frames alone: no decode
+            source = (key_a.received, key_b.received) if self.flow.source == "received" else (key_a.frame, key_b.frame)
+            flows = optical_flows(*source, self.flow.preset, key_a.size)
+            return flow_interpolate(key_a.frame, key_b.frame, alphas, flows, self.flow.window)
         predicted = self.interpolate(key_a.latent, key_b.latent, alphas, key_a.size)
         if method == "latent":
             return predicted
@@ -152,19 +186,24 @@ class Codec:
         frame = frame.to(self.device, torch.float32)
         if tuple(frame.shape[-2:]) == tuple(size):
             latent, _ = self.encode(frame)
-            return Key(frame, latent, self.decode(latent, size), size)
+            return Key(frame, latent, self.decode(latent, size), size, frame)
         proj = self.super_resolve(frame, size, iterations)
-        return Key(proj.frames, proj.latent, proj.frames, size)
+        return Key(proj.frames, proj.latent, proj.frames, size, frame)
 
 
 @dataclass
 class Key:
-    """A reconstructed key frame: what is shown, its latent, and g(latent)."""
+    """A reconstructed key frame: what is shown, its latent, g(latent), and the frame as received."""
 
     frame: torch.Tensor
     latent: torch.Tensor
     decoded: torch.Tensor
     size: tuple[int, int]
+    received: torch.Tensor | None = None  # (1, 3, h, w), low-res or full-size; None: use `frame`
+
+    def __post_init__(self) -> None:
+        if self.received is None:
+            self.received = self.frame
 
 
 def upsample(low: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -257,3 +296,104 @@ def _box_mean(x: torch.Tensor, window: int, counts: torch.Tensor) -> torch.Tenso
     s = s[..., window:] - s[..., :-window]
     s = s.cumsum(2)
     return (s[..., window:, :] - s[..., :-window, :]) / counts
+
+
+# -- `flow`: optical-flow in-betweens ------------------------------------------------------------------
+# One DIS instance per preset, frame size and thread: an instance is not thread-safe, and one reused at
+# another size returns a different flow than a fresh one (OpenCV 5.0, measured: up to 6 px apart).
+_DIS = threading.local()
+
+
+def _dis(preset: str, size: tuple[int, int]) -> "cv2.DISOpticalFlow":
+    cache: dict = _DIS.__dict__.setdefault("instances", {})
+    if (preset, size) not in cache:
+        if len(cache) >= 8:  # a few sizes at most in one process; never grows without bound
+            cache.clear()
+        cache[preset, size] = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
+    return cache[preset, size]
+
+
+def _gray_u8(rgb: torch.Tensor) -> np.ndarray:
+    """(1, 3, h, w) RGB in [0, 1] -> (h, w) uint8 luma (BT.601 weights), the input DIS takes."""
+    y = 0.299 * rgb[0, 0] + 0.587 * rgb[0, 1] + 0.114 * rgb[0, 2]
+    return np.ascontiguousarray(y.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy())
+
+
+def optical_flows(
+    a: torch.Tensor, b: torch.Tensor, preset: str = "ultrafast", size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense optical flow a -> b and b -> a (OpenCV DIS), each (1, 2, H, W) (x, y) in pixels, on a's device.
+
+    flow_ab(p) is where pixel p of a lies in b: a(p) ~ b(p + flow_ab(p)). Frames (1, 3, h, w) smaller
+    than `size` (H, W) (the received low-res stream) give flow at their size, bilinearly scaled up to
+    `size` with the vectors scaled by the same factors. OpenCV uses as many threads as torch does.
+    """
+    cv2.setNumThreads(torch.get_num_threads())
+    ga, gb = _gray_u8(a), _gray_u8(b)
+    dis = _dis(preset, ga.shape)
+    flows = torch.from_numpy(np.stack([dis.calc(ga, gb, None), dis.calc(gb, ga, None)])).permute(0, 3, 1, 2)
+    flows = flows.to(a.device)
+    h, w = ga.shape
+    if size is not None and (h, w) != tuple(size):
+        flows = F.interpolate(flows, size=size, mode="bilinear", align_corners=False)
+        flows *= torch.tensor([size[1] / w, size[0] / h], device=a.device).view(1, 2, 1, 1)
+    return flows[0:1], flows[1:2]
+
+
+def backward_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """out(p) = img(p + flow(p)), bilinear, border replicated. img (1 or N, C, H, W), flow (N, 2, H, W).
+
+    On the CPU this is cv2.remap plane by plane (float32 maps: the same values as grid_sample to 1e-5,
+    2-3x faster at 640x360, one thread, measured), elsewhere torch's grid_sample.
+    """
+    n, _, h, w = flow.shape
+    if img.device.type == "cpu":
+        img, flow = img.contiguous(), flow.contiguous()
+        xs = np.arange(w, dtype=np.float32).reshape(1, w)
+        ys = np.arange(h, dtype=np.float32).reshape(h, 1)
+        out = torch.empty((n, img.shape[1], h, w), dtype=img.dtype)
+        for i in range(n):
+            fx, fy = flow[i, 0].numpy(), flow[i, 1].numpy()
+            map_x, map_y = xs + fx, ys + fy
+            src = img[i if img.shape[0] > 1 else 0]
+            for c in range(img.shape[1]):
+                cv2.remap(src[c].numpy(), map_x, map_y, cv2.INTER_LINEAR, dst=out[i, c].numpy(),
+                          borderMode=cv2.BORDER_REPLICATE)
+        return out
+    ys_t = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
+    xs_t = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
+    grid = torch.stack([(xs_t + flow[:, 0]) * (2 / max(w - 1, 1)) - 1, (ys_t + flow[:, 1]) * (2 / max(h - 1, 1)) - 1], -1)
+    return F.grid_sample(img.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def flow_interpolate(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    alphas: torch.Tensor,
+    flows: tuple[torch.Tensor, torch.Tensor],
+    window: int = FLOW_WINDOW,
+) -> torch.Tensor:
+    """Frames (N, 3, H, W) at times `alphas` (N,) between key frames a (alpha 0) and b (alpha 1), (1, 3, H, W).
+
+    flows = (flow_ab, flow_ba), (1, 2, H, W) each (optical_flows). Three steps:
+      1. flow from time t to each key, assuming linear motion (Super SloMo's approximation, eq. 4):
+         f_ta = -(1 - t) t flow_ab + t^2 flow_ba,  f_tb = (1 - t)^2 flow_ab - t (1 - t) flow_ba;
+      2. warp each key backward along its flow; blend  w = (1 - t) a(p + f_ta) + t b(p + f_tb);
+      3. fall back toward the plain blend (1 - t) a + t b where the two warped samples disagree more than
+         the two unwarped ones do (flow wrong, occlusion): with d and d0 their squared differences pooled
+         over a `window` box, the output is k w + (1 - k) blend, k = d0 / (d + d0). A static area gives
+         the keys whatever the flow; a good flow (d << d0) is kept almost whole; a badly wrong one is
+         pulled back part of the way (a 12 px wrong flow on a 4 px move: error 3x the blend's, not 9x).
+         Sharper weights (k = d0^p / (d^p + d0^p), p = 1.5, 2, 3) measured lower on carphone and bikes.
+    The keys' own detail is resampled once (bilinear); nothing is decoded.
+    """
+    t = alphas.to(a.device, a.dtype).view(-1, 1, 1, 1)
+    flow_ab, flow_ba = flows
+    warped_a = backward_warp(a, -(1 - t) * t * flow_ab + t * t * flow_ba)
+    warped_b = backward_warp(b, (1 - t) * (1 - t) * flow_ab - t * (1 - t) * flow_ba)
+    _, _, h, w = a.shape
+    counts = _box_counts(h, w, window, a)
+    d = _box_mean((warped_a - warped_b).pow_(2).sum(1, keepdim=True), window, counts)
+    d0 = _box_mean((a - b).pow_(2).sum(1, keepdim=True), window, counts)
+    keep = d0 / (d + d0 + 1e-8)
+    return torch.lerp(torch.lerp(a, b, t), torch.lerp(warped_a, warped_b, t), keep).clamp_(0, 1)

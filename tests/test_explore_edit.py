@@ -135,7 +135,7 @@ def test_clusters_given_k_and_bad_k(fitted, codes):
 
 
 # -- edit: time -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["latent", "motion"])
+@pytest.mark.parametrize("method", ["latent", "motion", "flow"])
 def test_resample_keeps_source_frames_and_fills_between(fitted, clip, method):
     frames = clip[:4]
     slow = resample(fitted, frames, 2, method)

@@ -89,6 +89,12 @@ def test_read_bikes_size():
     assert frames.shape == (2, 272, 640, 3)
 
 
+def test_read_bigbuckbunny_resized():
+    assert resolve_video("bigbuckbunny") == sample_clip("bigbuckbunny")
+    frames, fps = read_video("bigbuckbunny", "0:2", size=(640, 360))
+    assert frames.shape == (2, 360, 640, 3) and fps == pytest.approx(25, abs=0.01)
+
+
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     text = str(exc.value)
     assert text and "\n" not in text

@@ -356,7 +356,7 @@ def cmd_mask_check(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model bundle (.vsae) fitted on this video")
-    p.add_argument("video", help="video file, or a bundled clip name (carphone, bikes)")
+    p.add_argument("video", help="video file, or a bundled clip name (carphone, bikes, bigbuckbunny)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--frames", default=None, help="frame selection: all, even, odd or A:B[:step] (default all)")
     p.add_argument("--size", default=None, help="resize frames to WxH (default: the model's frame size)")
