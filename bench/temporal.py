@@ -30,7 +30,7 @@ import cv2
 import torch
 
 from codec import bundle
-from codec.cli import _check_size
+from codec.cli import check_model_size
 from codec.metrics import psnr_per_frame, ssim
 from codec.model import DEFAULT_MODEL, AutoEncoder, Normalization, model_config
 from codec.ops import FLOW_PRESETS, FLOW_SOURCES, TEMPORAL_METHODS, Codec, FlowOptions, Key
@@ -129,7 +129,7 @@ def run_quality(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     frames = to_tensor(read_video(args.video, args.frames, size)[0])
     codec = bundle.load(args.model)
-    _check_size(codec, frames, "the video")
+    check_model_size(codec, frames, "the video")
     rows = []
     for mode in args.keys:
         for t in args.temporals:

@@ -56,14 +56,14 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _model_size(codec: Codec) -> tuple[int, int] | None:
+def model_frame_size(codec: Codec) -> tuple[int, int] | None:
     """The (W, H) a bundle was fitted at, if recorded."""
     size = codec.meta.get("frame_size")
     return (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
 
 
-def _check_size(codec: Codec, frames: torch.Tensor, what: str) -> None:
-    want, got = _model_size(codec), (frames.shape[-1], frames.shape[-2])
+def check_model_size(codec: Codec, frames: torch.Tensor, what: str) -> None:
+    want, got = model_frame_size(codec), (frames.shape[-1], frames.shape[-2])
     if want is not None and want != got:
         raise VsaeError(
             f"the model was fitted at {want[0]}x{want[1]} but {what} is {got[0]}x{got[1]}; pass --size {want[0]}x{want[1]}"
@@ -157,7 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     codec = bundle.load(args.model, pick_device(args.device))
     frames, _ = read_video(args.video, args.frames, parse_size(args.size))
     x = to_tensor(frames)
-    _check_size(codec, x, "the video")
+    check_model_size(codec, x, "the video")
     result = evaluate(codec, x, args.scale, args.temporal, args.iterations, args.method)
     if args.json:
         print(json.dumps(result))
@@ -181,7 +181,7 @@ def cmd_lowres(args: argparse.Namespace) -> int:
 # -- reconstruct ----------------------------------------------------------------------------------
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     codec = bundle.load(args.model, pick_device(args.device))
-    size_wh = parse_size(args.size) or _model_size(codec)
+    size_wh = parse_size(args.size) or model_frame_size(codec)
     if size_wh is None:
         raise VsaeError("the model records no frame size; pass --size WxH")
     low, fps = read_video(args.lowres)
