@@ -13,18 +13,18 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import json
 import statistics
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from codec.model import DEFAULT_MODEL, AutoEncoder, model_config
+
+from .results import write_results
 
 SIZES = ("176x144", "352x288", "640x360")
 THREADS = (1, 2)
@@ -113,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
         for threads in args.threads:
             rows.append(measure((h, w), threads, args.runtimes, args.repeat))
             print(f"{text} threads={threads}: {rows[-1]['fps']} fps, max |diff| {rows[-1]['max_abs_diff']}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     env = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     try:
         import onnxruntime
@@ -122,16 +120,12 @@ def run(args: argparse.Namespace) -> int:
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         env["onnxruntime"] = None
-    (out / "inference.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
     names = list(dict.fromkeys(n for r in rows for n in r["fps"]))
     lines = ["| size | threads | " + " | ".join(f"{n} fps (max abs diff)" for n in names) + " |", "|---|---|" + "---|" * len(names)]
     for r in rows:
         cells = [f"{r['fps'][n]} ({r['max_abs_diff'][n]:.1e})" if n in r["fps"] else r["errors"].get(n, "n/a") for n in names]
         lines.append(f"| {r['size']} | {r['threads']} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    (out / "inference.md").write_text(text)
-    print(text)
-    print(f"wrote {out / 'inference.json'}, {out / 'inference.md'}")
+    write_results(args.out, "inference", {"environment": env, "rows": rows}, "\n".join(lines) + "\n")
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
 import sys
@@ -44,6 +43,7 @@ from codec.video import parse_size, read_video, select_frames, to_tensor
 from sender.session import prepare_low_res
 
 from .codecs import transcode
+from .results import write_results
 
 DEFAULT_MODEL_KBPS = (5.0, 10.0, 20.0)
 DEFAULT_FORMS = ("sparse-grad", "sparse-delta", "affine")
@@ -77,12 +77,12 @@ def codec_pool(frames: np.ndarray, scale: int, temporal: int, codec: str, kbps: 
 
 def fit_prior(video: Path, frames: np.ndarray, prior_spec: str, args: argparse.Namespace, fps: float, recipe: str) -> Codec:
     """The call's model from the prior frames, as the receiver holds it (through the f16 bundle)."""
-    prior = frames[select_frames(len(frames), prior_spec)]
-    if args.fit_epochs is None and recipe == "clean" and not args.model:
-        path, _ = cached_fit(video, prior_spec, args.fit_minutes, args.size, progress=False)
-        return bundle.load(path)
     if args.model:
         return bundle.load(args.model)
+    if args.fit_epochs is None and recipe == "clean":  # the default recipe by minutes: fitted once, cached
+        path, _ = cached_fit(video, prior_spec, args.fit_minutes, args.size, progress=False)
+        return bundle.load(path)
+    prior = frames[select_frames(len(frames), prior_spec)]
     pool = codec_pool(prior, args.scale, args.temporal, args.codec, args.kbps, fps) if recipe == "codec" else None
     opts = FitOptions(epochs=args.fit_epochs, minutes=None if args.fit_epochs else args.fit_minutes, seed=0,
                       progress=False, degraded_pool=pool)
@@ -209,7 +209,8 @@ def run_clip(video: str, args: argparse.Namespace) -> dict:
     baseline = [f.frame for i, x in received for f in base_rec.push(i, x)] + [f.frame for f in base_rec.flush(total)]
     row["methods"]["bicubic"] = {**score(baseline, reference, fps), "model_kbps": 0.0, "updates": 0}
     tiles = math.prod(tile_grid(size))
-    for recipe in args.fit_recipes:
+    # A given --model is one model: the recipe comparison needs fits.
+    for recipe in args.fit_recipes[:1] if args.model else args.fit_recipes:
         began = time.perf_counter()
         codec = fit_prior(Path(str(video)), frames, prior_spec, args, fps, recipe)
         suffix = "" if recipe == args.fit_recipes[0] else f"@{recipe}"
@@ -339,13 +340,9 @@ def run(args: argparse.Namespace) -> int:
     rows = [run_clip(v, args) for v in args.videos]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    (out / "live.json").write_text(json.dumps(rows[0] if len(rows) == 1 else {"clips": rows, "environment": env}, indent=1) + "\n")
-    text = markdown(rows)
-    (out / "live.md").write_text(text)
     plot(rows, out / "live.png")
-    print(text)
-    print(f"wrote {out / 'live.json'}, {out / 'live.md'}, {out / 'live.png'}")
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    write_results(out, "live", rows[0] if len(rows) == 1 else {"clips": rows, "environment": env}, markdown(rows), out / "live.png")
     return 0
 
 

@@ -9,7 +9,6 @@ fit is reported with and without the probe. Writes OUT/precision.json and OUT/pr
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -21,6 +20,8 @@ import torch
 from codec.model import DEFAULT_MODEL, model_config
 from codec.train import DEFAULT_BATCH, FitOptions, fit, pick_device
 from codec.video import read_video, to_tensor
+
+from .results import write_results
 
 FIT_FRAMES = 60
 # CPU flags that decide whether bf16 is native (reported beside the numbers, not used to choose).
@@ -78,9 +79,6 @@ def run(args: argparse.Namespace) -> int:
     result = {"environment": {"cpu": cpu_description(), "device": str(device), "torch": torch.__version__,
                               "model": DEFAULT_MODEL, "frames": FIT_FRAMES, "batch": DEFAULT_BATCH, "steps": epochs * steps_per_epoch},
               "summary": summary, "runs": runs}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "precision.json").write_text(json.dumps(result, indent=1) + "\n")
     cpu = result["environment"]["cpu"]
     lines = [f"CPU: {cpu['model']}; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
              + f"; torch {torch.__version__}, capability {cpu['torch_cpu_capability']}, {cpu['threads']} threads",
@@ -89,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
         s = summary[mode]
         lines.append(f"| {mode} | {', '.join(s['chosen'])} | {s['steps_per_s']} | {s['steps_per_s_without_probe']} | "
                      f"{s.get('vs_fastest_forced', '')} |")
-    text = "\n".join(lines) + "\n"
-    (out / "precision.md").write_text(text)
-    print(text)
-    print(f"wrote {out / 'precision.json'}, {out / 'precision.md'}")
+    write_results(args.out, "precision", result, "\n".join(lines) + "\n")
     return 0
 
 

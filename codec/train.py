@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from .errors import VsaeError
 from .model import AutoEncoder, ModelConfig, Normalization
 from .precision import autocast_context, check_precision, choose_precision

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from codec.ops import TEMPORAL_METHODS
 from receiver.ladder import HOLD_KEYS, STEP_DOWN_BACKLOG, RebuildController, Rung, build_ladder
