@@ -66,7 +66,9 @@ def new_nonce() -> str:
 def transcript(nonce: str, hello: Hello, config: Config) -> bytes:
     """What the tag covers: canonical bytes, identical on both sides whatever types the sender used
     (an int fps and the float the receiver decodes encode alike)."""
-    fields = [[f.name, _CASTS[f.type](getattr(config, f.name))] for f in dataclasses.fields(Config) if f.name != "auth"]
+    # Optional fields left at their default stay out, so a transcript without them is the one older peers make.
+    fields = [[f.name, _CASTS[f.type](getattr(config, f.name))] for f in dataclasses.fields(Config)
+              if f.name != "auth" and not (f.name in Config.omit_empty and getattr(config, f.name) in ("", 0))]
     items = [DOMAIN, nonce, hello.model_sha256, int(hello.model_bytes), fields]
     return msgpack.packb(items, use_bin_type=True)
 

@@ -12,6 +12,9 @@ Session (sender -> receiver unless marked <-):
       model_offset // CHUNK_BYTES when it holds the start of it from an interrupted session)
   <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
   Frame(index, capture_time) for a sent frame, once a second, on the unordered meta channel
+  Modes(first, data)  -- a live call's guard (Config.guard): how to show source frames first.. (codec.guard)
+  Update(version, part, parts, data) x parts  -- a live model update (codec.refresh), background flow
+  <- UpdateAck(version, applied, reason)  -- the receiver verified and scheduled it, or refused it
   <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
   Error(code, message) either way, then close.
@@ -20,8 +23,10 @@ Version 1 grows only by optional fields listed in a class's `omit_empty`: they s
 empty, so a peer that predates them talks to this one unchanged unless the feature is used (it would
 refuse the unknown field with `bad_field`). So far: `Hello.nonce` and `Config.auth`, the optional
 shared secret (protocol.auth): a receiver with a secret sends a nonce, the sender answers with an
-HMAC-SHA256 tag over the nonce, its hello and the config; and `Hello.model_offset`, a resumed model
-transfer. Anything incompatible bumps VERSION.
+HMAC-SHA256 tag over the nonce, its hello and the config; `Hello.model_offset`, a resumed model
+transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild; `Config.guard`, a live call whose sender guards every frame (then `modes` messages follow, and
+`update` messages may). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
+when the feature is on. Anything incompatible bumps VERSION.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ MAX_FRAMES = 10_000_000
 MAX_SIDE = 8192
 SHA256_HEX = 64
 NONCE_HEX = 32  # Hello.nonce: 16 random bytes, hex
+# Modes.data: one key's frames (up to `temporal`, itself <= 64) at up to 13 bytes each (codec.guard).
+MAX_MODES_BYTES = 1024
+# A live call's model updates: versions a session may make, and parts (CHUNK_BYTES each) one may have
+# (8 MiB, codec.refresh.MAX_UPDATE_BYTES).
+MAX_UPDATES = 1_000_000
+MAX_UPDATE_PARTS = 512
 TAG_HEX = 64  # Config.auth: an HMAC-SHA256, hex
 
 
@@ -76,8 +87,13 @@ class Hello(Message):
     # receiver: bytes of this model it already holds from an interrupted transfer (whole chunks); the sender
     # sends the rest, starting at chunk model_offset // CHUNK_BYTES
     model_offset: int = 0
-    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES), "nonce": NONCE_HEX, "model_offset": (0, MAX_MODEL_BYTES)}
-    omit_empty: ClassVar[tuple[str, ...]] = ("nonce", "model_offset")
+    # receiver: how it rebuilds (in-between method, reprojections), so that a live call's sender can run the
+    # same rebuild in its closed loop (sender/closedloop.py)
+    rebuild_method: str = ""
+    rebuild_iterations: int = 0
+    limits: ClassVar[dict] = {"model_bytes": (0, MAX_MODEL_BYTES), "nonce": NONCE_HEX, "model_offset": (0, MAX_MODEL_BYTES),
+                              "rebuild_method": 16, "rebuild_iterations": (0, 64)}
+    omit_empty: ClassVar[tuple[str, ...]] = ("nonce", "model_offset", "rebuild_method", "rebuild_iterations")
 
 
 @dataclass(frozen=True)
@@ -97,12 +113,15 @@ class Config(Message):
     kbps: float  # target bitrate of the video track
     ticks: int  # RTP 90 kHz ticks per source frame (frame identity, see protocol.timing)
     auth: str = ""  # HMAC-SHA256 tag (hex) with the shared secret, when the receiver's hello asked (nonce)
+    # A live call (sender/closedloop.py): the sender runs the receiver's rebuild itself and sends a `modes`
+    # message for every frame; the receiver shows what they say (codec.guard) and takes model updates.
+    guard: bool = False
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
         "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX,
     }
-    omit_empty: ClassVar[tuple[str, ...]] = ("auth",)
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard")
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,42 @@ class Frame(Message):
 
 
 @dataclass(frozen=True)
+class Modes(Message):
+    """The guard's decision for consecutive source frames from `first` on: codec.guard.FrameModes bytes,
+    one after another (a key and the in-betweens before it travel together). Reliable control channel: a
+    lost decision would leave the receiver guessing."""
+
+    kind: ClassVar[str] = "modes"
+    first: int
+    data: bytes
+    limits: ClassVar[dict] = {"first": (0, MAX_FRAMES), "data": MAX_MODES_BYTES}
+
+
+@dataclass(frozen=True)
+class Update(Message):
+    """One part of a live model update (codec.refresh wire bytes, verified whole by the receiver)."""
+
+    kind: ClassVar[str] = "update"
+    version: int  # the model version the update makes
+    part: int
+    parts: int
+    data: bytes
+    limits: ClassVar[dict] = {"version": (1, MAX_UPDATES), "part": (0, MAX_UPDATE_PARTS - 1), "parts": (1, MAX_UPDATE_PARTS),
+                              "data": CHUNK_BYTES}
+
+
+@dataclass(frozen=True)
+class UpdateAck(Message):
+    """The receiver's verdict on update `version`: applied (from the frame it names) or refused, and why."""
+
+    kind: ClassVar[str] = "update_ack"
+    version: int
+    applied: bool
+    reason: str = ""
+    limits: ClassVar[dict] = {"version": (1, MAX_UPDATES)}
+
+
+@dataclass(frozen=True)
 class Keyframe(Message):
     kind: ClassVar[str] = "keyframe"
 
@@ -157,7 +212,8 @@ class Bye(Message):
     limits: ClassVar[dict] = {"frames": (0, MAX_FRAMES), "video_bytes": (0, 1 << 50), "video_packets": (0, 1 << 40)}
 
 
-KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Hello, Config, ModelChunk, ModelDone, Ack, Frame, Keyframe, Error, Bye)}
+KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Hello, Config, ModelChunk, ModelDone, Ack, Frame, Modes, Update,
+                                                                UpdateAck, Keyframe, Error, Bye)}
 ROLES = ("sender", "receiver")
 CODECS = ("vp8", "h264")
 
@@ -216,6 +272,8 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", f"config.auth: not {TAG_HEX} lowercase hex digits")
     if isinstance(message, (ModelDone, Ack)) and not _is_sha256(message.sha256):
         raise ProtocolError("bad_value", f"{cls.kind}.sha256: not a SHA-256 hex digest")
+    if isinstance(message, Update) and message.part >= message.parts:
+        raise ProtocolError("bad_value", f"update.part: {message.part} of {message.parts} parts")
     if isinstance(message, Config) and message.codec not in CODECS:
         raise ProtocolError("bad_value", f"config.codec: expected one of {CODECS}, got {message.codec!r}")
     return message

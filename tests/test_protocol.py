@@ -41,7 +41,10 @@ from protocol.messages import (
     Message,
     ModelChunk,
     ModelDone,
+    Modes,
     ProtocolError,
+    Update,
+    UpdateAck,
     decode,
     encode,
 )
@@ -76,6 +79,14 @@ VALID: list[Message] = [
     Frame(index=0, capture_time=0.0),
     Frame(index=42, capture_time=1_700_000_001.4),
     Keyframe(),
+    Hello(role="receiver", rebuild_method="motion", rebuild_iterations=1),
+    Config(**CONFIG, guard=True),
+    Modes(first=0, data=b"\x00\x01"),
+    Modes(first=1_000, data=b"\x0b\x03\x02"),
+    Update(version=1, part=0, parts=1, data=b"\x89VSUP"),
+    Update(version=7, part=3, parts=4, data=CHUNK),
+    UpdateAck(version=1, applied=True),
+    UpdateAck(version=2, applied=False, reason="model update checksum mismatch"),
     Error(code="bad_field", message="frame: unknown field 'extra'"),
     Error(code="", message="ünïcödé ✓ 🎥"),
     Bye(frames=300, video_bytes=1_500_000, video_packets=1_400),
@@ -120,7 +131,7 @@ def wire_fields(message: Message) -> dict:
 def test_valid_set_covers_every_kind():
     assert {type(m) for m in VALID} == set(KINDS.values())
     assert all(KINDS[cls.kind] is cls for cls in KINDS.values())
-    assert len(set(KINDS)) == len(KINDS) == 9
+    assert len(set(KINDS)) == len(KINDS) == 12
 
 
 @pytest.mark.parametrize("message", VALID, ids=lambda m: type(m).__name__)
