@@ -53,13 +53,18 @@ class Reconstructor:
         self.next_index = 0  # the next source index to output
         self.concealed = 0
         self.model_version = 0
-        self._switch: tuple[int, object] | None = None  # (from index, callable that swaps the weights)
+        self._switch: tuple | None = None  # (from index, callable that swaps the weights, version after it)
 
-    def switch_model_at(self, index: int, apply) -> None:
+    def switch_model_at(self, index: int, apply, version: int | None = None) -> None:
         """Swap the model's weights (by calling `apply()`) so that frames >= `index` use the new ones and
         frames before it the old: sender and receiver call this with the same index. `index` should be a
-        key's; if that key is lost, the switch happens at the next key received."""
-        self._switch = (index, apply)
+        key's; if that key is lost, the switch happens at the next key received. The frames after it carry
+        `version` (default: one more than now) as their `model_version`."""
+        self._switch = (index, apply, version)
+
+    @property
+    def switch_pending(self) -> bool:
+        return self._switch is not None
 
     def set_mode(self, method: str, iterations: int) -> None:
         """Rebuild the frames from the next push on with this in-between method and reprojection count
@@ -93,9 +98,10 @@ class Reconstructor:
         if switching:
             # The frames before the switch were rebuilt with the old weights (above); the key and all
             # after it with the new ones.
-            self._switch[1]()
+            _, apply, version = self._switch
+            apply()
             self._switch = None
-            self.model_version += 1
+            self.model_version = self.model_version + 1 if version is None else version
             key = self.codec.key(frame, self.size, self.iterations)
         out.append(OutputFrame(index, key.frame[0], False, True, self.model_version))
         self.concealed += sum(f.concealed for f in out)
