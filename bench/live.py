@@ -40,6 +40,7 @@ from codec.pipeline import BaselineReconstructor, Reconstructor
 from codec.refresh import UPDATE_FORMS, Refresher, make_update, read_update
 from codec.train import FitOptions, fit
 from codec.video import parse_size, read_video, select_frames, to_tensor
+from sender.closedloop import REFRESH_WINDOW_KEYS
 from sender.session import prepare_low_res
 
 from .codecs import transcode
@@ -52,8 +53,6 @@ DEFAULT_FORMS = ("sparse-grad", "sparse-delta", "affine")
 DEFAULT_REFRESH_STEPS = 50
 # Seconds of call between update decisions (each one spends what the budget has saved since the last).
 UPDATE_INTERVAL_S = 0.5
-# Keys the refresh trains on: the latest ones (the call's recent content), oldest dropped first.
-REFRESH_WINDOW_KEYS = 30
 # One-way delay assumed before an update's last byte is there (the data channel on a call's link).
 UPDATE_LATENCY_S = 0.1
 # Plot: per-frame PSNR smoothed over this many seconds.

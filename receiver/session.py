@@ -1,6 +1,9 @@
 """The receiver: answer one sender at a time, take its model, rebuild hi-res video from its low-res track.
 
-A session goes hello -> config -> (model chunks -> model done) -> ack -> video -> bye. Anything out of
+A session goes hello -> config -> (model chunks -> model done) -> ack -> video -> bye. In a live call
+(`config.guard`) the video comes with the guard's modes for every frame and, with a refresh, model updates:
+each is verified whole against the weights it names (codec.refresh.read_update, off the event loop) and
+scheduled from its key, or refused with the old model kept; either way the sender hears (update_ack). Anything out of
 place, malformed or failing verification gets an `error` message and a clean close of that session;
 the receiver itself keeps listening for the next one until a session completes.
 """
@@ -8,8 +11,10 @@ the receiver itself keeps listening for the next one until a session completes.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +23,9 @@ from aiortc import MediaStreamTrack, RTCDataChannel, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from codec import bundle
-from codec.errors import BundleError
+from codec.errors import BundleError, VsaeError
+from codec.guard import FrameModes, tile_grid
+from codec.refresh import MAX_UPDATE_BYTES, UpdateError, read_update
 from codec.memory import peak_rss_mb
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec
 from codec.video import resize, to_tensor, to_uint8
@@ -99,6 +106,17 @@ class Session:
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()  # stats dict or error text
         self.began = time.monotonic()
         self._tasks: set[asyncio.Task] = set()
+        # A live call's model updates: parts of the one being received, the newest verified model (updates
+        # chain: each is checked against the weights of the one before, applied or still scheduled).
+        self.update_parts: list[bytes] = []
+        self._update_header: tuple[int, int] | None = None  # (version, parts) of the update being received
+        self.update_version = 0
+        self.latest_model = None
+        self.updates_applied = 0
+        self.updates_refused = 0
+        self.update_refusals: list[str] = []
+        self.update_bytes = 0
+        self.modes_bytes = 0
 
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
@@ -187,6 +205,8 @@ class Session:
             ("model", "model_chunk"): self._chunk,
             ("model", "model_done"): self._model_done,
             ("streaming", "bye"): self._bye,
+            ("streaming", "modes"): self._modes,
+            ("streaming", "update"): self._update,
         }.get((self.state, message.kind))
         if isinstance(message, msg.Error):
             await self.close(f"sender reported {message.code}: {message.message}")
@@ -210,7 +230,8 @@ class Session:
             self._partial = partial
         self.state = "config"
         offset = len(self._partial.chunks) * msg.CHUNK_BYTES if self._partial else 0
-        await self.send(msg.Hello(role="receiver", have_model=have, nonce=self.nonce, model_offset=offset))
+        await self.send(msg.Hello(role="receiver", have_model=have, nonce=self.nonce, model_offset=offset,
+                                  rebuild_method=self.options.method, rebuild_iterations=self.options.iterations))
 
     async def _config(self, config: msg.Config) -> None:
         # The tag is checked before any model chunk is taken and before a cached model is used.
@@ -308,9 +329,9 @@ class Session:
         loop = asyncio.get_running_loop()
         try:
             self.worker = await loop.run_in_executor(
-                None, lambda: ReconstructWorker(codec, info, self.options.output, self.options.iterations,
+                None, lambda: ReconstructWorker(self._session_codec(codec), info, self.options.output, self.options.iterations,
                                                 self.options.method, reference, self.options.bicubic_output,
-                                                self.options.reference_loop, self.options.adapt),
+                                                self.options.reference_loop, self.options.adapt, config.guard),
             )
         except Exception as exc:  # e.g. the output file cannot be written
             await self.refuse("receiver_failed", f"cannot start reconstruction: {exc}")
@@ -321,6 +342,69 @@ class Session:
             sampler = Sampler(self.options.samples, worker_counters(self.worker), self.options.sample_interval).start()
             self.done.add_done_callback(lambda _: sampler.stop())
         await self.send(msg.Ack(sha256=self.hello.model_sha256))
+
+    def _session_codec(self, codec: Codec) -> Codec:
+        """The model this session rebuilds with: a live call's updates change weights, so it gets its own copy
+        (the model the receiver holds for later sessions stays as shipped)."""
+        if not self.config.guard:
+            return codec
+        own = Codec(copy.deepcopy(codec.model), codec.normalization, meta=codec.meta)
+        self.latest_model = copy.deepcopy(codec.model)
+        return own
+
+    async def _modes(self, modes: msg.Modes) -> None:
+        if not self.config.guard:
+            await self.refuse("unexpected", "guard modes in a stream whose config did not announce a guard")
+            return
+        tiles = math.prod(tile_grid((self.config.height, self.config.width)))
+        parsed, data = [], modes.data
+        try:
+            while data:
+                frame_modes, used = FrameModes.from_bytes(data, tiles)
+                parsed.append(frame_modes)
+                data = data[used:]
+        except VsaeError as exc:
+            await self.refuse("bad_value", f"modes for frame {modes.first}: {exc}")
+            return
+        self.modes_bytes += len(msg.encode(modes))  # the message's bytes: the guard's share of the bitrate
+        self.worker.note_modes(modes.first, parsed)
+
+    async def _update(self, part: msg.Update) -> None:
+        if not self.config.guard:
+            await self.refuse("unexpected", "a model update in a stream whose config did not announce a live call")
+            return
+        if part.part == 0:
+            self.update_parts, self._update_header = [], (part.version, part.parts)
+        elif (part.version, part.parts) != self._update_header or part.part != len(self.update_parts):
+            await self.refuse("bad_value", f"model update part {part.part}/{part.parts} of version {part.version} out of order")
+            return
+        self.update_parts.append(part.data)
+        self.update_bytes += len(msg.encode(part))  # the message's bytes: the model stream's share
+        if len(self.update_parts) < part.parts:
+            return
+        data, self.update_parts = b"".join(self.update_parts), []
+        if len(data) > MAX_UPDATE_BYTES:
+            await self._refuse_update(part.version, f"model update over {MAX_UPDATE_BYTES} bytes")
+            return
+        try:
+            # Checked against the newest verified weights (applied or scheduled) and their version.
+            updated, info = await asyncio.get_running_loop().run_in_executor(
+                None, read_update, data, self.latest_model, self.update_version)
+        except UpdateError as exc:
+            await self._refuse_update(part.version, str(exc))
+            return
+        self.latest_model, self.update_version = updated, info.version
+        self.worker.schedule_update(info.apply_from, updated.state_dict(), info.version)
+        self.updates_applied += 1
+        await self.send(msg.UpdateAck(version=info.version, applied=True))
+
+    async def _refuse_update(self, version: int, reason: str) -> None:
+        """A bad update is refused, never the session: the old model stays and the sender hears why."""
+        self.updates_refused += 1
+        if len(self.update_refusals) < 100:
+            self.update_refusals.append(reason[:120])
+        log.warning("refused model update %d: %s (the old model stays)", version, reason)
+        await self.send(msg.UpdateAck(version=version, applied=False, reason=reason[: msg.MAX_TEXT]))
 
     async def _bye(self, bye: msg.Bye) -> None:
         self.sender_bye = bye
@@ -383,6 +467,17 @@ class Session:
             "ssim": worker.get("ssim"),
         }
         stats.update({k: v for k, v in worker.items() if k not in stats})
+        if config is not None and config.guard and duration:
+            stats.update({
+                "guard": True,
+                "guard_kbps": round(self.modes_bytes * 8 / duration / 1000, 3),
+                "model_kbps": round(self.update_bytes * 8 / duration / 1000, 3),
+                "total_kbps": round((bye.video_bytes if bye else 0) * 8 / duration / 1000
+                                    + (self.modes_bytes + self.update_bytes) * 8 / duration / 1000, 3),
+                "updates_applied": self.updates_applied,
+                "updates_refused": self.updates_refused,
+                "update_refusals": self.update_refusals,
+            })
         stats.update({
             "video_bytes": bye.video_bytes if bye else None,
             "video_packets": bye.video_packets if bye else None,

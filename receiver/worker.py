@@ -6,6 +6,12 @@ fixed ladder before it falls behind (receiver/ladder.py). If it still falls behi
 MAX_BACKLOG frames, the oldest waiting frame is dropped and later concealed by interpolation across the
 gap: a slow receiver loses quality, never the connection.
 
+In a live call (guard on) the sender runs this same rebuild in its closed loop and sends, for every output
+frame, the guard's mode (codec.guard): the worker computes the baseline beside the vsae rebuild and shows
+what the modes say, waiting up to MODES_WAIT_S for a frame's modes (they travel on the reliable control
+channel while the frame itself is rebuilt here); past that it shows MISSING_MODES and counts the frame.
+Verified model updates (codec.refresh, checked by the session) switch the weights from the key they name.
+
 Nothing here grows with the stream's length (a call may run for hours): quality metrics are running
 sums, latencies a fixed-size reservoir, capture times a bounded map of frames not yet output.
 """
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from codec.guard import MODE_WEIGHTS, FrameModes, apply_modes
 from codec.metrics import psnr_per_frame, ssim
 from codec.ops import TEMPORAL_METHODS, Codec
 from codec.pipeline import BaselineReconstructor, OutputFrame, Reconstructor
@@ -33,6 +40,16 @@ MAX_PENDING_CAPTURES = 4096
 # Latency median / p95 come from a uniform reservoir sample (Vitter's algorithm R) of this many output
 # frames: exact for streams up to this long (~5 min at 30 fps), a fixed 80 kB however long the call.
 LATENCY_RESERVOIR = 10_000
+# A live call: how long an output frame may wait for its guard modes (the sender's closed loop rebuilds the
+# same key at about the same time; modes later than this mean a slow or stalled sender).
+MODES_WAIT_S = 0.5
+# ... and what a frame without modes shows: the even blend of the two rebuilds (their errors differ, so the
+# blend is rarely far from the better one; neither alone is safe without the sender's word).
+MISSING_MODES = FrameModes(MODE_WEIGHTS.index(0.5))
+# Modes kept for frames not yet output (bounds memory if a peer floods them).
+MAX_PENDING_MODES = 4096
+# Model-version changes listed in the stats (the count of updates goes on; a long call's list stays small).
+MAX_VERSION_RUNS = 1000
 
 
 @dataclass
@@ -57,11 +74,15 @@ class ReconstructWorker:
         bicubic_output: str | None = None,
         reference_loop: bool = False,
         adapt: bool = True,
+        guard: bool = False,
     ):
         self.info = info
+        self.codec = codec
+        self.guard = guard
         self.reconstructor = Reconstructor(codec, info.size, info.temporal, iterations, method)
         self.ladder = RebuildController(build_ladder(method, iterations, TEMPORAL_METHODS), adapt=adapt)
-        self.baseline = BaselineReconstructor(info.size, info.temporal) if (reference is not None or bicubic_output) else None
+        needs_baseline = guard or reference is not None or bicubic_output
+        self.baseline = BaselineReconstructor(info.size, info.temporal) if needs_baseline else None
         self.reference = reference
         self.reference_loop = reference_loop  # output frame i is scored against reference[i % len(reference)]
         self.writer = VideoWriter(output, info.size, info.fps)
@@ -74,6 +95,13 @@ class ReconstructWorker:
         self.frames_received = 0
         self.frames_dropped = 0  # dropped from the backlog (receiver too slow)
         self.frames_out = 0
+        self.modes: dict[int, FrameModes] = {}  # a live call: each output frame's guard modes, until output
+        self.frames_unguarded = 0  # output without their modes (MISSING_MODES)
+        self.updates_late = 0  # a verified update whose key had been rebuilt before it came: applied at a later key
+        self.mode_counts: collections.Counter = collections.Counter()
+        self._updates: collections.deque = collections.deque()  # (apply_from, state_dict, version), verified
+        self.version_runs: list[list[int]] = []  # [first frame index, model version] at each change
+        self.psnr_vsae = RunningMean()  # a live call: the vsae rebuild before the guard
         self.capture_times: dict[int, float] = {}
         self.stream_t0: float | None = None
         self.latencies = LatencyReservoir(LATENCY_RESERVOIR)
@@ -116,11 +144,24 @@ class ReconstructWorker:
         if self.stream_t0 is None:
             self.stream_t0 = capture_time - index / self.info.fps
 
+    def note_modes(self, first: int, modes: list[FrameModes]) -> None:
+        """The guard's modes for output frames first, first + 1, ... (a live call)."""
+        with self._wake:
+            for k, m in enumerate(modes):
+                if len(self.modes) < MAX_PENDING_MODES and first + k >= self.frames_out:
+                    self.modes[first + k] = m
+            self._wake.notify_all()
+
+    def schedule_update(self, apply_from: int, state: dict, version: int) -> None:
+        """A verified model update: frames >= `apply_from` are rebuilt with `state` (model version `version`)."""
+        with self._wake:
+            self._updates.append((apply_from, state, version))
+
     def finish(self, total: int | None = None, timeout: float | None = None) -> None:
         """End of stream: process what is queued, emit frames up to `total`, close the files (blocking)."""
         with self._wake:
             self._total, self._closing = total, True
-            self._wake.notify()
+            self._wake.notify_all()
         self._thread.join(timeout)
 
     # -- the thread ----------------------------------------------------------------------------------
@@ -137,6 +178,7 @@ class ReconstructWorker:
                 began = time.perf_counter()
                 index, rgb = item
                 frame = to_tensor(rgb[None])[0]
+                self._next_update(index)
                 outputs = self.reconstructor.push(index, frame)
                 self.reconstruct_s += time.perf_counter() - began
                 baseline = self.baseline.push(index, frame) if self.baseline else []
@@ -158,6 +200,32 @@ class ReconstructWorker:
             if self.bicubic_writer:
                 self.bicubic_writer.close()
 
+    def _next_update(self, index: int) -> None:
+        """Before rebuilding key `index`: hand the next verified update to the reconstructor (one switch at a
+        time, in order). One whose key has passed switches at this key instead: counted as late."""
+        if self.reconstructor.switch_pending:
+            return
+        with self._wake:
+            if not self._updates:
+                return
+            apply_from, state, version = self._updates.popleft()
+        if apply_from < self.reconstructor.next_index:
+            self.updates_late += 1
+        model = self.codec.model
+        self.reconstructor.switch_model_at(apply_from, lambda: model.load_state_dict(state), version)
+
+    def _modes_for(self, index: int) -> FrameModes:
+        """A live call: this frame's modes from the sender, waiting up to MODES_WAIT_S for them."""
+        deadline = time.monotonic() + MODES_WAIT_S
+        with self._wake:
+            while index not in self.modes and not self._closing and time.monotonic() < deadline:
+                self._wake.wait(deadline - time.monotonic())
+            modes = self.modes.pop(index, None)
+        if modes is None:
+            self.frames_unguarded += 1
+            return MISSING_MODES
+        return modes
+
     def _adapt(self, busy_s: float, media_s: float, index: int) -> None:
         with self._wake:
             backlog = len(self._queue)
@@ -169,6 +237,15 @@ class ReconstructWorker:
         now = time.time()
         for j, out in enumerate(outputs):
             frame = out.frame.cpu()  # a no-op on CPU; the model may run on CUDA
+            base = baseline[j].frame if j < len(baseline) else None
+            rebuilt = frame
+            if self.guard and base is not None:
+                modes = self._modes_for(out.index)
+                self.mode_counts[modes.mode] += 1
+                frame = apply_modes(frame, base, modes)
+                now = time.time()
+            if (not self.version_runs or self.version_runs[-1][1] != out.model_version) and len(self.version_runs) < MAX_VERSION_RUNS:
+                self.version_runs.append([out.index, out.model_version])
             image = to_uint8(frame[None])[0]
             self.writer.write(image)
             self.frames_out += 1
@@ -179,7 +256,6 @@ class ReconstructWorker:
                 capture = self.stream_t0 + out.index / self.info.fps
             if capture is not None:
                 self.latencies.add((now - capture) * 1000)
-            base = baseline[j].frame if j < len(baseline) else None
             if self.bicubic_writer is not None and base is not None:
                 self.bicubic_writer.write(to_uint8(base[None])[0])
             ref_index = out.index % len(self.reference) if self.reference is not None and self.reference_loop else out.index
@@ -188,6 +264,8 @@ class ReconstructWorker:
                 ref = to_tensor(self.reference[ref_index][None])
                 self.psnr.add(float(psnr_per_frame(frame[None], ref)[0]))
                 self.ssim.add(ssim(frame[None], ref))
+                if self.guard:
+                    self.psnr_vsae.add(float(psnr_per_frame(rebuilt[None], ref)[0]))
                 if base is not None:
                     self.psnr_bicubic.add(float(psnr_per_frame(base[None], ref)[0]))
 
@@ -211,8 +289,11 @@ class ReconstructWorker:
             "ssim": mean(self.ssim, 4),
             "psnr_frames": self.psnr.count,
             "ladder": self.ladder.stats(),
+            "model_versions": self.version_runs,
             "first_output_time": self.first_output_time,
             "last_output_time": self.last_output_time,
+            **({"psnr_vsae": mean(self.psnr_vsae), "frames_unguarded": self.frames_unguarded, "updates_late": self.updates_late,
+                "modes": {str(k): v for k, v in sorted(self.mode_counts.items())}} if self.guard else {}),
         }
 
 

@@ -15,11 +15,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from aiortc import MediaStreamTrack, RTCDataChannel
 from aiortc.mediastreams import MediaStreamError
 
+from codec import bundle
+from codec.ops import TEMPORAL_METHODS
 from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
 from protocol import messages as msg
@@ -28,6 +31,7 @@ from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_
 from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
+from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
 
 log = logging.getLogger("vsae.sender")
@@ -86,6 +90,13 @@ class SendOptions:
     secret: bytes | None = None  # shared secret: answers a receiver's nonce with an HMAC tag (protocol.auth)
     retries: int = DEFAULT_RETRIES  # new sessions after a connection lost before the video started
     loop: int = 1  # stream the clip this many times back to back (source indices run on: 0 .. loop*len-1)
+    # A live call (sender/closedloop.py): run the receiver's rebuild here and guard every frame; with
+    # `refresh`, also fine-tune the model during the call and ship updates under its model-stream budget.
+    guard: bool = False
+    refresh: RefreshOptions | None = None
+    # Fault injection (tests, the fault lab): called with (version, wire bytes) of each update, returns the
+    # bytes to send instead; the closed loop still mirrors the update as made.
+    update_filter: Callable[[int, bytes], bytes] | None = None
 
 
 @dataclass
@@ -161,6 +172,7 @@ class LowResTrack(MediaStreamTrack):
         self.start_time = 0.0
         self.keyframe_wanted = True  # the first real frame is a keyframe
         self.on_frame = None
+        self.on_packet = None  # on_packet(index, payload): the encoded bytes of each real frame (the closed loop)
         self._next = 0
         self._sync = 0
         self.keyframe_requests = 0
@@ -230,6 +242,8 @@ class LowResTrack(MediaStreamTrack):
         self._probe()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
+        if self.on_packet is not None:
+            self.on_packet(index, bytes(packet))
         if self.on_frame is not None:
             self.on_frame(index, capture_time)
         return packet
@@ -245,7 +259,7 @@ def stream_config(shape: tuple[int, ...], source_fps: float, options: SendOption
     fps = float(options.fps or source_fps)
     config = msg.Config(width=width, height=height, low_width=low_width, low_height=low_height, fps=fps,
                         scale=options.scale, temporal=options.temporal, frames=count * options.loop, codec=options.codec,
-                        kbps=options.kbps, ticks=ticks_per_frame(fps) if fps > 0 else 0)
+                        kbps=options.kbps, ticks=ticks_per_frame(fps) if fps > 0 else 0, guard=options.guard)
     try:
         msg.encode(config)
     except msg.ProtocolError as exc:
@@ -265,6 +279,8 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
     if options.loop < 1:
         raise SessionError(f"loop must be >= 1, got {options.loop}")
+    if options.refresh is not None and not options.guard:
+        raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
     if len(frames) * options.loop > msg.MAX_FRAMES:
         raise SessionError(f"{options.loop} passes of {len(frames)} frames exceed the protocol's {msg.MAX_FRAMES:,} frames a stream")
     stream_config(frames.shape, source_fps, options)  # refuse what the receiver would, before connecting
@@ -273,9 +289,12 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     if options.loop > 1:  # the clip's low-res frames once, indexed lazily (also when several sessions share them)
         indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     model_sent = [0]  # across attempts
+    # The closed loop mirrors the receiver's model: the same bundle bytes, loaded the same way.
+    codec = bundle.loads(model) if options.guard else None
     for attempt in range(1, options.retries + 2):
         try:
-            result = await _session(frames, source_fps, indices, low, model, options, model_sent, retrying=attempt > 1)
+            result = await _session(frames, source_fps, indices, low, model, options, model_sent, retrying=attempt > 1,
+                                    codec=codec)
         except SessionError as exc:
             if not exc.retryable or attempt > options.retries:
                 raise
@@ -288,9 +307,10 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
 
 
 async def _session(frames: np.ndarray, source_fps: float, indices: list[int], low: np.ndarray, model: bytes,
-                   options: SendOptions, model_sent: list[int], retrying: bool = False) -> SendResult:
+                   options: SendOptions, model_sent: list[int], retrying: bool = False, codec=None) -> SendResult:
     """One session; `model_sent[0]` counts the model bytes shipped (kept when the session fails). `retrying`: an
-    earlier session reached this receiver, so failing to reach it now is the link, worth another try."""
+    earlier session reached this receiver, so failing to reach it now is the link, worth another try. `codec`:
+    the loaded model, for a live call's closed loop (options.guard)."""
     began = time.monotonic()
     fps = options.fps or source_fps
     total = len(frames) * options.loop  # source frames the stream covers
@@ -310,6 +330,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     inbox: asyncio.Queue = asyncio.Queue()
     failure: asyncio.Future = asyncio.get_running_loop().create_future()  # SessionError
     streaming = False
+    closed_loop: ClosedLoop | None = None
+    live = {"acks": [], "guard_message_bytes": 0, "update_message_bytes": 0}
+    outbox: asyncio.Queue = asyncio.Queue()  # the closed loop's messages, sent in order by one task
 
     def fail(reason: str, lost_connection: bool = False) -> None:
         if not failure.done():
@@ -327,6 +350,12 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             fail(f"receiver refused: {message.code}: {message.message}")
         elif isinstance(message, msg.Keyframe):
             track.request_keyframe()
+        elif isinstance(message, msg.UpdateAck) and closed_loop is not None:
+            live["acks"].append(message)
+            if not message.applied:
+                log.warning("vsae send: the receiver refused model update %d (%s); back to the weights before it",
+                            message.version, message.reason)
+                closed_loop.update_refused(message.version)
         else:
             inbox.put_nowait(message)
 
@@ -399,6 +428,10 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         if ack.sha256 != sha:
             raise SessionError("receiver acknowledged a different model")
 
+        if options.guard:
+            closed_loop = _start_closed_loop(codec, frames, hello, fps, total, options, outbox, live)
+            track.on_packet = closed_loop.submit
+            sending = asyncio.ensure_future(_drain_outbox(control, outbox, live))
         streaming = True
         track.start.set()
         finished = asyncio.ensure_future(track.finished.wait())
@@ -407,6 +440,13 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         if finished not in done:
             finished.cancel()
             raise failure.result() if failure.done() else SessionError("timed out streaming")
+        if closed_loop is not None:
+            # The trailing frames' modes, then everything queued, before the bye.
+            await asyncio.get_running_loop().run_in_executor(None, closed_loop.finish, total)
+            if closed_loop.error is not None:
+                raise SessionError(f"the closed loop failed: {type(closed_loop.error).__name__}: {closed_loop.error}")
+            await outbox.put(None)
+            await sending
         await asyncio.sleep(DRAIN_S)
         video_bytes, video_packets = await _rtp_sent(pc)
         await send_message(control, msg.Bye(frames=total, video_bytes=video_bytes, video_packets=video_packets))
@@ -414,6 +454,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     except ConnectionError as exc:  # a data channel closed under a send
         raise SessionError(str(exc), retryable=not streaming) from None
     finally:
+        if closed_loop is not None:
+            await asyncio.get_running_loop().run_in_executor(None, closed_loop.finish, None, 5.0)
         await pc.close()
     return SendResult(
         frames=total, frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
@@ -421,8 +463,51 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
-               "ice_states": ice_states},
+               "ice_states": ice_states, **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )
+
+
+def _start_closed_loop(codec, frames: np.ndarray, hello: msg.Hello, fps: float, total: int, options: SendOptions,
+                       outbox: asyncio.Queue, live: dict) -> ClosedLoop:
+    """The live call's closed loop, rebuilding as the receiver said it does (its hello)."""
+    method = hello.rebuild_method
+    if method not in TEMPORAL_METHODS or not hello.rebuild_iterations:
+        raise SessionError("the receiver did not say how it rebuilds (an older vsae recv?): a live call needs it")
+    loop = asyncio.get_running_loop()
+
+    def on_modes(first: int, data: bytes) -> None:
+        loop.call_soon_threadsafe(outbox.put_nowait, msg.Modes(first=first, data=data))
+
+    def on_update(version: int, data: bytes) -> None:
+        if options.update_filter is not None:
+            data = options.update_filter(version, data)
+        parts = -(-len(data) // msg.CHUNK_BYTES)
+        for part in range(parts):
+            chunk = data[part * msg.CHUNK_BYTES : (part + 1) * msg.CHUNK_BYTES]
+            loop.call_soon_threadsafe(outbox.put_nowait, msg.Update(version=version, part=part, parts=parts, data=chunk))
+
+    return ClosedLoop(codec, frames, options.temporal, fps, total, options.codec, hello.rebuild_iterations, method,
+                      on_modes, on_update if options.refresh is not None else None, options.refresh)
+
+
+async def _drain_outbox(channel: RTCDataChannel, outbox: asyncio.Queue, live: dict) -> None:
+    """Send the closed loop's messages in the order it made them, counting their bytes (the guard's and the
+    model stream's share of the call's bitrate); None ends it."""
+    while (message := await outbox.get()) is not None:
+        size = await send_message(channel, message)
+        live["guard_message_bytes" if isinstance(message, msg.Modes) else "update_message_bytes"] += size
+
+
+def _live_stats(closed_loop: ClosedLoop, live: dict, seconds: float) -> dict:
+    stats = closed_loop.stats()
+    acks = live["acks"]
+    stats.update({
+        "guard_kbps": round(live["guard_message_bytes"] * 8 / seconds / 1000, 3),
+        "model_kbps": round(live["update_message_bytes"] * 8 / seconds / 1000, 3),
+        "updates_acked": sum(a.applied for a in acks),
+        "updates_refused": sum(not a.applied for a in acks),
+    })
+    return stats
 
 
 async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str, first: int, sent: list[int]) -> None:
