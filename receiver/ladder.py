@@ -22,7 +22,7 @@ from typing import Callable
 log = logging.getLogger("vsae.receiver")
 
 # Cheapest last, as measured (`vsae bench temporal --speed`, one thread, 176x144..640x360): `motion`
-# searches motion per pixel (36-615 ms per in-between); `residual` and `latent` are one decode per
+# searches motion per pixel (34-615 ms per in-between); `residual` and `latent` are one decode per
 # in-between (7-72 ms); `flow` (DIS, no decode) 2-50 ms; `blend` no model work at all (always the last
 # rung, see below).
 IN_BETWEEN_COST_ORDER = ("motion", "residual", "latent", "flow")
