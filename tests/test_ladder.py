@@ -18,7 +18,8 @@ def test_ladder_order_cheaper_in_between_then_fewer_reprojections_then_blend():
     methods = [r.method for r in rungs]
     assert methods.index("residual") < [r.iterations for r in rungs].index(1) < methods.index("blend")
     assert build_ladder("blend", 1, TEMPORAL_METHODS) == [Rung("blend", 1)]
-    assert build_ladder("latent", 1, TEMPORAL_METHODS) == [Rung("latent", 1), Rung("blend", 1)]
+    assert build_ladder("latent", 1, TEMPORAL_METHODS) == [Rung("latent", 1), Rung("flow", 1), Rung("blend", 1)]
+    assert build_ladder("flow", 2, TEMPORAL_METHODS) == [Rung("flow", 2), Rung("flow", 1), Rung("blend", 1)]
 
 
 class FakeClock:
