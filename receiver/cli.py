@@ -29,8 +29,14 @@ def summary_line(stats: dict) -> str:
     parts = [f"{stats['frames_out']}/{stats['frames_in']} frames ({stats['frames_concealed']} concealed)"]
     if stats.get("video_kbps") is not None:
         parts.append(f"{stats['video_kbps']:.1f} kbps sent")
-    if stats.get("psnr") is not None:
+    if stats.get("psnr") is not None and stats.get("guard"):
+        parts.append(f"PSNR shown {stats['psnr']:.2f} dB (guarded; vsae alone {stats['psnr_vsae']:.2f}) vs bicubic "
+                     f"{stats['psnr_bicubic']:.2f} dB, guard {stats['guard_kbps']:.2f} kbps")
+    elif stats.get("psnr") is not None:
         parts.append(f"PSNR vsae {stats['psnr']:.2f} dB vs bicubic {stats['psnr_bicubic']:.2f} dB")
+    if stats.get("guard") and (stats.get("updates_applied") or stats.get("updates_refused")):
+        parts.append(f"{stats['updates_applied']} model updates applied, {stats['updates_refused']} refused "
+                     f"({stats['model_kbps']:.2f} kbps)")
     if stats.get("fps_reconstruct"):
         parts.append(f"{stats['fps_reconstruct']:.1f} fps reconstruct")
     if stats.get("latency_ms") is not None:

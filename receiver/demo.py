@@ -158,7 +158,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     fit_s = time.monotonic() - began
     print(f"vsae demo: streaming {video.name} over loopback WebRTC: ÷{args.scale}, every {args.temporal} frame(s), "
           f"{args.codec} at {args.kbps:g} kbps", file=sys.stderr)
-    stats = run_stream(video, model, out, args.scale, args.temporal, args.kbps, args.codec, args.frames, echo=args.verbose)
+    live = (("--guard",) if args.guard else ()) + (("--refresh", "--model-kbps", f"{args.model_kbps:g}") if args.refresh else ())
+    stats = run_stream(video, model, out, args.scale, args.temporal, args.kbps, args.codec, args.frames, echo=args.verbose,
+                       extra_send=live)
     count = side_by_side(source, out / "bicubic.mp4", out / "vsae.mp4", path=out / "side_by_side.mp4", fps=fps)
     stats["demo"] = {"model": str(model), "model_fitted_now": fitted, "fit_s": round(fit_s, 1),
                      "wall_s": round(time.monotonic() - began, 1), "side_by_side_frames": count}
@@ -180,5 +182,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS)
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection to stream (default: all)")
+    p.add_argument("--guard", action="store_true",
+                   help="a live call: the sender guards every frame from its closed loop (see vsae send --guard)")
+    p.add_argument("--refresh", action="store_true", help="a live call with live model updates (vsae send --refresh)")
+    p.add_argument("--model-kbps", type=positive_float, default=10.0, help="model-update budget with --refresh (default 10)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the receiver's log")
     p.set_defaults(func=cmd_demo)
