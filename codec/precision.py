@@ -106,7 +106,8 @@ def choose_precision(
     other = " vs ".join(f"{name} {medians[name]:.3f}" for name in candidates if name != best)
     how = "warm-up steps, a clear gap" if decided_on_warmup else f"median of {len(samples[best])} timed steps"
     reason = f"auto: {best} {medians[best]:.3f} s/step vs {other} s/step ({how}, on this {device.type})"
-    choice = PrecisionChoice(best, reason, {name: round(medians[name], 4) for name in candidates})
+    # Unrounded: a tiny model steps in well under a millisecond, and rounded times can tie.
+    choice = PrecisionChoice(best, reason, dict(medians))
     _choices[key] = choice
     return choice
 
