@@ -37,10 +37,10 @@ from codec.metrics import psnr_per_frame, ssim
 from codec.model import DEFAULT_MODEL, model_config
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec, upsample
 from codec.pipeline import BaselineReconstructor, Reconstructor
-from codec.refresh import UPDATE_FORMS, Refresher, make_update, read_update
+from codec.refresh import GAIN_CHECK_KEYS, MIN_UPDATE_GAIN_DB, UPDATE_FORMS, Refresher, make_update, read_update, update_gain_db
 from codec.train import FitOptions, fit
 from codec.video import parse_size, read_video, select_frames, to_tensor
-from sender.closedloop import REFRESH_WINDOW_KEYS
+from sender.closedloop import MIN_UPDATE_BYTES, REFRESH_WINDOW_KEYS, RefreshOptions
 from sender.session import prepare_low_res
 
 from .codecs import transcode
@@ -53,8 +53,8 @@ DEFAULT_FORMS = ("sparse-grad", "sparse-delta", "affine")
 DEFAULT_REFRESH_STEPS = 50
 # Seconds of call between update decisions (each one spends what the budget has saved since the last).
 UPDATE_INTERVAL_S = 0.5
-# One-way delay assumed before an update's last byte is there (the data channel on a call's link).
-UPDATE_LATENCY_S = 0.1
+# An update applies from the first key this long after it is made, as in the WebRTC sender.
+UPDATE_LEAD_S = RefreshOptions().lead_s
 # Plot: per-frame PSNR smoothed over this many seconds.
 PLOT_SMOOTH_S = 0.25
 # Codec-in-the-loop fit: prior frames through the call's encoder at this many rates in [kbps/2, 2·kbps].
@@ -131,7 +131,7 @@ def refresh_call(base_codec: Codec, received, decoded_up: dict[int, torch.Tensor
     window: list[int] = []
     outputs, versions = [], []
     sent_bytes, version, in_flight = 0, 0, None
-    updates, refused, steps_done, next_decision = [], 0, 0, args.update_interval
+    updates, refused, steps_done, next_decision, not_helping = [], 0, 0, args.update_interval, 0
     began = time.perf_counter()
     for i, x in received:
         t = (i + 1) / fps  # call time once frame i has been captured
@@ -161,13 +161,20 @@ def refresh_call(base_codec: Codec, received, decoded_up: dict[int, torch.Tensor
         if t >= next_decision and in_flight is None:
             next_decision = t + args.update_interval
             budget = int(model_kbps * 1000 / 8 * t) - sent_bytes
-            # The update fills at most the budget, so its last byte is there by this time; it applies from
-            # the first key after that (the index travels inside the update).
-            arrive = t + budget * 8 / (model_kbps * 1000) + UPDATE_LATENCY_S
-            apply_from = next((k for k in keys if k / fps >= arrive), None)
+            # As the WebRTC sender does (sender/closedloop.py): the model stream is a token bucket, an update
+            # spends what the budget has saved and goes at once; it applies from the first key UPDATE_LEAD_S
+            # later (the index travels inside the update).
+            apply_from = next((k for k in keys if k / fps >= t + UPDATE_LEAD_S), None)
             made = None
-            if budget > 64 and apply_from is not None:
+            if budget >= MIN_UPDATE_BYTES and apply_from is not None:
                 made = make_update(receiver_model, refresher.model, form, budget, version + 1, apply_from, refresher.grad_magnitude)
+            if made is not None:
+                recent = torch.tensor(window[-GAIN_CHECK_KEYS:])
+                gain = update_gain_db(receiver_model, made[1], base_codec.normalization,
+                                      torch.stack([decoded_up[int(k)] for k in recent]), reference[recent])
+                if gain < MIN_UPDATE_GAIN_DB:
+                    not_helping += 1
+                    made = None
             if made is not None:
                 in_flight = {"data": made[0], "apply_from": apply_from}
                 sent_bytes += len(made[0])
@@ -180,6 +187,7 @@ def refresh_call(base_codec: Codec, received, decoded_up: dict[int, torch.Tensor
     seconds = total / fps
     result.update({"model_kbps": round(sent_bytes * 8 / seconds / 1000, 3), "guard_kbps": round(guard_bytes * 8 / seconds / 1000, 3),
                    "updates": len(updates), "updates_refused": refused, "update_log": updates, "refresh_steps": steps_done,
+                   "updates_not_helping": not_helping,
                    "model_versions": versions, "wall_s": round(time.perf_counter() - began, 1),
                    "psnr_unguarded": round(float(psnr_per_frame(torch.stack(outputs), reference).mean()), 3)})
     return result

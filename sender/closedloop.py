@@ -35,7 +35,7 @@ from codec.guard import MAX_TILE_EXCEPTIONS, apply_modes, choose_modes, tile_gri
 from codec.metrics import psnr_per_frame
 from codec.ops import Codec, upsample
 from codec.pipeline import BaselineReconstructor, OutputFrame, Reconstructor
-from codec.refresh import UPDATE_FORMS, Refresher, make_update
+from codec.refresh import GAIN_CHECK_KEYS, MIN_UPDATE_GAIN_DB, UPDATE_FORMS, Refresher, make_update, update_gain_db
 from codec.video import to_tensor
 
 from .encoder import DECODERS
@@ -122,6 +122,12 @@ class RefreshTrainer:
     def steps(self) -> int:
         return self.refresher.steps
 
+    def latest(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest `count` (input, target) pairs of the window, stacked."""
+        with self._wake:
+            pairs = list(self._window)[-count:]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
     def steps_due(self) -> int:
         return int(self.options.steps_per_s * self._call_s)
 
@@ -207,6 +213,7 @@ class ClosedLoop:
         self.updates_skipped_worth = 0
         self.updates_reverted = 0
         self.updates_dropped_slow = 0  # made too late for the key they named (the video had passed it)
+        self.updates_not_helping = 0  # made, but no better than the receiver's weights on the latest keys: not sent
         self.update_bytes = 0
         self.busy_s = 0.0
         self.lag_ms: collections.deque = collections.deque(maxlen=LAG_SAMPLES)  # packet submitted -> its modes out
@@ -335,8 +342,13 @@ class ClosedLoop:
             made = make_update(mirror, refresher.model, self.refresh.form, budget, version, apply_from, refresher.grad_magnitude)
             if made is None:
                 return
-            refresher.reset_grad_magnitude()
             data, updated, info = made
+            inputs, targets = self.trainer.latest(GAIN_CHECK_KEYS)
+            gain = update_gain_db(mirror, updated, self.codec.normalization, inputs, targets)
+            if gain < MIN_UPDATE_GAIN_DB:
+                self.updates_not_helping += 1  # kept training; a later update may help
+                return
+            refresher.reset_grad_magnitude()
             target = self.codec.model
             with self._rec_lock:
                 if self.reconstructor.next_index > apply_from or self.version != version - 1:
@@ -348,7 +360,8 @@ class ClosedLoop:
                 self.version = version
                 self.update_bytes += len(data)
                 self.updates.append({"version": version, "apply_from": apply_from, "bytes": len(data),
-                                     "weights": info.weights, "made_at": made_at, "refresh_steps": refresher.steps})
+                                     "weights": info.weights, "made_at": made_at, "refresh_steps": refresher.steps,
+                                     "gain_db": round(gain, 3)})
             self.on_update(version, data)
         finally:
             self._building = False
@@ -388,6 +401,7 @@ class ClosedLoop:
             "updates_skipped_worth": self.updates_skipped_worth,
             "updates_reverted": self.updates_reverted,
             "updates_dropped_slow": self.updates_dropped_slow,
+            "updates_not_helping": self.updates_not_helping,
             "closed_loop_ms_per_key": round(self.busy_s * 1000 / max(1, self.keys), 1),
             "closed_loop_lag_ms_median": round(lags[len(lags) // 2], 1) if lags else None,
             "closed_loop_lag_ms_max": round(self.worst_lag_ms, 1),

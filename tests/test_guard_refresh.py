@@ -15,7 +15,16 @@ from codec.errors import VsaeError
 from codec.guard import BASELINE, MODE_WEIGHTS, VSAE, FrameModes, apply_modes, choose_modes, tile_grid
 from codec.ops import Codec
 from codec.pipeline import Reconstructor
-from codec.refresh import UPDATE_MAGIC, Refresher, UpdateError, make_update, read_update, weights_digest
+from codec.refresh import (
+    MIN_UPDATE_GAIN_DB,
+    UPDATE_MAGIC,
+    Refresher,
+    UpdateError,
+    make_update,
+    read_update,
+    update_gain_db,
+    weights_digest,
+)
 from codec.video import downscale
 
 
@@ -186,3 +195,20 @@ def test_update_applied_at_frame_i_changes_frames_from_i_only(trained, tiny_code
     for a, b in zip(plain, switched):
         assert b.model_version == (1 if b.index >= 8 else 0)
         assert torch.equal(a.frame, b.frame) == (b.index < 8)
+
+
+def test_update_gain_check_tells_a_helpful_update_from_a_harmful_one(tiny_codec, carphone):
+    """The sender's check before spending the model budget: the full fine-tune gains on the frames it trained
+    on; the same delta reversed (a model moved the wrong way) loses."""
+    frames = carphone[:8]
+    inputs = torch.nn.functional.interpolate(downscale(frames, 4), size=frames.shape[-2:], mode="bilinear")
+    receiver = copy.deepcopy(tiny_codec.model)
+    refresher = Refresher(tiny_codec.model, tiny_codec.normalization, "full", lr=1e-3)
+    refresher.train(inputs, frames, 20)
+    assert update_gain_db(receiver, refresher.model, tiny_codec.normalization, inputs, frames) > MIN_UPDATE_GAIN_DB
+    backwards = copy.deepcopy(receiver)
+    with torch.no_grad():
+        for p, before, after in zip(backwards.parameters(), receiver.parameters(), refresher.model.parameters()):
+            p.copy_(before - 3 * (after - before))
+    assert update_gain_db(receiver, backwards, tiny_codec.normalization, inputs, frames) < 0
+    assert update_gain_db(receiver, receiver, tiny_codec.normalization, inputs, frames) == pytest.approx(0, abs=1e-9)
