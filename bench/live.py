@@ -300,6 +300,42 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_forms(rows: list[dict], path: Path) -> None:
+    """Gain over bicubic against the model stream's measured kbps, one line per update form (its budgets K in
+    order), beside the guard alone (no model stream) and the non-causal full update (the bound)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 4.5), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        methods, base = row["methods"], row["methods"]["bicubic"]["psnr"]
+        forms: dict[str, list[tuple[float, float, str]]] = {}
+        for name, m in methods.items():
+            if name.startswith("refresh-"):
+                form, budget = name[len("refresh-"):].rsplit("-", 1)
+                forms.setdefault(form, []).append((m["model_kbps"], m["psnr"] - base, budget))
+        for form, points in forms.items():
+            points.sort(key=lambda p: float(p[2]))
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"guard + refresh, {form}")
+            for x, y, budget in points:
+                ax.annotate(f"K={budget}", (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        for name, style in (("guarded-tiles", ":"), ("upper-full", "--")):
+            if name in methods:
+                label = "guard alone (no model stream)" if name == "guarded-tiles" else "full update, non-causal (bound)"
+                ax.axhline(methods[name]["psnr"] - base, ls=style, color="gray" if name == "guarded-tiles" else "black", label=label)
+        ax.axhline(methods["vsae"]["psnr"] - base, ls="-.", color="tab:red", lw=1, label="static vsae, no guard")
+        ax.set_title(f"{row['clip']}: gain over bicubic vs model stream ({row['video_kbps']:.0f} kbps video)")
+        ax.set_xlabel("model stream, kbps (measured bytes over the call)")
+        ax.set_ylabel("PSNR gain over bicubic (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -348,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(rows, out / "live.png")
+    if any(name.startswith("refresh-") for row in rows for name in row["methods"]):
+        plot_forms(rows, out / "live-forms.png")
     env = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     write_results(out, "live", rows[0] if len(rows) == 1 else {"clips": rows, "environment": env}, markdown(rows), out / "live.png")
     return 0
