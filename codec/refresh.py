@@ -190,6 +190,16 @@ def _finish(receiver: AutoEncoder, entries: list[dict], form: str, budget_bytes:
     return data, updated, UpdateInfo(version, apply_from, form, weights, len(data))
 
 
+def restamp(data: bytes, apply_from: int) -> bytes:
+    """The same update (one this side made) applying from another source frame: making an update takes a
+    while, so the sender fixes the key it applies from only when it sends it."""
+    payload = zstandard.ZstdDecompressor().decompress(data[len(UPDATE_MAGIC) + 32 :], max_output_size=MAX_UPDATE_PAYLOAD)
+    inner = msgpack.unpackb(payload, raw=False)
+    inner[2] = apply_from
+    payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(inner, use_bin_type=True))
+    return UPDATE_MAGIC + hashlib.sha256(payload).digest() + payload
+
+
 def _unpack(data: bytes, max_bin: int) -> object:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bin, max_str_len=256,

@@ -35,7 +35,7 @@ from codec.guard import MAX_TILE_EXCEPTIONS, apply_modes, choose_modes, tile_gri
 from codec.metrics import psnr_per_frame
 from codec.ops import Codec, upsample
 from codec.pipeline import BaselineReconstructor, OutputFrame, Reconstructor
-from codec.refresh import GAIN_CHECK_KEYS, MIN_UPDATE_GAIN_DB, UPDATE_FORMS, Refresher, make_update, update_gain_db
+from codec.refresh import GAIN_CHECK_KEYS, MIN_UPDATE_GAIN_DB, UPDATE_FORMS, Refresher, make_update, restamp, update_gain_db
 from codec.video import to_tensor
 
 from .encoder import DECODERS
@@ -212,7 +212,7 @@ class ClosedLoop:
         self.updates: list[dict] = []
         self.updates_skipped_worth = 0
         self.updates_reverted = 0
-        self.updates_dropped_slow = 0  # made too late for the key they named (the video had passed it)
+        self.updates_dropped_slow = 0  # ready too late: the call ends before the key it would apply from
         self.updates_not_helping = 0  # made, but no better than the receiver's weights on the latest keys: not sent
         self.update_bytes = 0
         self.busy_s = 0.0
@@ -331,15 +331,12 @@ class ClosedLoop:
         self.trainer.run_job(lambda: self._make_update(mirror, budget, version, index))
 
     def _make_update(self, mirror, budget: int, version: int, made_at: int) -> None:
-        """On the trainer's thread: the update, applied from a key far enough ahead of the video track."""
+        """On the trainer's thread: the update, checked against the mirror on the latest keys, then stamped
+        to apply from a key far enough ahead of the video track (making it takes a while: the key is fixed
+        only once it is ready to go)."""
         try:
-            lead = max(1, math.ceil(self.refresh.lead_s * self.fps))
-            apply_from = self.latest_submitted + lead
-            if apply_from >= self.total:
-                self.updates_dropped_slow += 1  # made too late: the call ends before its key
-                return
             refresher = self.trainer.refresher
-            made = make_update(mirror, refresher.model, self.refresh.form, budget, version, apply_from, refresher.grad_magnitude)
+            made = make_update(mirror, refresher.model, self.refresh.form, budget, version, 0, refresher.grad_magnitude)
             if made is None:
                 return
             data, updated, info = made
@@ -351,9 +348,13 @@ class ClosedLoop:
             refresher.reset_grad_magnitude()
             target = self.codec.model
             with self._rec_lock:
-                if self.reconstructor.next_index > apply_from or self.version != version - 1:
-                    self.updates_dropped_slow += 1  # the mirror passed the key (or went back): never sent
+                apply_from = self.latest_submitted + max(1, math.ceil(self.refresh.lead_s * self.fps))
+                # A key at or after apply_from must still come (keys are at most `temporal` apart, and the last
+                # one is within `temporal` of the end).
+                if apply_from > self.total - 2 * self.temporal or self.version != version - 1:
+                    self.updates_dropped_slow += 1  # the call ends before its key (or the mirror went back)
                     return
+                data = restamp(data, apply_from)
                 self._befores[version] = copy.deepcopy(mirror.state_dict())
                 self._befores.pop(version - KEEP_BEFORES, None)
                 self.reconstructor.switch_model_at(apply_from, lambda: target.load_state_dict(updated.state_dict()), version)

@@ -22,6 +22,7 @@ from codec.refresh import (
     UpdateError,
     make_update,
     read_update,
+    restamp,
     update_gain_db,
     weights_digest,
 )
@@ -212,3 +213,12 @@ def test_update_gain_check_tells_a_helpful_update_from_a_harmful_one(tiny_codec,
             p.copy_(before - 3 * (after - before))
     assert update_gain_db(receiver, backwards, tiny_codec.normalization, inputs, frames) < 0
     assert update_gain_db(receiver, receiver, tiny_codec.normalization, inputs, frames) == pytest.approx(0, abs=1e-9)
+
+
+def test_restamped_update_applies_from_the_new_frame_and_stays_verifiable(trained):
+    receiver, refresher = trained
+    data, mirrored, _ = make_update(receiver, refresher.model, "sparse-grad", 4000, 1, 0, refresher.grad_magnitude)
+    moved = restamp(data, 123)
+    updated, info = read_update(moved, receiver, 0)
+    assert info.apply_from == 123 and weights_digest(updated) == weights_digest(mirrored)
+    assert read_update(data, receiver, 0)[1].apply_from == 0
