@@ -63,6 +63,14 @@ def tiny_codec(carphone) -> Codec:
     return codec
 
 
+@pytest.fixture(scope="session")
+def model_bytes(tiny_codec) -> bytes:
+    """The tiny codec as bundle bytes, as a sender ships it."""
+    from codec import bundle
+
+    return bundle.dumps(tiny_codec)
+
+
 @dataclass
 class RealFit:
     result: FitResult

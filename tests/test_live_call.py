@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from codec import bundle
 from codec.guard import FrameModes
 from codec.video import read_video
 from protocol import messages as msg
@@ -30,11 +29,6 @@ REFRESH = dict(model_kbps=200.0, steps_per_s=20.0, interval_s=0.2)
 @pytest.fixture(scope="module")
 def clip() -> tuple[np.ndarray, float]:
     return read_video("carphone", frames=f"0:{FRAMES}")
-
-
-@pytest.fixture(scope="module")
-def model_bytes(tiny_codec) -> bytes:
-    return bundle.dumps(tiny_codec)
 
 
 @pytest.fixture(autouse=True)

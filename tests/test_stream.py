@@ -32,11 +32,6 @@ def clip() -> tuple[np.ndarray, float]:
     return read_video("carphone", frames=f"0:{FRAMES}")
 
 
-@pytest.fixture(scope="module")
-def model_bytes(tiny_codec) -> bytes:
-    return bundle.dumps(tiny_codec)
-
-
 def frame_count(path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
