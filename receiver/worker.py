@@ -46,6 +46,8 @@ MODES_WAIT_S = 0.5
 # ... and what a frame without modes shows: the even blend of the two rebuilds (their errors differ, so the
 # blend is rarely far from the better one; neither alone is safe without the sender's word).
 MISSING_MODES = FrameModes(MODE_WEIGHTS.index(0.5))
+# A key whose frames waited longer than this for their modes was held up by the sender, not by this CPU.
+MODES_GATED_S = 0.005
 # Modes kept for frames not yet output (bounds memory if a peer floods them).
 MAX_PENDING_MODES = 4096
 # Model-version changes listed in the stats (the count of updates goes on; a long call's list stays small).
@@ -97,6 +99,7 @@ class ReconstructWorker:
         self.frames_out = 0
         self.modes: dict[int, FrameModes] = {}  # a live call: each output frame's guard modes, until output
         self.frames_unguarded = 0  # output without their modes (MISSING_MODES)
+        self.modes_wait_s = 0.0  # time spent waiting for the sender's modes (not work: kept out of the load)
         self.updates_late = 0  # a verified update whose key had been rebuilt before it came: applied at a later key
         self.mode_counts: collections.Counter = collections.Counter()
         self._updates: collections.deque = collections.deque()  # (apply_from, state_dict, version), verified
@@ -182,11 +185,15 @@ class ReconstructWorker:
                 outputs = self.reconstructor.push(index, frame)
                 self.reconstruct_s += time.perf_counter() - began
                 baseline = self.baseline.push(index, frame) if self.baseline else []
+                waited = self.modes_wait_s
                 self._emit(outputs, baseline)
-                busy = time.perf_counter() - began
+                # Waiting for the sender's modes is not work, and frames queued meanwhile wait for the sender,
+                # not for this CPU: the ladder must not step down for either.
+                waited = self.modes_wait_s - waited
+                busy = time.perf_counter() - began - waited
                 self.busy_s += busy
                 if previous_index is not None and index > previous_index:
-                    self._adapt(busy, (index - previous_index) / self.info.fps, index)
+                    self._adapt(busy, (index - previous_index) / self.info.fps, index, gated=waited > MODES_GATED_S)
                 previous_index = max(index, previous_index if previous_index is not None else index)
             began = time.perf_counter()
             outputs = self.reconstructor.flush(self._total)
@@ -216,19 +223,21 @@ class ReconstructWorker:
 
     def _modes_for(self, index: int) -> FrameModes:
         """A live call: this frame's modes from the sender, waiting up to MODES_WAIT_S for them."""
-        deadline = time.monotonic() + MODES_WAIT_S
+        began = time.monotonic()
+        deadline = began + MODES_WAIT_S
         with self._wake:
             while index not in self.modes and not self._closing and time.monotonic() < deadline:
                 self._wake.wait(deadline - time.monotonic())
             modes = self.modes.pop(index, None)
+        self.modes_wait_s += time.monotonic() - began
         if modes is None:
             self.frames_unguarded += 1
             return MISSING_MODES
         return modes
 
-    def _adapt(self, busy_s: float, media_s: float, index: int) -> None:
+    def _adapt(self, busy_s: float, media_s: float, index: int, gated: bool = False) -> None:
         with self._wake:
-            backlog = len(self._queue)
+            backlog = 0 if gated else len(self._queue)
         rung = self.ladder.observe(busy_s, media_s, backlog, index)
         if rung is not None:
             self.reconstructor.set_mode(rung.method, rung.iterations)
@@ -293,6 +302,7 @@ class ReconstructWorker:
             "first_output_time": self.first_output_time,
             "last_output_time": self.last_output_time,
             **({"psnr_vsae": mean(self.psnr_vsae), "frames_unguarded": self.frames_unguarded, "updates_late": self.updates_late,
+                "modes_wait_s": round(self.modes_wait_s, 3),
                 "modes": {str(k): v for k, v in sorted(self.mode_counts.items())}} if self.guard else {}),
         }
 

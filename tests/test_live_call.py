@@ -144,3 +144,35 @@ def test_live_messages_round_trip_and_refuse_bad_fields():
     config = msg.Config(width=2, height=2, low_width=2, low_height=2, fps=30.0, scale=1, temporal=1, frames=1, codec="vp8",
                         kbps=20.0, ticks=3000)
     assert b"guard" not in msg.encode(config) and b"guard" in msg.encode(msg.Config(**{**config.__dict__, "guard": True}))
+
+
+def test_waiting_for_modes_is_not_counted_as_load(tiny_codec, tmp_path):
+    """A receiver whose sender's modes come late waits for them; that wait is not work, so it stays out of the
+    busy time the ladder reads as load (else the ladder would step the rebuild down, away from the sender's
+    mirror, for a CPU that is idle)."""
+    import threading
+    import time
+
+    from receiver.worker import MODES_WAIT_S, ReconstructWorker, StreamInfo
+
+    fps, frames = 30.0, 40
+    worker = ReconstructWorker(tiny_codec, StreamInfo((144, 176), fps, 2, frames), str(tmp_path / "o.mp4"), 1, "flow",
+                               guard=True)
+    low = (np.random.default_rng(0).random((36, 44, 3)) * 255).astype(np.uint8)
+    delay = 0.2  # every key's modes arrive this long after its frame
+    began = time.perf_counter()
+    for i in range(0, frames, 2):
+        worker.submit(i, low)
+        first = max(0, i - 1)
+        threading.Timer(delay, worker.note_modes, (first, [FrameModes(1)] * (i + 1 - first))).start()
+        time.sleep(2 / fps)
+    time.sleep(delay + 0.1)
+    worker.finish(frames, timeout=60)
+    elapsed = time.perf_counter() - began
+    stats = worker.stats()
+    assert worker.error is None and stats["frames_out"] == frames
+    assert stats["modes_wait_s"] > delay  # it waited, gated by the modes key after key...
+    # ...and none of that wait is in the busy time (counted as busy, the two would add up to about twice the
+    # run's length, since the worker spends most of it waiting).
+    assert worker.busy_s + stats["modes_wait_s"] < elapsed
+    assert stats["frames_unguarded"] <= 1 and delay < MODES_WAIT_S  # the last frame's modes may never come
