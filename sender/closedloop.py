@@ -57,6 +57,8 @@ WORTH_WINDOW_S = 1.0
 MODES_PER_MESSAGE = 64
 # Lag samples kept for the median (a call may run for hours).
 LAG_SAMPLES = 10_000
+# Model-version changes kept for the stats (as the receiver's worker keeps them: a long call's list stays small).
+MAX_VERSION_RUNS = 1000
 # Weights before each of the latest updates, kept to go back when the receiver refuses one.
 KEEP_BEFORES = 4
 
@@ -307,7 +309,8 @@ class ClosedLoop:
             self.mode_counts[modes.mode] += 1
             self.tile_exceptions += len(modes.tiles)
             self.frames += 1
-            if not self.version_runs or self.version_runs[-1][1] != out.model_version:
+            changed = not self.version_runs or self.version_runs[-1][1] != out.model_version
+            if changed and len(self.version_runs) < MAX_VERSION_RUNS:
                 self.version_runs.append([out.index, out.model_version])
         self.mode_bytes += len(data)
         self.on_modes(outputs[0].index, bytes(data))

@@ -290,7 +290,7 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     model_sent = [0]  # across attempts
     # The closed loop mirrors the receiver's model: the same bundle bytes, loaded the same way.
-    codec = bundle.loads(model) if options.guard else None
+    codec = await asyncio.get_running_loop().run_in_executor(None, bundle.loads, model) if options.guard else None
     for attempt in range(1, options.retries + 2):
         try:
             result = await _session(frames, source_fps, indices, low, model, options, model_sent, retrying=attempt > 1,
@@ -429,7 +429,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             raise SessionError("receiver acknowledged a different model")
 
         if options.guard:
-            closed_loop = _start_closed_loop(codec, frames, hello, fps, total, options, outbox, live)
+            loop = asyncio.get_running_loop()  # the closed loop copies the model: off the event loop
+            closed_loop = await loop.run_in_executor(
+                None, _start_closed_loop, codec, frames, hello, fps, total, options, outbox, loop)
             track.on_packet = closed_loop.submit
             sending = asyncio.ensure_future(_drain_outbox(control, outbox, live))
         streaming = True
@@ -468,12 +470,12 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
 
 
 def _start_closed_loop(codec, frames: np.ndarray, hello: msg.Hello, fps: float, total: int, options: SendOptions,
-                       outbox: asyncio.Queue, live: dict) -> ClosedLoop:
-    """The live call's closed loop, rebuilding as the receiver said it does (its hello)."""
+                       outbox: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> ClosedLoop:
+    """The live call's closed loop, rebuilding as the receiver said it does (its hello); its messages go to
+    `outbox` through `loop`."""
     method = hello.rebuild_method
     if method not in TEMPORAL_METHODS or not hello.rebuild_iterations:
         raise SessionError("the receiver did not say how it rebuilds (an older vsae recv?): a live call needs it")
-    loop = asyncio.get_running_loop()
 
     def on_modes(first: int, data: bytes) -> None:
         loop.call_soon_threadsafe(outbox.put_nowait, msg.Modes(first=first, data=data))
