@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|temporal|live|inference|precision|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench ...` likewise."""
+"""`vsae bench rd|speed|temporal|live|inference|precision|compact|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench ...` likewise."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import faults, inference, live, load, precision, rd, soak, speed, temporal
+from . import compact, faults, inference, live, load, precision, rd, soak, speed, temporal
 
 
 # (kind, module with add_arguments/run, help): the order `vsae bench --help` lists them in.
@@ -20,6 +20,8 @@ KINDS = (
     ("inference", inference, "the autoencoder's forward through eager, torch.compile and ONNX Runtime, "
                              "threads 1 and 2 (inference.json, inference.md)"),
     ("precision", precision, "fit steps/s with --train-precision auto vs forced f32 and bf16 (precision.json, precision.md)"),
+    ("compact", compact, "bundle bytes vs quality per width k and weight storage (f16, int8, int6, int4, QAT) "
+                         "(compact.json, compact.md, compact.png)"),
     ("faults", faults, "stream across real network faults between network namespaces (root; faults.md)"),
     ("load", load, "several receivers at once from one sender: throughput vs cores (load.json, load.md, load.png)"),
     ("soak", soak, "stream a looped clip for long (default 30 min): receiver RSS and output fps "

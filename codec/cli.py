@@ -86,6 +86,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         device=args.device,
         train_precision=args.train_precision,
         progress=not args.quiet,
+        quantize_bits=bundle.QUANT_PRECISIONS.get(args.precision) if args.qat else None,
     )
     device = pick_device(args.device)
     print(
@@ -113,6 +114,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "train_precision": result.train_precision,
         "train_precision_reason": result.precision_reason,
         "model": args.model,
+        "qat_steps": result.qat_steps,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     codec = Codec(result.model, result.normalization, torch.device("cpu"), meta)
@@ -125,6 +127,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- convert --------------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    codec = bundle.load(args.model)
+    before = Path(args.model).stat().st_size
+    was = codec.storage
+    if args.precision in ("f32", "f16") and was in bundle.QUANT_PRECISIONS:
+        print(f"vsae convert: note: {args.model} holds {was} weights; storing them as {args.precision} does not bring "
+              "back what the rounding lost", file=sys.stderr)
+    size = bundle.save(codec, args.output, args.precision)
+    print(f"wrote {args.output}: {size} bytes ({args.precision}; was {before} bytes, {was})")
+    return 0
+
+
 # -- info -----------------------------------------------------------------------------------------
 def model_info(path: str | Path) -> dict:
     codec = bundle.load(path)
@@ -133,6 +148,7 @@ def model_info(path: str | Path) -> dict:
         "path": str(path),
         "bundle_bytes": Path(path).stat().st_size,
         "parameters": codec.model.parameter_count(),
+        "storage": codec.storage,
         "config": {**cfg.to_dict(), "stride": cfg.stride, "latent_channels": cfg.latent_channels},
         "normalization": {"mean": codec.normalization.mean, "std": codec.normalization.std},
         "meta": codec.meta,
@@ -145,7 +161,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     cfg, meta = info["config"], info["meta"]
-    print(f"{info['path']}: {info['bundle_bytes']} bytes, {info['parameters']} parameters")
+    print(f"{info['path']}: {info['bundle_bytes']} bytes ({info['storage']}), {info['parameters']} parameters")
     print(f"  architecture: k={cfg['width']} multipliers={cfg['multipliers']} stride {cfg['stride']}, latent {cfg['latent_channels']} channels")
     for key, value in meta.items():
         print(f"  {key}: {value}")
@@ -226,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=positive, default=DEFAULT_BATCH, help=f"batch size (default {DEFAULT_BATCH})")
     p.add_argument("--degrade", type=_factors, default=DEGRADE_FACTORS,
                    help="degraded-input training factors, e.g. 1,2,4,8, or none (default 1,2,4,8)")
-    p.add_argument("--precision", choices=("f16", "f32"), default="f16", help="weight precision stored in the bundle")
+    p.add_argument("--precision", choices=bundle.PRECISIONS, default=bundle.DEFAULT_PRECISION,
+                   help=f"weight storage in the bundle (default {bundle.DEFAULT_PRECISION}: convolution weights per-channel "
+                        "integers, the rest f16)")
+    p.add_argument("--no-qat", dest="qat", action="store_false",
+                   help="with integer storage, skip the quantization-aware last part of the fit")
     p.add_argument("--train-precision", choices=TRAIN_PRECISIONS, default="auto",
                    help="arithmetic while training: auto (default) times a few steps of bf16 and f32 (CUDA: f16 and f32) "
                         "on this machine and keeps the faster")
@@ -234,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("convert", help="store an existing model bundle at another precision (e.g. int8)")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="model bundle to write")
+    p.add_argument("--precision", choices=bundle.PRECISIONS, required=True, help="weight storage of the new bundle")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="show a model bundle's config, size and training metadata")
     p.add_argument("model")

@@ -88,6 +88,7 @@ class Codec:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     meta: dict = field(default_factory=dict)
     flow: FlowOptions = field(default_factory=FlowOptions)  # the `flow` temporal method's settings
+    storage: str = "f32"  # how the bundle stored the weights (codec.bundle.PRECISIONS); f32 for a model fitted here
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device).to(memory_format=torch.channels_last)

@@ -1,7 +1,8 @@
 """Live model refresh: keep fine-tuning a copy of the model on the call's latest frames and ship compact,
 verified weight updates that sender (closed loop) and receiver apply from the same source frame.
 
-Update forms (UPDATE_FORMS), each int8 per tensor (symmetric, one scale) and zstd on top:
+Update forms (UPDATE_FORMS), each int8 per tensor (symmetric, one scale; codec/quant.py, the bundle's
+quantizer) and zstd on top:
   * `sparse-grad`: the top weights by accumulated gradient magnitude since the last update (SRVC's rule):
     one index + one value per updated weight;
   * `sparse-delta`: the same format, the weights chosen by how far they moved from the receiver's copy;
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 import zstandard
 
+from . import quant
 from .errors import VsaeError
 from .model import AutoEncoder, Normalization
 
@@ -96,9 +98,9 @@ class UpdateInfo:
 
 
 def _quantize(delta: np.ndarray) -> tuple[float, np.ndarray]:
-    peak = float(np.abs(delta).max()) if delta.size else 0.0
-    scale = peak / 127 if peak > 0 else 1.0
-    return scale, np.clip(np.rint(delta / scale), -127, 127).astype(np.int8)
+    """A delta as int8, one symmetric scale for the tensor: the bundle's quantizer (codec/quant.py)."""
+    q = quant.quantize(delta, 8, axis=None, symmetric=True)
+    return float(q.scale[0]), q.values
 
 
 def _pack(version: int, apply_from: int, form: str, base: bytes, result: bytes, tensors: list[dict], names: list[str]) -> bytes:
@@ -115,7 +117,9 @@ def _apply_entries(model: AutoEncoder, tensors: list[dict]) -> None:
     with torch.no_grad():
         for entry in tensors:
             p = params[entry["name"]]
-            values = torch.from_numpy(np.frombuffer(entry["values"], np.int8).astype(np.float32)) * np.float32(entry["scale"])
+            q = quant.Quantized(8, None, np.array([entry["scale"]], np.float32), np.zeros(1, np.int8),
+                                np.frombuffer(entry["values"], np.int8))
+            values = torch.from_numpy(quant.dequantize(q))
             flat = p.data.detach().cpu().contiguous().view(-1).clone()  # weights may be channels-last
             if entry.get("indices") is None:
                 flat += values

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import quant
 from .errors import VsaeError
 from .model import AutoEncoder, ModelConfig, Normalization
 from .precision import autocast_context, check_precision, choose_precision
@@ -24,6 +25,9 @@ DEFAULT_BATCH = 6
 DEFAULT_MINUTES = 4.0
 # Fraction of the budget at constant lr before the linear decay to zero (paper: 100 of 200 epochs).
 CONSTANT_FRACTION = 0.5
+# Quantization-aware fine-tuning: the share of the budget (at its end, where the lr decays) trained through
+# the storage's rounding when FitOptions.quantize_bits is set.
+QAT_FRACTION = 0.1
 # Degraded-input training (appendix C): each input is area-downscaled by a factor drawn from here and
 # bilinearly upsampled back; 1 keeps the clean frame so plain reconstruction is learned too.
 DEGRADE_FACTORS = (1, 2, 4, 8)
@@ -53,6 +57,9 @@ class FitOptions:
     degraded_pool: torch.Tensor | None = None
     pool_fraction: float = 0.5
     progress: bool = True
+    # Integer storage the model will be shipped in (bits; None: float): the last QAT_FRACTION of the budget
+    # trains through fake-quantized convolution weights, so the fit ends where rounding costs least.
+    quantize_bits: int | None = None
 
 
 @dataclass
@@ -69,6 +76,8 @@ class FitResult:
     precision_reason: str = ""
     # Wall time of the precision probe, part of `seconds` (0 when the precision was given or already timed).
     probe_seconds: float = 0.0
+    # Steps trained through fake-quantized weights (FitOptions.quantize_bits).
+    qat_steps: int = 0
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -116,6 +125,8 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         raise VsaeError("give a budget: epochs or minutes")
     if (opts.epochs is not None and opts.epochs <= 0) or (opts.minutes is not None and opts.minutes <= 0):
         raise VsaeError("the fit budget must be positive")
+    if opts.quantize_bits is not None and opts.quantize_bits not in quant.BITS:
+        raise VsaeError(f"quantize_bits must be one of {quant.BITS}, not {opts.quantize_bits}")
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] == 0:
         raise VsaeError(f"expected frames (N, 3, H, W), got {tuple(frames.shape)}")
     seed_everything(opts.seed)
@@ -156,7 +167,8 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     )
     # Model space is RGB scaled per channel by 1/std: multiply back to report PSNR in RGB [0, 1].
     std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
-    step, history, ema_mse = 0, [], None
+    step, history, ema_mse, qat_steps = 0, [], None, 0
+    quant_axes = quant.quantized_weights(model)
     order: list[int] = []
     model.train()
     while True:
@@ -185,7 +197,13 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(progress, opts.lr)
         with autocast_context(device, choice.name):
-            output = model(inputs.contiguous(memory_format=torch.channels_last))
+            x_in = inputs.contiguous(memory_format=torch.channels_last)
+            if opts.quantize_bits is not None and progress >= 1.0 - QAT_FRACTION:
+                fake = {n: quant.fake_quantize(p, opts.quantize_bits, quant_axes[n]) for n, p in model.named_parameters() if n in quant_axes}
+                output = torch.func.functional_call(model, fake, (x_in,), strict=False)
+                qat_steps += 1
+            else:
+                output = model(x_in)
         loss = F.mse_loss(output.float(), target_n)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -208,4 +226,5 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     # Model memory format back to default so saved/loaded models behave the same.
     model = model.to(memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - start
-    return FitResult(model, norm, step / steps_per_epoch, step, seconds, round(psnr, 3), history, choice.name, choice.reason, probe_seconds)
+    return FitResult(model, norm, step / steps_per_epoch, step, seconds, round(psnr, 3), history, choice.name, choice.reason,
+                     probe_seconds, qat_steps)
