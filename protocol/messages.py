@@ -11,6 +11,8 @@ Session (sender -> receiver unless marked <-):
   ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model; from chunk
       model_offset // CHUNK_BYTES when it holds the start of it from an interrupted session)
   <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
+     (an early start, Config.early: <- Ack(sha256, pending) at once, the video starts, the model chunks
+     follow during it, and <- Ack(sha256) once the receiver rebuilds with the model)
   Frame(index, capture_time) for a sent frame, once a second, on the unordered meta channel
   Modes(first, data)  -- a live call's guard (Config.guard): how to show source frames first.. (codec.guard)
   Update(version, part, parts, data) x parts  -- a live model update (codec.refresh), background flow
@@ -25,7 +27,8 @@ refuse the unknown field with `bad_field`). So far: `Hello.nonce` and `Config.au
 shared secret (protocol.auth): a receiver with a secret sends a nonce, the sender answers with an
 HMAC-SHA256 tag over the nonce, its hello and the config; `Hello.model_offset`, a resumed model
 transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild; `Config.guard`, a live call whose sender guards every frame (then `modes` messages follow, and
-`update` messages may). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
+`update` messages may); `Config.early` with `Ack.pending`, a call whose video starts before the model
+has arrived (the model chunks then travel during the stream). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
 
@@ -116,12 +119,16 @@ class Config(Message):
     # A live call (sender/closedloop.py): the sender runs the receiver's rebuild itself and sends a `modes`
     # message for every frame; the receiver shows what they say (codec.guard) and takes model updates.
     guard: bool = False
+    # The video starts before the model has arrived (the receiver lacks it): the receiver answers at once
+    # with a pending `ack`, shows the bicubic rebuild, takes the model chunks during the stream and switches
+    # to the model at a key once it has verified it (then a plain `ack`).
+    early: bool = False
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
         "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX,
     }
-    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard")
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early")
 
 
 @dataclass(frozen=True)
@@ -144,7 +151,9 @@ class ModelDone(Message):
 class Ack(Message):
     kind: ClassVar[str] = "ack"
     sha256: str
+    pending: bool = False  # an early start (Config.early): ready for the video, the model still to come
     limits: ClassVar[dict] = {"sha256": SHA256_HEX}
+    omit_empty: ClassVar[tuple[str, ...]] = ("pending",)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The receiver: answer one sender at a time, take its model, rebuild hi-res video from its low-res track.
 
-A session goes hello -> config -> (model chunks -> model done) -> ack -> video -> bye. In a live call
+A session goes hello -> config -> (model chunks -> model done) -> ack -> video -> bye; when the sender starts
+the video before the model (Config.early), hello -> config -> pending ack -> video, with the model chunks
+during it (the bicubic rebuild shows until the model is verified, then ack) -> bye. In a live call
 (`config.guard`) the video comes with the guard's modes for every frame and, with a refresh, model updates:
 each is verified whole against the weights it names (codec.refresh.read_update, off the event loop) and
 scheduled from its key, or refused with the old model kept; either way the sender hears (update_ack). Anything out of
@@ -117,6 +119,10 @@ class Session:
         self.update_refusals: list[str] = []
         self.update_bytes = 0
         self.modes_bytes = 0
+        # An early start (Config.early): the model arrives during the stream.
+        self.awaiting_model = False
+        self.began_wall = time.time()  # time to first frame / to the model count from the offer's answer
+        self.model_ready_wall: float | None = None
 
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
@@ -132,7 +138,7 @@ class Session:
         if self.pc.connectionState in ("failed", "closed"):
             self.peer_closed.set()
         if self.pc.connectionState in ("failed", "closed") and not self.done.done():
-            self.resumable = self.state == "model"
+            self.resumable = self.state == "model" or self.awaiting_model
             self._spawn(self.close(f"connection {self.pc.connectionState} before the stream ended"))
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -207,6 +213,8 @@ class Session:
             ("streaming", "bye"): self._bye,
             ("streaming", "modes"): self._modes,
             ("streaming", "update"): self._update,
+            ("streaming", "model_chunk"): self._chunk,
+            ("streaming", "model_done"): self._model_done,
         }.get((self.state, message.kind))
         if isinstance(message, msg.Error):
             await self.close(f"sender reported {message.code}: {message.message}")
@@ -251,6 +259,12 @@ class Session:
                 self.chunk_bytes = self.resumed_bytes = sum(map(len, self.chunks))
                 log.info("resuming the model transfer at %d of %d bytes", self.chunk_bytes, self.hello.model_bytes)
             self.state = "model"
+            if config.early:
+                if config.guard:
+                    await self.refuse("bad_value", "a live call (guard) cannot start before the model has arrived")
+                    return
+                self.awaiting_model = True
+                await self._start(None)
 
     async def _authenticate(self, config: msg.Config) -> bool:
         secret = self.options.secret
@@ -281,6 +295,9 @@ class Session:
         return True
 
     async def _chunk(self, chunk: msg.ModelChunk) -> None:
+        if self.state == "streaming" and not self.awaiting_model:
+            await self.refuse("unexpected", "model chunk after the model was complete")
+            return
         if chunk.seq != len(self.chunks):
             await self.refuse("bad_chunk", f"model chunk {chunk.seq} out of order (expected {len(self.chunks)})")
             return
@@ -291,7 +308,13 @@ class Session:
         self.chunk_bytes += len(chunk.data)
 
     async def _model_done(self, done: msg.ModelDone) -> None:
-        self.state = "loading"
+        early = self.state == "streaming"
+        if early and not self.awaiting_model:
+            await self.refuse("unexpected", "model_done after the model was complete")
+            return
+        if not early:
+            self.state = "loading"
+        self.awaiting_model = False
         data = b"".join(self.chunks)
         self.chunks = []
         if done.size != len(data) or done.size != self.hello.model_bytes:
@@ -313,13 +336,27 @@ class Session:
             return
         self.model_bytes, self.model_transferred = len(data), True
         self.options.models[digest] = codec
+        if early:  # the stream is on: the worker switches to the model at its next key
+            if self.state != "streaming" or self.worker is None:
+                return  # the session ended while the model loaded
+            self.codec = codec
+            self.worker.set_model(codec)
+            self.model_ready_wall = time.time()
+            log.info("model verified %.2f s into the session: rebuilding with it from the next key",
+                     self.model_ready_wall - self.began_wall)
+            await self.send(msg.Ack(sha256=self.hello.model_sha256))
+            return
         await self._start(codec)
 
-    async def _start(self, codec: Codec) -> None:
+    async def _start(self, codec: Codec | None) -> None:
+        """Start the rebuild and tell the sender to stream: with the model, or (an early start, codec None)
+        without it for now."""
         self.state = "loading"
         config = self.config
         self.codec = codec
-        self.model_bytes = self.model_bytes or self.hello.model_bytes
+        if codec is not None:
+            self.model_bytes = self.model_bytes or self.hello.model_bytes
+            self.model_ready_wall = self.model_ready_wall or time.time()
         info = StreamInfo((config.height, config.width), config.fps, config.temporal, config.frames)
         reference = self.options.reference
         if reference is not None and reference.shape[1:3] != info.size:
@@ -329,7 +366,7 @@ class Session:
         loop = asyncio.get_running_loop()
         try:
             self.worker = await loop.run_in_executor(
-                None, lambda: ReconstructWorker(self._session_codec(codec), info, self.options.output, self.options.iterations,
+                None, lambda: ReconstructWorker(self._session_codec(codec) if codec is not None else None, info, self.options.output, self.options.iterations,
                                                 self.options.method, reference, self.options.bicubic_output,
                                                 self.options.reference_loop, self.options.adapt, config.guard),
             )
@@ -341,7 +378,7 @@ class Session:
         if self.options.samples:  # sampling runs while this session streams; any end of the session stops it
             sampler = Sampler(self.options.samples, worker_counters(self.worker), self.options.sample_interval).start()
             self.done.add_done_callback(lambda _: sampler.stop())
-        await self.send(msg.Ack(sha256=self.hello.model_sha256))
+        await self.send(msg.Ack(sha256=self.hello.model_sha256, pending=codec is None))
 
     def _session_codec(self, codec: Codec) -> Codec:
         """The model this session rebuilds with: a live call's updates change weights, so it gets its own copy
@@ -491,6 +528,7 @@ class Session:
             "iterations": self.options.iterations,
             "method": self.options.method,
             "model_transferred": self.model_transferred,
+            **self._start_stats(worker),
             "model_bytes_resumed": self.resumed_bytes,
             "authenticated": self.authenticated,
             "model_sha256": self.hello.model_sha256 if self.hello else None,
@@ -502,6 +540,17 @@ class Session:
             "peak_rss_mb": round(peak_rss_mb(), 1),  # this process's own (ru_maxrss carries a parent's peak over exec)
         })
         return stats
+
+    def _start_stats(self, worker: dict) -> dict:
+        """How the call started: time to the first shown frame and to the model (from the answer to the
+        sender's offer). The worker's stats say what was shown before the model (frames_before_model,
+        psnr_before_model / psnr_after_model)."""
+        first = worker.get("first_output_time")
+        return {
+            "early_start": bool(self.config and self.config.early),
+            "time_to_first_frame_ms": round((first - self.began_wall) * 1000, 1) if first else None,
+            "time_to_model_ms": round((self.model_ready_wall - self.began_wall) * 1000, 1) if self.model_ready_wall else None,
+        }
 
     def _jitter_stats(self) -> dict:
         stats = [b.stats() for b in self.jitter_buffers]

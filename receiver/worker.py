@@ -12,6 +12,11 @@ what the modes say, waiting up to MODES_WAIT_S for a frame's modes (they travel 
 channel while the frame itself is rebuilt here); past that it shows MISSING_MODES and counts the frame.
 Verified model updates (codec.refresh, checked by the session) switch the weights from the key they name.
 
+A call that starts before the model has arrived (Config.early) starts the worker without a model: it shows
+the bicubic rebuild (the baseline) until the session hands it the verified model (`set_model`), then
+switches at the next key it rebuilds: frames before that key are the baseline's, that key and every frame
+after it the model's, one output per source frame either way.
+
 Nothing here grows with the stream's length (a call may run for hours): quality metrics are running
 sums, latencies a fixed-size reservoir, capture times a bounded map of frames not yet output.
 """
@@ -67,7 +72,7 @@ class StreamInfo:
 class ReconstructWorker:
     def __init__(
         self,
-        codec: Codec,
+        codec: Codec | None,
         info: StreamInfo,
         output: str,
         iterations: int,
@@ -81,9 +86,18 @@ class ReconstructWorker:
         self.info = info
         self.codec = codec
         self.guard = guard
-        self.reconstructor = Reconstructor(codec, info.size, info.temporal, iterations, method)
+        if guard and codec is None:
+            raise ValueError("a live call's guard needs the model from the first frame")
+        self.iterations, self.method = iterations, method
+        # None until the model arrives (an early start): the baseline is shown meanwhile.
+        self.reconstructor = Reconstructor(codec, info.size, info.temporal, iterations, method) if codec is not None else None
+        self._model_pending: Codec | None = None
+        self.model_from: int | None = 0 if codec is not None else None  # first frame rebuilt with the model
+        self.model_ready_time: float | None = None  # wall clock when set_model handed it over
+        self.concealed_before_model = 0
+        self.psnr_before_model, self.psnr_after_model = RunningMean(), RunningMean()
         self.ladder = RebuildController(build_ladder(method, iterations, TEMPORAL_METHODS), adapt=adapt)
-        needs_baseline = guard or reference is not None or bicubic_output
+        needs_baseline = guard or reference is not None or bicubic_output or codec is None
         self.baseline = BaselineReconstructor(info.size, info.temporal) if needs_baseline else None
         self.reference = reference
         self.reference_loop = reference_loop  # output frame i is scored against reference[i % len(reference)]
@@ -160,6 +174,12 @@ class ReconstructWorker:
         with self._wake:
             self._updates.append((apply_from, state, version))
 
+    def set_model(self, codec: Codec) -> None:
+        """The verified model of an early-started call: rebuild with it from the next key on."""
+        with self._wake:
+            self._model_pending = codec
+            self.model_ready_time = time.time()
+
     def finish(self, total: int | None = None, timeout: float | None = None) -> None:
         """End of stream: process what is queued, emit frames up to `total`, close the files (blocking)."""
         with self._wake:
@@ -181,10 +201,13 @@ class ReconstructWorker:
                 began = time.perf_counter()
                 index, rgb = item
                 frame = to_tensor(rgb[None])[0]
-                self._next_update(index)
-                outputs = self.reconstructor.push(index, frame)
+                self._adopt_model(index)
+                if self.reconstructor is not None:
+                    self._next_update(index)
+                outputs = self.reconstructor.push(index, frame) if self.reconstructor is not None else []
                 self.reconstruct_s += time.perf_counter() - began
                 baseline = self.baseline.push(index, frame) if self.baseline else []
+                outputs = self._shown(outputs, baseline)
                 waited = self.modes_wait_s
                 self._emit(outputs, baseline)
                 # Waiting for the sender's modes is not work, and frames queued meanwhile wait for the sender,
@@ -192,13 +215,14 @@ class ReconstructWorker:
                 waited = self.modes_wait_s - waited
                 busy = time.perf_counter() - began - waited
                 self.busy_s += busy
-                if previous_index is not None and index > previous_index:
+                if previous_index is not None and index > previous_index and self.reconstructor is not None:
                     self._adapt(busy, (index - previous_index) / self.info.fps, index, gated=waited > MODES_GATED_S)
                 previous_index = max(index, previous_index if previous_index is not None else index)
             began = time.perf_counter()
-            outputs = self.reconstructor.flush(self._total)
+            outputs = self.reconstructor.flush(self._total) if self.reconstructor is not None else []
             self.reconstruct_s += time.perf_counter() - began
-            self._emit(outputs, self.baseline.flush(self._total) if self.baseline else [])
+            baseline = self.baseline.flush(self._total) if self.baseline else []
+            self._emit(self._shown(outputs, baseline), baseline)
             self.busy_s += time.perf_counter() - began
         except BaseException as exc:  # reported by the session; the thread must not die silently
             self.error = exc
@@ -206,6 +230,26 @@ class ReconstructWorker:
             self.writer.close()
             if self.bicubic_writer:
                 self.bicubic_writer.close()
+
+    def _adopt_model(self, index: int) -> None:
+        """An early start's model, once verified: the reconstructor starts at key `index` (nothing before it)."""
+        if self.reconstructor is not None:
+            return
+        with self._wake:
+            codec, self._model_pending = self._model_pending, None
+        if codec is None:
+            return
+        self.codec = codec
+        rung = self.ladder.rung
+        self.reconstructor = Reconstructor(codec, self.info.size, self.info.temporal, rung.iterations, rung.method)
+        self.reconstructor.next_index = index
+        self.model_from = index
+
+    def _shown(self, outputs: list[OutputFrame], baseline: list[OutputFrame]) -> list[OutputFrame]:
+        """The frames to show, aligned with `baseline`: the baseline's before the model's first frame."""
+        if self.model_from is None:
+            return list(baseline)
+        return [b for b in baseline if b.index < self.model_from] + outputs if self.model_from > 0 else outputs
 
     def _next_update(self, index: int) -> None:
         """Before rebuilding key `index`: hand the next verified update to the reconstructor (one switch at a
@@ -255,6 +299,9 @@ class ReconstructWorker:
                 now = time.time()
             if (not self.version_runs or self.version_runs[-1][1] != out.model_version) and len(self.version_runs) < MAX_VERSION_RUNS:
                 self.version_runs.append([out.index, out.model_version])
+            before_model = self.model_from is None or out.index < self.model_from
+            if before_model and out.concealed:
+                self.concealed_before_model += 1
             image = to_uint8(frame[None])[0]
             self.writer.write(image)
             self.frames_out += 1
@@ -271,7 +318,9 @@ class ReconstructWorker:
             if self.reference is not None and ref_index < len(self.reference):
                 # Metrics quantize to 8 bits first: they score what the viewer sees.
                 ref = to_tensor(self.reference[ref_index][None])
-                self.psnr.add(float(psnr_per_frame(frame[None], ref)[0]))
+                shown_psnr = float(psnr_per_frame(frame[None], ref)[0])
+                self.psnr.add(shown_psnr)
+                (self.psnr_before_model if before_model else self.psnr_after_model).add(shown_psnr)
                 self.ssim.add(ssim(frame[None], ref))
                 if self.guard:
                     self.psnr_vsae.add(float(psnr_per_frame(rebuilt[None], ref)[0]))
@@ -287,7 +336,7 @@ class ReconstructWorker:
         return {
             "frames_received": self.frames_received,
             "frames_out": self.frames_out,
-            "frames_concealed": self.reconstructor.concealed,
+            "frames_concealed": (self.reconstructor.concealed if self.reconstructor else 0) + self.concealed_before_model,
             "frames_dropped_backlog": self.frames_dropped,
             "fps_reconstruct": round(self.frames_out / self.reconstruct_s, 2) if self.reconstruct_s else None,
             "fps_pipeline": round(self.frames_out / self.busy_s, 2) if self.busy_s else None,
@@ -299,6 +348,11 @@ class ReconstructWorker:
             "psnr_frames": self.psnr.count,
             "ladder": self.ladder.stats(),
             "model_versions": self.version_runs,
+            "model_from_frame": self.model_from,
+            "frames_before_model": self.model_from if self.model_from is not None else self.frames_out,
+            "model_ready_time": self.model_ready_time,
+            "psnr_before_model": mean(self.psnr_before_model),
+            "psnr_after_model": mean(self.psnr_after_model),
             "first_output_time": self.first_output_time,
             "last_output_time": self.last_output_time,
             **({"psnr_vsae": mean(self.psnr_vsae), "frames_unguarded": self.frames_unguarded, "updates_late": self.updates_late,

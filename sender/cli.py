@@ -129,7 +129,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     options = [SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                            codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop, guard=args.guard or args.refresh,
-                           refresh=refresh) for host, port in targets]
+                           refresh=refresh, early_start=not args.wait_for_model, model_pace_kbps=args.model_pace)
+               for host, port in targets]
     try:
         stream_config(frames.shape, fps, options[0])  # e.g. a frame rate the protocol cannot carry: refused before connecting
     except SessionError as exc:
@@ -201,6 +202,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=non_negative, default=DEFAULT_RETRIES, metavar="N",
                    help=f"new sessions after a connection lost before the video starts; the model transfer resumes "
                         f"where it stopped (default {DEFAULT_RETRIES})")
+    p.add_argument("--wait-for-model", action="store_true",
+                   help="start the video only once the receiver has the model (default: at once, the receiver shows "
+                        "the bicubic rebuild until the model has arrived; a --guard call always waits)")
+    p.add_argument("--model-pace", type=positive_float, default=None, metavar="KBPS",
+                   help="send the model during the video at most this fast (default: as fast as the data channel takes it)")
     p.add_argument("--guard", action="store_true",
                    help="a live call: run the receiver's rebuild here (closed loop) and tell it, per frame and tile, "
                         "whether to show the vsae rebuild, the bicubic baseline or a blend (never worse than bicubic)")

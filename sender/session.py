@@ -94,6 +94,12 @@ class SendOptions:
     # `refresh`, also fine-tune the model during the call and ship updates under its model-stream budget.
     guard: bool = False
     refresh: RefreshOptions | None = None
+    # When the receiver lacks the model, start the video at once and send the model during it (Config.early;
+    # the receiver shows the bicubic rebuild until the model is verified). A live call (guard) always waits:
+    # its closed loop needs the model at both ends from the first frame.
+    early_start: bool = True
+    # Pace of that in-call model transfer (kbps of model chunks); None: as fast as the data channel takes them.
+    model_pace_kbps: float | None = None
     # Fault injection (tests, the fault lab): called with (version, wire bytes) of each update, returns the
     # bytes to send instead; the closed loop still mirrors the update as made.
     update_filter: Callable[[int, bytes], bytes] | None = None
@@ -332,6 +338,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     streaming = False
     closed_loop: ClosedLoop | None = None
     live = {"acks": [], "guard_message_bytes": 0, "update_message_bytes": 0}
+    # An early start: when the video started and when the receiver said it rebuilds with the model.
+    start = {"early": False, "video_at": None, "model_at": None}
+    shipping: asyncio.Task | None = None
     outbox: asyncio.Queue = asyncio.Queue()  # the closed loop's messages, sent in order by one task
 
     def fail(reason: str, lost_connection: bool = False) -> None:
@@ -350,6 +359,12 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             fail(f"receiver refused: {message.code}: {message.message}")
         elif isinstance(message, msg.Keyframe):
             track.request_keyframe()
+        elif isinstance(message, msg.Ack) and start["early"] and start["video_at"] is not None:
+            if message.sha256 != sha or message.pending:
+                fail("receiver acknowledged a different model")
+            elif start["model_at"] is None:
+                start["model_at"] = time.monotonic()
+                log.info("the receiver rebuilds with the model %.2f s into the video", start["model_at"] - start["video_at"])
         elif isinstance(message, msg.UpdateAck) and closed_loop is not None:
             live["acks"].append(message)
             if not message.applied:
@@ -411,12 +426,23 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         await send_message(control, own_hello)
         hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
         config = stream_config(frames.shape, source_fps, options)
+        start["early"] = options.early_start and not hello.have_model and not options.guard
+        config = dataclasses.replace(config, early=start["early"])
         if hello.nonce and options.secret is not None:
             config = dataclasses.replace(config, auth=auth.tag(options.secret, hello.nonce, own_hello, config))
         elif options.secret is not None:
             log.warning("the receiver does not ask for a shared secret: streaming without a tag")
         await send_message(control, config)
-        if not hello.have_model:
+        if start["early"]:
+            ack = await expect(msg.Ack, HANDSHAKE_TIMEOUT_S)
+            if ack.sha256 != sha or not ack.pending:
+                raise SessionError("receiver did not take the early start (an ack for the model was expected pending)")
+            start["video_at"] = time.monotonic()
+            shipping = asyncio.ensure_future(_ship_model(control, model, sha, hello.model_offset // msg.CHUNK_BYTES,
+                                                         model_sent, options.model_pace_kbps))
+            # A failed transfer shows as the connection's failure; its exception is read here, not left unread.
+            shipping.add_done_callback(lambda task: task.cancelled() or task.exception())
+        elif not hello.have_model:
             if hello.model_offset >= len(model):
                 await _refuse(control, "bad_value", f"model_offset {hello.model_offset} is past the model's end")
                 raise SessionError(f"receiver claims {hello.model_offset} bytes of a {len(model)}-byte model")
@@ -424,9 +450,10 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                 log.warning("vsae send: the receiver holds %d of %d model bytes; sending the rest",
                             hello.model_offset, len(model))
             await _ship_model(control, model, sha, hello.model_offset // msg.CHUNK_BYTES, model_sent)
-        ack = await expect(msg.Ack, MODEL_TIMEOUT_S)
-        if ack.sha256 != sha:
-            raise SessionError("receiver acknowledged a different model")
+        if not start["early"]:
+            ack = await expect(msg.Ack, MODEL_TIMEOUT_S)
+            if ack.sha256 != sha or ack.pending:
+                raise SessionError("receiver acknowledged a different model")
 
         if options.guard:
             loop = asyncio.get_running_loop()  # the closed loop copies the model: off the event loop
@@ -449,6 +476,10 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                 raise SessionError(f"the closed loop failed: {type(closed_loop.error).__name__}: {closed_loop.error}")
             await outbox.put(None)
             await sending
+        if shipping is not None and not shipping.done():
+            # The stream ended before the model was through: no chunk may follow the bye.
+            shipping.cancel()
+            await asyncio.gather(shipping, return_exceptions=True)
         await asyncio.sleep(DRAIN_S)
         video_bytes, video_packets = await _rtp_sent(pc)
         await send_message(control, msg.Bye(frames=total, video_bytes=video_bytes, video_packets=video_packets))
@@ -458,6 +489,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     finally:
         if closed_loop is not None:
             await asyncio.get_running_loop().run_in_executor(None, closed_loop.finish, None, 5.0)
+        if shipping is not None and not shipping.done():
+            shipping.cancel()  # the stream ended before the model was through
         await pc.close()
     return SendResult(
         frames=total, frames_sent=len(indices), video_bytes=video_bytes, video_packets=video_packets,
@@ -465,8 +498,18 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
-               "ice_states": ice_states, **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
+               "ice_states": ice_states, **_start_stats(start, shipping),
+               **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )
+
+
+def _start_stats(start: dict, shipping: asyncio.Task | None) -> dict:
+    """An early start: the model's time to reach the receiver's rebuild, counted from the video's start."""
+    if not start["early"]:
+        return {"early_start": False}
+    return {"early_start": True,
+            "model_shipped": shipping is not None and shipping.done() and not shipping.cancelled() and shipping.exception() is None,
+            "model_after_video_s": round(start["model_at"] - start["video_at"], 3) if start["model_at"] else None}
 
 
 def _start_closed_loop(codec, frames: np.ndarray, hello: msg.Hello, fps: float, total: int, options: SendOptions,
@@ -512,11 +555,18 @@ def _live_stats(closed_loop: ClosedLoop, live: dict, seconds: float) -> dict:
     return stats
 
 
-async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str, first: int, sent: list[int]) -> None:
-    """Model chunks from chunk `first` on, then model_done; adds the bytes sent to `sent[0]` as it goes."""
+async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str, first: int, sent: list[int],
+                      pace_kbps: float | None = None) -> None:
+    """Model chunks from chunk `first` on, then model_done; adds the bytes sent to `sent[0]` as it goes.
+    `pace_kbps`: at most this rate on average (a transfer during the video must leave the link to it)."""
+    began, shipped = time.monotonic(), 0
     for seq in range(first, -(-len(model) // msg.CHUNK_BYTES)):
+        if pace_kbps:
+            await asyncio.sleep(max(0.0, began + shipped * 8 / (pace_kbps * 1000) - time.monotonic()))
         start = seq * msg.CHUNK_BYTES
-        sent[0] += await send_message(channel, msg.ModelChunk(seq=seq, data=model[start : start + msg.CHUNK_BYTES]))
+        size = await send_message(channel, msg.ModelChunk(seq=seq, data=model[start : start + msg.CHUNK_BYTES]))
+        sent[0] += size
+        shipped += size
     sent[0] += await send_message(channel, msg.ModelDone(size=len(model), sha256=sha))
 
 

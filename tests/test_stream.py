@@ -73,6 +73,48 @@ def test_loopback_session_transfers_model_and_rebuilds_every_frame(clip, model_b
     assert result.receiver_frames_out == FRAMES
 
 
+def decoded(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_early_start_shows_bicubic_until_the_model_then_switches_at_a_key(clip, model_bytes, tmp_path):
+    """The video starts before the model: the receiver shows the bicubic rebuild, takes the model chunks
+    during the stream (paced to arrive about half way) and switches to the model at a key; one output per
+    source frame throughout."""
+    frames, _ = clip
+    send_fps = 8.0  # 12 frames over 1.5 s
+    pace = len(model_bytes) * 8 / 1000 / 0.6  # the model takes ~0.6 s
+    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(fps=send_fps, model_pace_kbps=pace)))
+    assert stats["early_start"] and result.extra["early_start"] and result.extra["model_shipped"]
+    switch = stats["model_from_frame"]
+    assert 0 < switch < FRAMES and switch % 2 == 0, switch  # a key (T = 2)
+    assert stats["frames_before_model"] == switch
+    assert 0 < stats["time_to_first_frame_ms"] < stats["time_to_model_ms"]
+    assert result.extra["model_after_video_s"] > 0.3
+    assert stats["frames_out"] == FRAMES and stats["model_transferred"]
+    assert stats["psnr_before_model"] is not None and stats["psnr_after_model"] is not None
+    shown, bicubic = decoded(tmp_path / "out.mp4"), decoded(tmp_path / "bicubic.mp4")
+    assert len(shown) == len(bicubic) == FRAMES
+    ref = to_tensor(frames)
+    for i in range(FRAMES):
+        same = float(psnr_per_frame(to_tensor(shown[i][None]), to_tensor(bicubic[i][None]))[0])
+        if i < switch:
+            assert same > 40, (i, same)  # the bicubic rebuild itself (through the same lossy writer, whose
+            # look-ahead also sees the frames after the switch)
+        else:
+            assert same < 30, (i, same)  # the model's rebuild, which differs from it
+    assert abs(stats["psnr_bicubic"] - float(psnr_per_frame(to_tensor(np.stack(bicubic)), ref).mean())) < 1.0
+
+
+def test_wait_for_model_starts_the_video_with_the_model(clip, model_bytes, tmp_path):
+    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(early_start=False), reference=False))
+    assert not stats["early_start"] and result.extra["early_start"] is False
+    assert stats["model_from_frame"] == 0 and stats["frames_before_model"] == 0
+    assert stats["time_to_model_ms"] < stats["time_to_first_frame_ms"]
+    assert stats["frames_out"] == FRAMES
+
+
 def test_ice_completes_on_uvloop(clip, model_bytes, tmp_path):
     """The CLI runs sender and receiver on uvloop; this is the check that aiortc works there."""
     uvloop = pytest.importorskip("uvloop")
@@ -191,10 +233,10 @@ def test_media_outage_is_concealed_and_recovers_with_a_pli_keyframe(model_bytes,
 def test_corrupted_model_chunk_is_refused_on_both_sides(clip, model_bytes, tmp_path, monkeypatch):
     ship = sender_session._ship_model
 
-    async def corrupt(channel, model, sha, first, sent):
+    async def corrupt(channel, model, sha, first, sent, *pace):
         flipped = bytearray(model)
         flipped[len(flipped) // 2] ^= 0x01
-        return await ship(channel, bytes(flipped), sha, first, sent)
+        return await ship(channel, bytes(flipped), sha, first, sent, *pace)
 
     async def scenario():
         frames, fps = clip
@@ -220,22 +262,23 @@ def test_corrupted_model_chunk_is_refused_on_both_sides(clip, model_bytes, tmp_p
 
 
 def test_model_transfer_resumes_after_the_connection_drops(clip, model_bytes, tmp_path, monkeypatch):
-    """The connection dies after the first model chunk: the sender starts a new session, the receiver offers
-    what it kept (Hello.model_offset), and only the rest of the model is sent again."""
+    """The connection dies after the first model chunk of a call that waits for the model: the sender starts a
+    new session, the receiver offers what it kept (Hello.model_offset), and only the rest of the model is sent
+    again."""
     assert len(model_bytes) > 2 * msg.CHUNK_BYTES
     ship, calls = sender_session._ship_model, []
 
-    async def dies_after_one_chunk(channel, model, sha, first, sent):
+    async def dies_after_one_chunk(channel, model, sha, first, sent, *pace):
         calls.append(first)
         if len(calls) > 1:
-            return await ship(channel, model, sha, first, sent)
+            return await ship(channel, model, sha, first, sent, *pace)
         sent[0] += await sender_session.send_message(channel, msg.ModelChunk(seq=0, data=model[: msg.CHUNK_BYTES]))
         await asyncio.sleep(0.5)  # the chunk reaches the receiver
         raise ConnectionError("data channel 'control' is closed")
 
     monkeypatch.setattr(sender_session, "_ship_model", dies_after_one_chunk)
     monkeypatch.setattr(sender_session, "RETRY_DELAY_S", 0.5)
-    stats, (result,), receiver = asyncio.run(session(clip, model_bytes, tmp_path, reference=False))
+    stats, (result,), receiver = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(early_start=False), reference=False))
     assert calls == [0, 1] and result.attempts == 2
     assert stats["model_bytes_resumed"] == msg.CHUNK_BYTES and stats["frames_out"] == FRAMES
     assert result.model_bytes_sent < len(model_bytes) + 2048  # the first chunk was not sent twice
