@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-frames", default="even", help="frames fitted (default even)")
     p.add_argument("--eval-frames", default="odd", help="held-out frames scored (default odd)")
     p.add_argument("--epochs", type=int, required=True, help="fit budget per width (epochs: deterministic)")
-    p.add_argument("--widths", default="32,24,16", help="widths k to fit (default 32,24,16)")
+    p.add_argument("--widths", default="32,24,16", help="widths k to fit (default 32,24,16; empty: only the --qat fits)")
     p.add_argument("--precisions", default="f16,int8,int6,int4", help="storages of each fit (default f16,int8,int6,int4)")
     p.add_argument("--qat", default="", help="extra quantization-aware fits, K:PRECISION,... (e.g. 32:int4,24:int6)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a shared machine)")
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     qat = [(int(k), p) for k, p in (pair.split(":") for pair in args.qat.split(",") if pair)]
     for p in precisions + [p for _, p in qat]:
         bundle.check_precision(p)
-    widths = [int(w) for w in args.widths.split(",")]
+    widths = [int(w) for w in args.widths.split(",") if w]
     fits = [(w, None) for w in widths] + qat
     rows = []
     for width, qat_precision in fits:
@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
             rows.append(row)
             print(f"k={width} {precision}{' qat' if qat_precision else ''}: {len(data):,} bytes, AE {row['ae']:.2f}, "
                   f"x4 {row['x4']:.2f}, x8 {row['x8']:.2f} dB", file=sys.stderr, flush=True)
-    base = next((r for r in rows if r["width"] == widths[0] and r["precision"] == "f16" and not r["qat"]), None)
+    base = next((r for r in rows if widths and r["width"] == widths[0] and r["precision"] == "f16" and not r["qat"]), None)
     for r in rows:
         if base is not None:
             r["x4_vs_base"] = round(r["x4"] - base["x4"], 3)
     result = {"environment": {"cpu": cpu_description(), "torch": torch.__version__}, "clip": args.clip, "size": args.size,
               "train_frames": args.train_frames, "eval_frames": args.eval_frames, "epochs": args.epochs,
-              "base": f"k={widths[0]} f16", "rows": rows}
+              "base": f"k={widths[0]} f16" if widths else None, "rows": rows}
     lines = [f"{args.clip}{' ' + args.size if args.size else ''}: fit on {args.train_frames} frames ({args.epochs} epochs "
              f"each), scored on {args.eval_frames}; bicubic x4 {rows[0]['x4_bicubic']:.2f}, x8 {rows[0]['x8_bicubic']:.2f} dB",
              "", "| k | storage | QAT | bundle bytes | params | AE | x4 | x8 | x4 vs base | fit s |", "|---|---|---|---|---|---|---|---|---|---|"]

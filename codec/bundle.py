@@ -3,7 +3,7 @@
 Layout: MAGIC (8 bytes) + msgpack map {"version", "sha256", "payload"}, where payload is a zstd frame
 of a msgpack map {"config", "normalization", "meta", "tensors": [{"name", "dtype", "shape", "data"}]}
 and sha256 is the hex digest of the compressed payload (checked before anything is decompressed).
-Storage (`precision`): f32 or f16 tensors, or int8/int6/int4: every convolution weight quantized per
+Storage (`precision`): f32 or f16 tensors, or int8/int6/int5/int4: every convolution weight quantized per
 output channel (codec/quant.py; its entries add "axis", "scale" (float32 per channel) and "zero" (int8 per
 channel)), the small tensors (BatchNorm, biases) in f16.
 Loading bounds every size, validates the config, and checks each tensor against the model the
@@ -38,7 +38,7 @@ MAX_META_ITEMS = 64
 ZSTD_LEVEL = 10
 DTYPES = {"f16": np.float16, "f32": np.float32, "i64": np.int64}
 # Quantized storage: the bundle's precision name -> bits, and the tensor entries' dtype code.
-QUANT_PRECISIONS = {"int8": 8, "int6": 6, "int4": 4}
+QUANT_PRECISIONS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4}
 QUANT_DTYPES = {f"q{bits}": bits for bits in quant.BITS}
 PRECISIONS = ("f32", "f16", *QUANT_PRECISIONS)
 # What `vsae fit` stores by default: int8 loses <= 0.03 dB against f16 on carphone and bikes at half the
@@ -70,7 +70,7 @@ def check_precision(precision: str) -> str:
 
 
 def dumps(codec: Codec, precision: str = "f16") -> bytes:
-    """Serialize a fitted codec to bundle bytes: f16 weights by default; f32, or int8/int6/int4 convolution
+    """Serialize a fitted codec to bundle bytes: f16 weights by default; f32, or int8/int6/int5/int4 convolution
     weights (per output channel)."""
     check_precision(precision)
     state = codec.model.state_dict()

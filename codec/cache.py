@@ -26,8 +26,9 @@ def cache_dir() -> Path:
     return Path(base) / "vsae" / "models"
 
 
-# The modules whose code decides what `vsae fit` produces from a clip: an edit to any of them is a new recipe.
-RECIPE_MODULES = ("model.py", "train.py", "precision.py", "video.py")
+# The modules whose code decides what `vsae fit` produces from a clip (and how it is stored): an edit to any of
+# them is a new recipe.
+RECIPE_MODULES = ("model.py", "train.py", "precision.py", "video.py", "bundle.py", "quant.py")
 
 
 def recipe_fingerprint(source_dir: Path | None = None) -> str:

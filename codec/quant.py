@@ -4,7 +4,7 @@ loader runs on untrusted scales, zero-points and packed values.
 
 x ≈ (q - zero) * scale, q in [QMIN[bits], QMAX[bits]]. Per channel: one (scale, zero) per index of `axis`.
 Symmetric (zero = 0, q in [-QMAX, QMAX]) suits deltas centred on zero; asymmetric suits weights whose range
-is lopsided. Values of 8 and 6 bits are stored one per byte (zstd on top squeezes the unused levels); 4-bit
+is lopsided. Values of 8, 6 and 5 bits are stored one per byte (zstd on top squeezes the unused levels); 4-bit
 values two per byte.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BITS = (8, 6, 4)
+BITS = (8, 6, 5, 4)
 QMIN = {b: -(1 << (b - 1)) for b in BITS}
 QMAX = {b: (1 << (b - 1)) - 1 for b in BITS}
 # A scale above this (or a non-finite one) is refused: trained weights and their deltas stay within a few

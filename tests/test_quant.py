@@ -104,7 +104,7 @@ def test_quantized_bundle_round_trip_within_half_a_step(codec, carphone, precisi
     assert len(data) < len(bundle.dumps(codec, "f16")) * (0.6 if bits == 8 else 0.5)
     x = carphone[:2]
     diff = (back.project(x).frames - codec.project(x).frames).abs()
-    assert diff.mean() < {8: 4e-3, 6: 1.5e-2, 4: 6e-2}[bits]
+    assert diff.mean() < {8: 4e-3, 6: 1.5e-2, 5: 3e-2, 4: 6e-2}[bits]
 
 
 def test_bundle_storage_read_from_tensors(codec):
@@ -129,7 +129,7 @@ def _quantized_entry(inner: dict) -> dict:
     (lambda e: e.update(axis=7), "axis"),
     (lambda e: e.update(axis=True), "axis"),
     (lambda e: e.update(dtype="f16"), "dtype"),
-    (lambda e: e.update(dtype="q5"), "dtype"),
+    (lambda e: e.update(dtype="q3"), "dtype"),
     (lambda e: e.pop("zero"), "malformed"),
 ])
 def test_tampered_quantized_tensor_refused(codec, tamper, match):
