@@ -34,6 +34,14 @@ def summary_line(stats: dict) -> str:
                      f"{stats['psnr_bicubic']:.2f} dB, guard {stats['guard_kbps']:.2f} kbps")
     elif stats.get("psnr") is not None:
         parts.append(f"PSNR vsae {stats['psnr']:.2f} dB vs bicubic {stats['psnr_bicubic']:.2f} dB")
+    if stats.get("early_start"):
+        if stats.get("time_to_model_ms") is None:
+            parts.append(f"the model never arrived: bicubic throughout (first frame after {stats['time_to_first_frame_ms']:.0f} ms)")
+        else:
+            after = f", then {stats['psnr_after_model']:.2f} dB" if stats.get("psnr_after_model") is not None else ""
+            before = f" at {stats['psnr_before_model']:.2f} dB" if stats.get("psnr_before_model") is not None else ""
+            parts.append(f"video at once (first frame after {stats['time_to_first_frame_ms']:.0f} ms), the model after "
+                         f"{stats['time_to_model_ms']:.0f} ms: {stats['frames_before_model']} frames bicubic{before}{after}")
     if stats.get("guard") and (stats.get("updates_applied") or stats.get("updates_refused")):
         parts.append(f"{stats['updates_applied']} model updates applied, {stats['updates_refused']} refused "
                      f"({stats['model_kbps']:.2f} kbps)")
