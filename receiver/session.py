@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -409,6 +410,9 @@ class Session:
     async def _bye(self, bye: msg.Bye) -> None:
         self.sender_bye = bye
         self.state = "finished"
+        if 0 < bye.frames < self.config.frames:
+            # A live source: the config named a cap, the bye the source frames the stream did cover.
+            self.config = dataclasses.replace(self.config, frames=bye.frames)
         await asyncio.get_running_loop().run_in_executor(None, self.worker.finish, self.config.frames)
         if self.worker.error is not None:
             await self.refuse("receiver_failed", f"reconstruction failed: {self.worker.error}")
