@@ -286,8 +286,6 @@ class LiveLowResTrack(LowResTrack):
         self._first_time = self._last_time = 0.0  # capture times of the stream's first and last frame taken
         self._last_seq = 0
         self.total = 0
-        self._last: np.ndarray | None = None
-        self._done = False
 
     @property
     def dropped(self) -> int:
@@ -338,24 +336,19 @@ class LiveLowResTrack(LowResTrack):
         if self._sync < SYNC_FRAMES:
             return await super().recv()
         loop = asyncio.get_running_loop()
-        if self._done:
+        item = await loop.run_in_executor(None, self._take)
+        if item is None:
+            # No trailer after the last frame (cf. LowResTrack.recv): its index would lie inside the announced
+            # cap, and the receiver would rebuild it as a frame. The receiver's jitter buffer releases a frame
+            # once its last packet is in (receiver/jitter.py), so the last real one is not held back.
+            self.total = self.indices[-1] + 1 if self.indices else 0
             self.finished.set()
             self.stop()
             raise MediaStreamError
-        item = await loop.run_in_executor(None, self._take)
-        if item is None:
-            # The trailer (see LowResTrack.recv) pushes the last real frame out of the receiver's jitter buffer.
-            self._done = True
-            self.total = self.indices[-1] + 1 if self.indices else 0
-            trailer = frame_pts(self.indices[-1] + self.temporal, self.ticks) if self.indices else sync_pts(SYNC_FRAMES)
-            last = self._last if self._last is not None else self.low[0]
-            await asyncio.sleep(self.temporal / self.fps)
-            return await loop.run_in_executor(None, self.encoder.encode, last, trailer, False)
         index, capture_time, low = item
         if not self.indices:
             self.start_time = capture_time
         self.indices.append(index)
-        self._last = low
         if self._started_at is None:
             self._started_at = self._clock()
         self._probe()
