@@ -112,10 +112,21 @@ async def measure(model: str, source: str, fmt: str, seconds: float, out: Path, 
         "video_kbps": sent["video_kbps"], "keyframe_requests": sent["keyframe_requests"],
         "browser_frames_decoded": decoded,
         "capture_to_display": {"rebuilt": _summary(latencies["rebuilt"]), "bicubic": _summary(latencies["bicubic"])},
+        "capture_to_display_ms": latencies,  # every stamp the page read, per track, in display order
         "receiver": {k: received.get(k) for k in ("frames_out", "frames_concealed", "frames_dropped_backlog", "latency_ms",
                                                    "latency_ms_p95", "fps_reconstruct", "ladder", "method", "iterations")},
         "screenshot_at_s": shot_at, "trace": trace,
     }
+
+
+def _cpu_name() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def table(runs: list[dict]) -> str:
@@ -148,5 +159,6 @@ def run(args: argparse.Namespace) -> int:
         except BrowserError as exc:
             raise VsaeError(f"browser: {exc}") from None
     (out / "call.mp4").unlink(missing_ok=True)
-    write_results(out, "liveview", {"model": args.model, "runs": runs}, table(runs), out / "liveview.png")
+    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]}
+    write_results(out, "liveview", {"model": args.model, "machine": machine, "runs": runs}, table(runs), out / "liveview.png")
     return 0
