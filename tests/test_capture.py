@@ -172,3 +172,48 @@ def test_fit_records_from_a_live_source(tmp_path, capsys):
     meta = bundle.load(out).meta
     assert meta["frame_size"] == [64, 48] and meta["frames"] == 10
     assert meta["source"].startswith("testsrc2") and meta["frame_selection"] == "live 1 s"
+
+
+def test_a_local_udp_stream_is_a_live_source():
+    """An MPEG-TS stream over UDP on loopback (a thread plays lavfi into it in real time), as from a camera box."""
+    import socket
+    import threading
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"udp://127.0.0.1:{port}"
+    stop = threading.Event()
+
+    def play() -> None:
+        import av
+
+        source = av.open("testsrc2=size=176x144:rate=15", format="lavfi")
+        out = av.open(f"{url}?pkt_size=1316", mode="w", format="mpegts")
+        stream = out.add_stream("mpeg2video", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuv420p"
+        began = time.monotonic()
+        for n, frame in enumerate(source.decode(video=0)):
+            if stop.is_set() or n >= 15 * 10:
+                break
+            time.sleep(max(0.0, began + n / 15 - time.monotonic()))
+            frame.pts = None
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        out.close()
+        source.close()
+
+    player = threading.Thread(target=play, daemon=True)
+    player.start()
+    try:
+        live = LiveCapture(url, "mpegts", size=(88, 72))
+        try:
+            first = live.get(10)
+            frames = [live.get(10) for _ in range(15)]
+        finally:
+            live.close()
+    finally:
+        stop.set()
+        player.join(10)
+    assert live.fps == 15 and first[2].shape == (72, 88, 3)
+    assert 0.6 < frames[-1][1] - first[1] < 1.8  # ~15 frames a second, as the stream plays
