@@ -215,9 +215,14 @@ def _send_live(args: argparse.Namespace, model: bytes, size, targets: list, bind
 
         async def run() -> SendResult:
             loop = asyncio.get_running_loop()
-            try:  # Ctrl-C ends the stream cleanly (the receiver gets its bye) instead of tearing it down
-                loop.add_signal_handler(signal.SIGINT, live.request_stop)
-            except (NotImplementedError, RuntimeError):
+            def stop() -> None:  # Ctrl-C ends the stream cleanly (the receiver gets its bye); a second one quits
+                print("vsae send: ending the live stream (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+                live.request_stop()
+                loop.remove_signal_handler(signal.SIGINT)
+
+            try:
+                loop.add_signal_handler(signal.SIGINT, stop)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
                 pass
             return await send(live, capture.fps, model, options)
 

@@ -217,3 +217,48 @@ def test_a_local_udp_stream_is_a_live_source():
         player.join(10)
     assert live.fps == 15 and first[2].shape == (72, 88, 3)
     assert 0.6 < frames[-1][1] - first[1] < 1.8  # ~15 frames a second, as the stream plays
+
+
+def test_ctrl_c_ends_a_live_send_cleanly(sized_model, tmp_path):
+    """`vsae send --input` without --duration runs until Ctrl-C, which ends the stream with a bye: the
+    receiver completes the session with one output frame per source frame covered, and both exit 0."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = tmp_path / "m.vsae"
+    model.write_bytes(sized_model)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def vsae(*argv):
+        return subprocess.Popen([sys.executable, "-m", "codec.cli", *map(str, argv)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    recv = vsae("recv", "--listen", "127.0.0.1:0", "-o", tmp_path / "out.mp4", "--stats", tmp_path / "stats.json",
+                "--timeout", "60")
+    try:
+        listen = recv.stdout.readline().rsplit(" ", 1)[1].strip()
+        send = vsae("send", "--input", "testsrc2=size=176x144:rate=15", "--input-format", "lavfi", "--connect", listen,
+                    "--model", model, "--json")
+        try:
+            began = time.monotonic()
+            while "until the source ends or Ctrl-C" not in (line := send.stderr.readline()):
+                assert line and time.monotonic() - began < 60, "vsae send did not start"
+            time.sleep(5.0)  # process start-up, the model transfer, then a few seconds of video
+            send.send_signal(signal.SIGINT)
+            out, err = send.communicate(timeout=60)
+        finally:
+            if send.poll() is None:
+                send.kill()
+        assert send.returncode == 0, err
+        assert recv.wait(60) == 0
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+    result = json.loads(out)
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert result["frames"] >= 10 and stats["frames_out"] == stats["frames_in"] == result["frames"]
+    assert len(read_video(tmp_path / "out.mp4")[0]) == result["frames"]
