@@ -4,6 +4,10 @@ One session: signaling (HTTP offer/answer), `hello` both ways, the stream `confi
 chunks (skipped when the receiver already has it), the receiver's `ack`, then every T-th source frame,
 area-downsized by S, encoded at the target bitrate and paced at the source frame rate, and finally
 `bye` with the bytes the RTP sender reports.
+
+A live source (`LiveFrames` over codec.capture.LiveCapture, `vsae send --input`) takes the clip's place: its
+config names a cap of frames, its track (`LiveLowResTrack`) sends each key as the source delivers it, and
+its bye carries the frames it covered, which the receiver outputs, one per source frame.
 """
 
 from __future__ import annotations
