@@ -1,4 +1,4 @@
-"""`vsae bench rd|speed|temporal|live|inference|precision|compact|faults|load|soak` (a `vsae` CLI plug-in) and `python -m bench ...` likewise."""
+"""`vsae bench rd|speed|temporal|live|inference|precision|compact|faults|load|soak|liveview` (a `vsae` CLI plug-in) and `python -m bench ...` likewise."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import compact, faults, inference, live, load, precision, rd, soak, speed, temporal
+from . import compact, faults, inference, live, liveview, load, precision, rd, soak, speed, temporal
 
 
 # (kind, module with add_arguments/run, help): the order `vsae bench --help` lists them in.
@@ -26,6 +26,8 @@ KINDS = (
     ("load", load, "several receivers at once from one sender: throughput vs cores (load.json, load.md, load.png)"),
     ("soak", soak, "stream a looped clip for long (default 30 min): receiver RSS and output fps "
                    "every 10 s, verdict on growth and stalls (soak.json, soak.png, soak.md)"),
+    ("liveview", liveview, "a live lavfi call watched in headless Chromium: capture fps, dropped frames, "
+                           "capture-to-display latency read off the page (liveview.json, liveview.md, liveview.png)"),
 )
 
 

@@ -23,6 +23,7 @@ import torch
 from . import bundle
 from .apps.cli import register as register_apps
 from .argtypes import positive, positive_float
+from .capture import parse_options, record
 from .errors import VsaeError
 from .evaluate import evaluate
 from .metrics import psnr_per_frame, ssim
@@ -72,8 +73,22 @@ def check_model_size(codec: Codec, frames: torch.Tensor, what: str) -> None:
 
 # -- fit ------------------------------------------------------------------------------------------
 def cmd_fit(args: argparse.Namespace) -> int:
-    path = resolve_video(args.video)
-    frames, fps = read_video(path, args.frames, parse_size(args.size))
+    if (args.video is None) == (args.input is None):
+        raise VsaeError("give a video file (or clip name) or --input URL with --seconds, not both")
+    if args.input is not None:
+        if args.seconds is None:
+            raise VsaeError("--input needs --seconds: how much of the live source to record and fit on")
+        if args.frames:
+            raise VsaeError("--frames selects from a file; with --input give --seconds")
+        frames, fps = record(args.input, args.seconds, args.input_format, parse_options(args.input_option),
+                             parse_size(args.size))
+        print(f"recorded {len(frames)} frames ({len(frames) / fps:.1f} s at {fps:g} fps) of {args.input}", file=sys.stderr)
+        path = None
+    else:
+        if args.seconds is not None or args.input_format or args.input_option:
+            raise VsaeError("--seconds, --input-format and --input-option go with --input")
+        path = resolve_video(args.video)
+        frames, fps = read_video(path, args.frames, parse_size(args.size))
     x = to_tensor(frames)
     config = model_config(args.model, args.width)
     opts = FitOptions(
@@ -91,16 +106,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     print(
         f"fitting {config.stages}-stage (stride {config.stride}) k={config.width} autoencoder on "
-        f"{len(frames)} frames {frames.shape[2]}x{frames.shape[1]} of {path.name} ({device})",
+        f"{len(frames)} frames {frames.shape[2]}x{frames.shape[1]} of {path.name if path else args.input} ({device})",
         file=sys.stderr,
     )
     result = fit(x, config, opts)
     meta = {
-        "source": path.name,
-        "source_sha256": _file_sha256(path),
+        "source": path.name if path else args.input,
+        "source_sha256": _file_sha256(path) if path else None,
         "frame_size": [int(frames.shape[2]), int(frames.shape[1])],
         "frames": len(frames),
-        "frame_selection": args.frames or "all",
+        "frame_selection": args.frames or ("all" if path else f"live {args.seconds:g} s"),
         "fps": round(fps, 4),
         "final_psnr": result.final_psnr,
         "fit_seconds": round(result.seconds, 1),
@@ -230,8 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="fit an autoencoder to a video and write a model bundle")
-    p.add_argument("video", help="video file, or a bundled clip name (carphone, bikes, bigbuckbunny)")
+    p.add_argument("video", nargs="?", default=None, help="video file, or a bundled clip name (carphone, bikes, bigbuckbunny)")
     p.add_argument("-o", "--output", required=True, help="model bundle to write (.vsae)")
+    p.add_argument("--input", default=None, metavar="URL",
+                   help="record the prior footage from a live source instead (as vsae send --input: a camera, a stream, lavfi)")
+    p.add_argument("--input-format", default=None, metavar="FMT", help="FFmpeg input format of --input (v4l2, lavfi, ...)")
+    p.add_argument("--input-option", action="append", default=None, metavar="K=V", help="FFmpeg input option (repeatable)")
+    p.add_argument("--seconds", type=positive_float, default=None, help="with --input: seconds to record and fit on")
     p.add_argument("--minutes", type=positive_float, default=None, help=f"wall-clock budget (default {DEFAULT_MINUTES})")
     p.add_argument("--epochs", type=positive, default=None, help="epoch budget instead of minutes")
     p.add_argument("--frames", default=None, help="all, even, odd or a slice A:B[:step] (default all)")

@@ -20,6 +20,7 @@ from protocol.peer import install_event_loop, parse_address
 
 from .sampler import SAMPLE_INTERVAL_S
 from .session import Receiver, ReceiveOptions
+from .view import LiveView
 
 # Torch threads for reconstruction: one core stays free for decoding and the event loop.
 RECEIVER_THREADS = max(1, (torch.get_num_threads() or 1) - 1)
@@ -57,11 +58,21 @@ def summary_line(stats: dict) -> str:
     return ", ".join(parts)
 
 
-async def _serve(options: ReceiveOptions, timeout: float | None) -> dict:
+async def _serve(options: ReceiveOptions, timeout: float | None, view: tuple[str, int] | None = None) -> dict:
+    live_view = None
+    if view is not None:
+        live_view = LiveView(*view)
+        options.on_output = live_view.publish
     receiver = Receiver(options)
     try:
+        if live_view is not None:
+            live_view.stats_source = receiver.live_stats
+            view_port = await live_view.start()
+            print(f"vsae recv: live view at http://{view[0]}:{view_port}/", flush=True)
         port = await receiver.start()
     except ConnectionError as exc:
+        if live_view is not None:
+            await live_view.stop()
         raise VsaeError(str(exc)) from None
     print(f"vsae recv: listening on {options.host}:{port}", flush=True)
     try:
@@ -69,6 +80,9 @@ async def _serve(options: ReceiveOptions, timeout: float | None) -> dict:
     except asyncio.TimeoutError:
         detail = f"; {len(receiver.failures)} failed session(s), last: {receiver.failures[-1]}" if receiver.failures else ""
         raise VsaeError(f"no complete session within {timeout:g} s{detail}") from None
+    finally:
+        if live_view is not None:
+            await live_view.stop()
 
 
 def cmd_recv(args: argparse.Namespace) -> int:
@@ -76,6 +90,15 @@ def cmd_recv(args: argparse.Namespace) -> int:
         host, port = parse_address(args.listen)
     except ValueError as exc:
         raise VsaeError(f"--listen: {exc}") from None
+    view = None
+    if args.view:
+        try:
+            view = parse_address(args.view)
+        except ValueError as exc:
+            raise VsaeError(f"--view: {exc}") from None
+        if view[0] != host:
+            # ICE gathers on one address per process (protocol.peer.restrict_host_candidates).
+            raise VsaeError(f"--view {view[0]} and --listen {host} must be on the same address")
     secret = secret_option(args.secret_file, "vsae recv")
     models = {}
     if args.model:
@@ -99,7 +122,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
                              adapt=not args.no_adapt, device=args.device, models=models, secret=secret, reference_loop=args.reference_loop,
                              samples=args.samples, sample_interval=args.sample_interval)
     install_event_loop()
-    stats = asyncio.run(_serve(options, args.timeout))
+    stats = asyncio.run(_serve(options, args.timeout, view))
     if args.stats:
         Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
         Path(args.stats).write_text(json.dumps(stats, indent=2) + "\n")
@@ -133,4 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=positive, default=RECEIVER_THREADS, help="torch threads for reconstruction")
     p.add_argument("--timeout", type=positive_float, default=None, help="give up after this many seconds without a complete session")
+    p.add_argument("--view", default=None, metavar="HOST:PORT",
+                   help="serve a live view of the call at http://HOST:PORT/ (the rebuilt video beside the bicubic "
+                        "baseline, with stats, sent to the browser over WebRTC); HOST must be the --listen host")
     p.set_defaults(func=cmd_recv)

@@ -108,10 +108,12 @@ class DrainingJitterBuffer(JitterBuffer):
         self.plis = 0
         self.renacks = 0  # NACKs repeated for a hole (see NACK_RETRY_S)
         self.recoveries_ms: list[float] = []  # from each skip to the keyframe that ended it
+        self.bytes_received = 0  # RTP payload bytes that reached the buffer (the live view's kbps)
 
     # -- aiortc's entry point ------------------------------------------------------------------------
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         mime = self._codec(packet).mimeType
+        self.bytes_received += len(packet.payload)
         pli, _ = super().add(packet)  # places the packet (aiortc's misorder and overflow rules); releases nothing
         frames = self._drain(mime)
         if self._stale(packet):

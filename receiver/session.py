@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCSessionDescription
@@ -73,6 +75,9 @@ class ReceiveOptions:
     reference_loop: bool = False  # score output frame i against reference[i % len(reference)] (a looped sender)
     samples: str | None = None  # JSON-lines file: RSS, output fps and counters every sample_interval s (receiver.sampler)
     sample_interval: float | None = None  # default receiver.sampler.SAMPLE_INTERVAL_S
+    # Called with every output frame (index, shown, bicubic; uint8 H x W x 3) from the reconstruction thread:
+    # the live view (receiver/view.py). Must not block.
+    on_output: Callable[[int, np.ndarray, np.ndarray | None], None] | None = None
 
 
 class Session:
@@ -368,7 +373,8 @@ class Session:
             self.worker = await loop.run_in_executor(
                 None, lambda: ReconstructWorker(self._session_codec(codec) if codec is not None else None, info, self.options.output, self.options.iterations,
                                                 self.options.method, reference, self.options.bicubic_output,
-                                                self.options.reference_loop, self.options.adapt, config.guard),
+                                                self.options.reference_loop, self.options.adapt, config.guard,
+                                                self.options.on_output),
             )
         except Exception as exc:  # e.g. the output file cannot be written
             await self.refuse("receiver_failed", f"cannot start reconstruction: {exc}")
@@ -446,6 +452,9 @@ class Session:
     async def _bye(self, bye: msg.Bye) -> None:
         self.sender_bye = bye
         self.state = "finished"
+        if 0 < bye.frames < self.config.frames:
+            # A live source: the config named a cap, the bye the source frames the stream did cover.
+            self.config = dataclasses.replace(self.config, frames=bye.frames)
         await asyncio.get_running_loop().run_in_executor(None, self.worker.finish, self.config.frames)
         if self.worker.error is not None:
             await self.refuse("receiver_failed", f"reconstruction failed: {self.worker.error}")
@@ -621,6 +630,40 @@ class Receiver:
             log.error("session failed: %s", done.exception())
         elif not self._completed.done():
             self._completed.set_result(done.result())
+
+    def live_stats(self) -> dict:
+        """The current session's numbers while it runs (the live view's page polls them)."""
+        session = self.session
+        if session is None:
+            return {"state": "waiting for a sender"}
+        stats: dict = {"state": session.state}
+        if session.hello is not None:
+            sha = session.hello.model_sha256[:12]
+            if session.state == "model" or session.awaiting_model:
+                shown = " (bicubic shown meanwhile)" if session.awaiting_model else ""
+                stats["model"] = f"{sha}: receiving {session.chunk_bytes:,} of {session.hello.model_bytes:,} bytes{shown}"
+            elif session.codec is not None:
+                stats["model"] = f"{sha}: {'transferred' if session.model_transferred else 'held here'}, " \
+                                 f"{session.model_bytes:,} bytes" + (f", update v{session.update_version}" if session.update_version else "")
+            else:
+                stats["model"] = f"{sha}: {session.state}"
+        worker = session.worker
+        if worker is not None:
+            stats.update({
+                "frames_out": worker.frames_out, "frames_received": worker.frames_received,
+                "frames_concealed": (worker.reconstructor.concealed if worker.reconstructor else 0) + worker.concealed_before_model,
+                "frames_dropped_backlog": worker.frames_dropped,
+                "rebuild": f"{worker.reconstructor.method} x{worker.reconstructor.iterations}" if worker.reconstructor
+                           else "bicubic (no model yet)",
+            })
+            latency = worker.latencies.values()
+            if len(latency):
+                # The last 30 frames' (in arrival order until the reservoir is full; a random sample after).
+                stats["latency_ms"] = round(float(np.median(latency[-30:])), 1)
+            if worker.psnr.count:
+                stats["psnr"], stats["psnr_bicubic"] = round(worker.psnr.mean, 2), round(worker.psnr_bicubic.mean, 2)
+        stats["video_bytes_received"] = sum(b.bytes_received for b in session.jitter_buffers) if session.jitter_buffers else None
+        return stats
 
     async def start(self) -> int:
         """Start listening; returns the bound port."""

@@ -82,8 +82,12 @@ class ReconstructWorker:
         reference_loop: bool = False,
         adapt: bool = True,
         guard: bool = False,
+        on_output=None,
     ):
         self.info = info
+        # on_output(index, shown, bicubic): every output frame as uint8 (H, W, 3), e.g. to the live view
+        # (receiver/view.py); called on this thread, so it must not block.
+        self.on_output = on_output
         self.codec = codec
         self.guard = guard
         if guard and codec is None:
@@ -97,7 +101,7 @@ class ReconstructWorker:
         self.concealed_before_model = 0
         self.psnr_before_model, self.psnr_after_model = RunningMean(), RunningMean()
         self.ladder = RebuildController(build_ladder(method, iterations, TEMPORAL_METHODS), adapt=adapt)
-        needs_baseline = guard or reference is not None or bicubic_output or codec is None
+        needs_baseline = guard or reference is not None or bicubic_output or codec is None or on_output is not None
         self.baseline = BaselineReconstructor(info.size, info.temporal) if needs_baseline else None
         self.reference = reference
         self.reference_loop = reference_loop  # output frame i is scored against reference[i % len(reference)]
@@ -312,8 +316,11 @@ class ReconstructWorker:
                 capture = self.stream_t0 + out.index / self.info.fps
             if capture is not None:
                 self.latencies.add((now - capture) * 1000)
-            if self.bicubic_writer is not None and base is not None:
-                self.bicubic_writer.write(to_uint8(base[None])[0])
+            base_image = to_uint8(base[None])[0] if base is not None and (self.bicubic_writer or self.on_output) else None
+            if self.bicubic_writer is not None and base_image is not None:
+                self.bicubic_writer.write(base_image)
+            if self.on_output is not None:
+                self.on_output(out.index, image, base_image)
             ref_index = out.index % len(self.reference) if self.reference is not None and self.reference_loop else out.index
             if self.reference is not None and ref_index < len(self.reference):
                 # Metrics quantize to 8 bits first: they score what the viewer sees.

@@ -13,12 +13,14 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import sys
 
 import numpy as np
 import torch
 
 from codec import bundle
+from codec.capture import LiveCapture, parse_options
 from codec.argtypes import non_negative, positive, positive_float
 from codec.errors import VsaeError
 from codec.refresh import UPDATE_FORMS
@@ -26,11 +28,11 @@ from codec.memory import peak_rss_mb
 from codec.video import read_video
 from protocol.auth import secret_option
 from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
-from protocol.messages import CODECS
+from protocol.messages import CODECS, MAX_FRAMES
 from protocol.peer import install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
-from .session import DEFAULT_RETRIES, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
+from .session import DEFAULT_RETRIES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
 
 
 LIVE_SENDER_THREADS = 1
@@ -118,8 +120,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise VsaeError(f"cannot read model {args.model}: {exc.strerror}") from None
     codec = bundle.loads(model)  # refuse a broken or foreign model here, before any connection
     secret = secret_option(args.secret_file, "vsae send")
-    frames, fps = read_video(args.video, args.frames, fps=args.fps)  # --fps: also when the file's rate is unusable
+    if (args.video is None) == (args.input is None):
+        raise VsaeError("give a video file (or clip name) or --input URL for a live source, not both")
     size = codec.meta.get("frame_size")
+    if args.input is not None:
+        return _send_live(args, model, size, targets, bind, secret)
+    if args.input_format or args.input_option or args.stamp_capture_time:
+        raise VsaeError("--input-format, --input-option and --stamp-capture-time go with --input")
+    frames, fps = read_video(args.video, args.frames, fps=args.fps)  # --fps: also when the file's rate is unusable
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
     loop = loop_count(args.loop, args.duration, len(frames), args.fps or fps)
@@ -176,9 +184,78 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_live(args: argparse.Namespace, model: bytes, size, targets: list, bind: str | None, secret: bytes | None) -> int:
+    """`vsae send --input URL`: stream a live source until --duration, the source's end or Ctrl-C."""
+    if len(targets) > 1:
+        raise VsaeError("--input streams to one receiver (one --connect)")
+    for flag, given in (("--frames", args.frames), ("--loop", args.loop), ("--guard", args.guard),
+                        ("--refresh", args.refresh)):
+        if given:
+            raise VsaeError(f"{flag} does not go with a live --input")
+    if not (isinstance(size, list) and len(size) == 2):
+        raise VsaeError("the model records no frame size (fitted by an older vsae?): a live source is scaled to it")
+    capture = LiveCapture(args.input, args.input_format, parse_options(args.input_option), size=tuple(size),
+                          fps=args.fps, stamp=args.stamp_capture_time)
+    try:
+        cap = math.ceil(args.duration * capture.fps) if args.duration is not None else MAX_FRAMES
+        if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
+            raise VsaeError(f"--duration must be a positive number of seconds, got {args.duration:g}")
+        host, port = targets[0]
+        options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
+                              codec=args.codec, fps=capture.fps, connect_timeout=args.connect_timeout, bind=bind,
+                              secret=secret, retries=args.retries)
+        live = LiveFrames(capture, min(cap, MAX_FRAMES))
+        try:
+            stream_config(live.shape, capture.fps, options)
+        except SessionError as exc:
+            raise VsaeError(str(exc)) from None
+        install_event_loop()
+        until = f"for {args.duration:g} s" if args.duration is not None else "until the source ends or Ctrl-C"
+        print(f"vsae send: live {args.input} at {capture.fps:g} fps, scaled to {size[0]}x{size[1]} -> {host}:{port} "
+              f"{until}, ÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
+
+        async def run() -> SendResult:
+            loop = asyncio.get_running_loop()
+            def stop() -> None:  # Ctrl-C ends the stream cleanly (the receiver gets its bye); a second one quits
+                print("vsae send: ending the live stream (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+                live.request_stop()
+                loop.remove_signal_handler(signal.SIGINT)
+
+            try:
+                loop.add_signal_handler(signal.SIGINT, stop)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+                pass
+            return await send(live, capture.fps, model, options)
+
+        try:
+            result = asyncio.run(run())
+        except SessionError as exc:
+            raise VsaeError(str(exc)) from None
+    finally:
+        capture.close()
+    print(json.dumps(_summary(result, 1)) if args.json else f"vsae send: {_done_line(result, args.kbps)}; "
+          f"{_capture_line(result.extra['capture'])}")
+    return 0
+
+
+def _capture_line(capture: dict) -> str:
+    return (f"capture {capture['captured']} frames at {capture['capture_fps']} fps (source {capture['source_fps']:g}), "
+            f"{capture['dropped']} dropped while streaming")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="stream a video's low-res frames to a vsae receiver over WebRTC")
-    p.add_argument("video", help="video file or bundled clip name (carphone, bikes)")
+    p.add_argument("video", nargs="?", default=None, help="video file or bundled clip name (carphone, bikes); or --input")
+    p.add_argument("--input", default=None, metavar="URL",
+                   help="a live source instead of a file: anything FFmpeg opens, e.g. /dev/video0 (--input-format v4l2), "
+                        "rtsp://..., udp://..., or a lavfi graph such as testsrc2=size=352x288:rate=15 (--input-format lavfi); "
+                        "captured on its own thread at its own rate and scaled to the model's frame size")
+    p.add_argument("--input-format", default=None, metavar="FMT", help="FFmpeg input format of --input (v4l2, lavfi, x11grab, ...)")
+    p.add_argument("--input-option", action="append", default=None, metavar="K=V",
+                   help="FFmpeg input option for --input, e.g. framerate=30 or video_size=640x480 (repeatable)")
+    p.add_argument("--stamp-capture-time", action="store_true",
+                   help="with --input: draw each frame's capture time as a block code in its top-left corner "
+                        "(the live view's page reads it to measure capture-to-display latency)")
     p.add_argument("--connect", required=True, action="append", metavar="HOST:PORT",
                    help="the receiver's signaling address, e.g. 127.0.0.1:8765; repeat it to stream to several "
                         "receivers at once (--json then prints a list, one object per receiver)")
@@ -193,7 +270,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stream the clip N times back to back as one stream of N x frames (source indices keep "
                         "counting; the receiver's output is N x frames long; see vsae recv --reference-loop)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="instead of --loop: repeat the clip in whole passes until the stream lasts at least SECONDS")
+                   help="instead of --loop: repeat the clip in whole passes until the stream lasts at least SECONDS; "
+                        "with --input: stream the live source for SECONDS (default: until it ends or Ctrl-C)")
     p.add_argument("--bind", default=None, metavar="HOST",
                    help="this side's address for media (default: the --connect host; set it when the receiver is on another network namespace)")
     p.add_argument("--secret-file", default=None, metavar="FILE",

@@ -4,6 +4,10 @@ One session: signaling (HTTP offer/answer), `hello` both ways, the stream `confi
 chunks (skipped when the receiver already has it), the receiver's `ack`, then every T-th source frame,
 area-downsized by S, encoded at the target bitrate and paced at the source frame rate, and finally
 `bye` with the bytes the RTP sender reports.
+
+A live source (`LiveFrames` over codec.capture.LiveCapture, `vsae send --input`) takes the clip's place: its
+config names a cap of frames, its track (`LiveLowResTrack`) sends each key as the source delivers it, and
+its bye carries the frames it covered, which the receiver outputs, one per source frame.
 """
 
 from __future__ import annotations
@@ -255,6 +259,118 @@ class LowResTrack(MediaStreamTrack):
         return packet
 
 
+class LiveFrames:
+    """A live source (codec.capture.LiveCapture) standing in for the clip: `shape` is (cap, H, W, 3), the most
+    source frames the stream may cover (`Config.frames`); the stream ends earlier when the source ends or
+    `request_stop()` is called, and its `bye` then carries the frames it did cover."""
+
+    def __init__(self, capture, cap: int):
+        self.capture = capture
+        self.shape = (cap, capture.size[1], capture.size[0], 3)
+        self.stop_requested = False
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+
+class LiveLowResTrack(LowResTrack):
+    """LowResTrack fed by a live capture: each captured frame whose index (counted from the first frame
+    captured after the receiver's ack) is a multiple of T is downsized and sent as soon as it comes, paced by
+    the source itself. Frames the capture queue dropped (this side too slow) leave gaps the receiver conceals.
+    `total`: the source frames covered once finished (last sent index + 1)."""
+
+    # How long to wait for a frame before deciding the source has stalled (the stream then ends).
+    STALL_S = 10.0
+
+    def __init__(self, live: LiveFrames, fps: float, ticks: int, codec: str, kbps: float, temporal: int, scale: int):
+        height, width = live.shape[1:3]
+        self.low_size = low_res_size(height, width, scale)
+        super().__init__(np.zeros((1, *self.low_size, 3), np.uint8), [], fps, ticks, codec, kbps, temporal)
+        self.live = live
+        self._base: int | None = None  # capture sequence number of source frame 0
+        self._dropped_at_start = 0
+        self._dropped_at_end: int | None = None
+        self._first_time = self._last_time = 0.0  # capture times of the stream's first and last frame taken
+        self._last_seq = 0
+        self.total = 0
+
+    @property
+    def dropped(self) -> int:
+        """Captured frames dropped during the stream (the capture queue was full: this side fell behind)."""
+        if self._base is None:
+            return 0
+        end = self._dropped_at_end if self._dropped_at_end is not None else self.live.capture.dropped
+        return end - self._dropped_at_start
+
+    def capture_stats(self) -> dict:
+        """The capture during the stream: frames the source delivered, its measured rate, frames dropped."""
+        captured = self._last_seq - self._base + 1 if self._base is not None else 0
+        span = self._last_time - self._first_time
+        return {"captured": captured, "capture_fps": round((captured - 1) / span, 2) if span > 0 else None,
+                "dropped": self.dropped, "source_fps": self.live.capture.fps}
+
+    def _take(self):
+        """The next frame to send (index, capture time, low-res rgb), or None at the stream's end (blocking)."""
+        item = self._next_key()
+        if item is None and self._dropped_at_end is None:
+            self._dropped_at_end = self.live.capture.dropped
+        return item
+
+    def _next_key(self):
+        capture = self.live.capture
+        while not self.live.stop_requested:
+            try:
+                item = capture.get(self.STALL_S)
+            except TimeoutError:
+                log.warning("vsae send: no frame from the live source for %g s: ending the stream", self.STALL_S)
+                return None
+            if item is None:
+                return None
+            seq, captured_at, rgb = item
+            if self._base is None:
+                self._base, self._dropped_at_start, self._first_time = seq, capture.dropped, captured_at
+            index = seq - self._base
+            if index >= len(self.live):
+                return None
+            self._last_seq, self._last_time = seq, captured_at
+            if index % self.temporal:
+                continue  # not a key: never sent
+            low = to_uint8(resize(to_tensor(rgb[None]), self.low_size))[0]
+            return index, captured_at, low
+
+    async def recv(self):
+        await self.start.wait()
+        if self._sync < SYNC_FRAMES:
+            return await super().recv()
+        loop = asyncio.get_running_loop()
+        item = await loop.run_in_executor(None, self._take)
+        if item is None:
+            # No trailer after the last frame (cf. LowResTrack.recv): its index would lie inside the announced
+            # cap, and the receiver would rebuild it as a frame. The receiver's jitter buffer releases a frame
+            # once its last packet is in (receiver/jitter.py), so the last real one is not held back.
+            self.total = self.indices[-1] + 1 if self.indices else 0
+            self.finished.set()
+            self.stop()
+            raise MediaStreamError
+        index, capture_time, low = item
+        if not self.indices:
+            self.start_time = capture_time
+        self.indices.append(index)
+        if self._started_at is None:
+            self._started_at = self._clock()
+        self._probe()
+        keyframe, self.keyframe_wanted = self.keyframe_wanted, False
+        packet = await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(index, self.ticks), keyframe)
+        if self.on_packet is not None:
+            self.on_packet(index, bytes(packet))
+        if self.on_frame is not None:
+            self.on_frame(index, capture_time)
+        return packet
+
+
 def stream_config(shape: tuple[int, ...], source_fps: float, options: SendOptions) -> msg.Config:
     """The stream's `config` message (before any auth tag) for source frames of `shape` (N, H, W, 3).
 
@@ -287,11 +403,19 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"loop must be >= 1, got {options.loop}")
     if options.refresh is not None and not options.guard:
         raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
+    live = isinstance(frames, LiveFrames)
+    if live and (options.loop > 1 or options.guard):
+        raise SessionError("a live source streams once and without the guard's closed loop (it needs the whole clip)")
+    if live and options.fps is None:
+        options = dataclasses.replace(options, fps=frames.capture.fps)
     if len(frames) * options.loop > msg.MAX_FRAMES:
         raise SessionError(f"{options.loop} passes of {len(frames)} frames exceed the protocol's {msg.MAX_FRAMES:,} frames a stream")
     stream_config(frames.shape, source_fps, options)  # refuse what the receiver would, before connecting
     began = time.monotonic()
-    indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
+    if live:
+        indices, low = [], None  # taken from the source as the stream runs (LiveLowResTrack)
+    else:
+        indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
     if options.loop > 1:  # the clip's low-res frames once, indexed lazily (also when several sessions share them)
         indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     model_sent = [0]  # across attempts
@@ -322,7 +446,11 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     total = len(frames) * options.loop  # source frames the stream covers
     ticks = ticks_per_frame(fps)
     sha = hashlib.sha256(model).hexdigest()
-    track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
+    if isinstance(frames, LiveFrames):
+        track = LiveLowResTrack(frames, fps, ticks, options.codec, options.kbps, options.temporal, options.scale)
+        low, indices = track.low, track.indices
+    else:
+        track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
 
     pc = new_peer_connection(options.bind or options.host)
     control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
@@ -480,6 +608,10 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             # The stream ended before the model was through: no chunk may follow the bye.
             shipping.cancel()
             await asyncio.gather(shipping, return_exceptions=True)
+        if isinstance(track, LiveLowResTrack):
+            total = track.total  # the frames the live stream covered (its bye says so; the config named a cap)
+            if not total:
+                raise SessionError("the live source delivered no frame after the receiver's ack")
         await asyncio.sleep(DRAIN_S)
         video_bytes, video_packets = await _rtp_sent(pc)
         await send_message(control, msg.Bye(frames=total, video_bytes=video_bytes, video_packets=video_packets))
@@ -499,6 +631,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
                "ice_states": ice_states, **_start_stats(start, shipping),
+               **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )
 

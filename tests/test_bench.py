@@ -182,3 +182,17 @@ def test_tiny_temporal_run(tiny_codec, tmp_path):
                  "--temporals", "2", "--repeat", "1", "--methods", "motion,flow"]) == 0
     (row,) = json.loads((out2 / "interp-speed.json").read_text())["rows"]
     assert set(row["ms_per_frame"]) == {"motion", "flow"} and row["ms_per_frame"]["flow"]["threads1_t2"] > 0
+
+
+def test_liveview_summary_and_table():
+    from bench.liveview import _summary, table
+
+    assert _summary([]) == {"count": 0, "median_ms": None, "p95_ms": None}
+    s = _summary([float(v) for v in range(1, 101)])
+    assert s["count"] == 100 and s["median_ms"] == 50.5 and s["p95_ms"] == 95.0 and s["min_ms"] == 1 and s["max_ms"] == 100
+    run = {"seconds": 10.0, "capture": {"capture_fps": 15.0, "captured": 150, "dropped": 1},
+           "receiver": {"frames_out": 149, "frames_concealed": 1, "latency_ms": 90.0, "latency_ms_p95": 120.0},
+           "browser_frames_decoded": {"rebuilt": 148, "bicubic": 147},
+           "capture_to_display": {"rebuilt": _summary([]), "bicubic": s}}
+    row = table([run]).splitlines()[-1]
+    assert row.startswith("| 10 s | 15.0 | 150 | 1 | 149 (1) | 148 / 147 | 50.5 / 95.0, bicubic, 100 |")
