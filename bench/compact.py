@@ -22,7 +22,7 @@ from codec import bundle
 from codec.evaluate import evaluate
 from codec.model import DEFAULT_MODEL, model_config
 from codec.ops import Codec
-from codec.train import FitOptions, fit
+from codec.train import QAT_FRACTION, FitOptions, fit
 from codec.video import parse_size, read_video, to_tensor
 
 from .precision import cpu_description
@@ -39,8 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-frames", default="odd", help="held-out frames scored (default odd)")
     p.add_argument("--epochs", type=int, required=True, help="fit budget per width (epochs: deterministic)")
     p.add_argument("--widths", default="32,24,16", help="widths k to fit (default 32,24,16; empty: only the --qat fits)")
-    p.add_argument("--precisions", default="f16,int8,int6,int4", help="storages of each fit (default f16,int8,int6,int4)")
+    p.add_argument("--precisions", default="f16,int8,int6,int5,int4,mixed",
+                   help="storages of each fit (default f16,int8,int6,int5,int4,mixed)")
     p.add_argument("--qat", default="", help="extra quantization-aware fits, K:PRECISION,... (e.g. 32:int4,24:int6)")
+    p.add_argument("--qat-fraction", type=float, default=QAT_FRACTION,
+                   help=f"share of a QAT fit trained through the rounding (default {QAT_FRACTION})")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -67,16 +70,17 @@ def run(args: argparse.Namespace) -> int:
     fits = [(w, None) for w in widths] + qat
     rows = []
     for width, qat_precision in fits:
-        bits = bundle.QUANT_PRECISIONS.get(qat_precision) if qat_precision else None
         started = time.perf_counter()
         result = fit(train, model_config(DEFAULT_MODEL, width),
-                     FitOptions(epochs=args.epochs, minutes=None, seed=args.seed, progress=False, quantize_bits=bits))
+                     FitOptions(epochs=args.epochs, minutes=None, seed=args.seed, progress=False, quantize=qat_precision,
+                                qat_fraction=args.qat_fraction))
         fit_s = time.perf_counter() - started
         codec = Codec(result.model, result.normalization, meta={"frame_size": [train.shape[-1], train.shape[-2]]})
         for precision in [qat_precision] if qat_precision else precisions:
             data = bundle.dumps(codec, precision)
             loaded = bundle.loads(data)  # scored through the real loader
-            row = {"width": width, "precision": precision, "qat": bool(qat_precision), "bundle_bytes": len(data),
+            row = {"width": width, "precision": precision, "qat": bool(qat_precision),
+                   "qat_fraction": args.qat_fraction if qat_precision else 0, "bundle_bytes": len(data),
                    "params": result.model.parameter_count(), "steps": result.steps, "qat_steps": result.qat_steps,
                    "train_precision": result.train_precision, "fit_s": round(fit_s, 1), **_score(loaded, held)}
             rows.append(row)

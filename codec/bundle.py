@@ -3,8 +3,8 @@
 Layout: MAGIC (8 bytes) + msgpack map {"version", "sha256", "payload"}, where payload is a zstd frame
 of a msgpack map {"config", "normalization", "meta", "tensors": [{"name", "dtype", "shape", "data"}]}
 and sha256 is the hex digest of the compressed payload (checked before anything is decompressed).
-Storage (`precision`): f32 or f16 tensors, or int8/int6/int5/int4: every convolution weight quantized per
-output channel (codec/quant.py; its entries add "axis", "scale" (float32 per channel) and "zero" (int8 per
+Storage (`precision`): f32 or f16 tensors, or int8/int6/int5/int4/mixed: convolution weights quantized per
+output channel (quant.storage_plan says each one's bits) (codec/quant.py; its entries add "axis", "scale" (float32 per channel) and "zero" (int8 per
 channel)), the small tensors (BatchNorm, biases) in f16.
 Loading bounds every size, validates the config, and checks each tensor against the model the
 config builds, so a corrupt, truncated, foreign or oversized file fails with one clear BundleError.
@@ -37,8 +37,8 @@ MAX_TENSORS = 1024
 MAX_META_ITEMS = 64
 ZSTD_LEVEL = 10
 DTYPES = {"f16": np.float16, "f32": np.float32, "i64": np.int64}
-# Quantized storage: the bundle's precision name -> bits, and the tensor entries' dtype code.
-QUANT_PRECISIONS = {"int8": 8, "int6": 6, "int5": 5, "int4": 4}
+# Integer storages (codec/quant.py decides each weight's bits), and the tensor entries' dtype code per width.
+QUANT_PRECISIONS = quant.INTEGER_STORAGES
 QUANT_DTYPES = {f"q{bits}": bits for bits in quant.BITS}
 PRECISIONS = ("f32", "f16", *QUANT_PRECISIONS)
 # What `vsae fit` stores by default: int8 loses <= 0.03 dB against f16 on carphone and bikes at half the
@@ -48,10 +48,10 @@ ENTRY_KEYS = {"name", "dtype", "shape", "data"}
 QUANT_ENTRY_KEYS = ENTRY_KEYS | {"axis", "scale", "zero"}
 
 
-def _tensor_entry(name: str, tensor: torch.Tensor, precision: str, axis: int | None) -> dict:
+def _tensor_entry(name: str, tensor: torch.Tensor, precision: str, plan: tuple[int, int] | None) -> dict:
     t = tensor.detach().cpu()
-    if t.is_floating_point() and precision in QUANT_PRECISIONS and axis is not None:
-        bits = QUANT_PRECISIONS[precision]
+    if t.is_floating_point() and plan is not None:
+        bits, axis = plan
         q = quant.quantize(t.float().numpy(), bits, axis)
         return {"name": name, "dtype": f"q{bits}", "shape": list(t.shape), "data": quant.pack(q.values, bits),
                 "axis": axis, "scale": q.scale.astype("<f4").tobytes(), "zero": q.zero.tobytes()}
@@ -74,12 +74,12 @@ def dumps(codec: Codec, precision: str = "f16") -> bytes:
     weights (per output channel)."""
     check_precision(precision)
     state = codec.model.state_dict()
-    axes = quant.quantized_weights(codec.model)
+    plan = quant.storage_plan(codec.model, precision) if precision in QUANT_PRECISIONS else {}
     inner = {
         "config": codec.model.config.to_dict(),
         "normalization": {"mean": list(codec.normalization.mean), "std": list(codec.normalization.std)},
         "meta": codec.meta,
-        "tensors": [_tensor_entry(k, v, precision, axes.get(k)) for k, v in state.items()],
+        "tensors": [_tensor_entry(k, v, precision, plan.get(k)) for k, v in state.items()],
     }
     payload = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(msgpack.packb(inner, use_bin_type=True))
     outer = {"version": FORMAT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
@@ -208,7 +208,13 @@ def loads(data: bytes, device: str | torch.device = "cpu") -> Codec:
     model.load_state_dict(state)
     # What the tensors are stored as, read from them (not trusted from meta): the widest code present.
     codes = {entry["dtype"] for entry in tensors}
-    storage = next((p for p, bits in QUANT_PRECISIONS.items() if f"q{bits}" in codes), "f32" if "f32" in codes else "f16")
+    widths = {QUANT_DTYPES[c] for c in codes if c in QUANT_DTYPES}
+    if len(widths) > 1:
+        storage = "mixed"
+    elif widths:
+        storage = next(p for p, bits in quant.UNIFORM_STORAGES.items() if bits in widths)
+    else:
+        storage = "f32" if "f32" in codes else "f16"
     return Codec(model, Normalization(list(map(float, norm["mean"])), list(map(float, norm["std"]))), torch.device(device), meta,
                  storage=storage)
 

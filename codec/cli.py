@@ -101,7 +101,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         device=args.device,
         train_precision=args.train_precision,
         progress=not args.quiet,
-        quantize_bits=bundle.QUANT_PRECISIONS.get(args.precision) if args.qat else None,
+        quantize=args.precision if args.qat and args.precision in bundle.QUANT_PRECISIONS else None,
     )
     device = pick_device(args.device)
     print(

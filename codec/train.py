@@ -26,7 +26,7 @@ DEFAULT_MINUTES = 4.0
 # Fraction of the budget at constant lr before the linear decay to zero (paper: 100 of 200 epochs).
 CONSTANT_FRACTION = 0.5
 # Quantization-aware fine-tuning: the share of the budget (at its end, where the lr decays) trained through
-# the storage's rounding when FitOptions.quantize_bits is set.
+# the storage's rounding when FitOptions.quantize is set.
 QAT_FRACTION = 0.1
 # Degraded-input training (appendix C): each input is area-downscaled by a factor drawn from here and
 # bilinearly upsampled back; 1 keeps the clean frame so plain reconstruction is learned too.
@@ -57,9 +57,11 @@ class FitOptions:
     degraded_pool: torch.Tensor | None = None
     pool_fraction: float = 0.5
     progress: bool = True
-    # Integer storage the model will be shipped in (bits; None: float): the last QAT_FRACTION of the budget
-    # trains through fake-quantized convolution weights, so the fit ends where rounding costs least.
-    quantize_bits: int | None = None
+    # Integer storage the model will be shipped in (codec.quant.INTEGER_STORAGES; None: float): the last
+    # qat_fraction of the budget trains through fake-quantized convolution weights, so the fit ends where
+    # rounding costs least.
+    quantize: str | None = None
+    qat_fraction: float = QAT_FRACTION
 
 
 @dataclass
@@ -76,7 +78,7 @@ class FitResult:
     precision_reason: str = ""
     # Wall time of the precision probe, part of `seconds` (0 when the precision was given or already timed).
     probe_seconds: float = 0.0
-    # Steps trained through fake-quantized weights (FitOptions.quantize_bits).
+    # Steps trained through fake-quantized weights (FitOptions.quantize).
     qat_steps: int = 0
 
 
@@ -125,8 +127,10 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
         raise VsaeError("give a budget: epochs or minutes")
     if (opts.epochs is not None and opts.epochs <= 0) or (opts.minutes is not None and opts.minutes <= 0):
         raise VsaeError("the fit budget must be positive")
-    if opts.quantize_bits is not None and opts.quantize_bits not in quant.BITS:
-        raise VsaeError(f"quantize_bits must be one of {quant.BITS}, not {opts.quantize_bits}")
+    if opts.quantize is not None and opts.quantize not in quant.INTEGER_STORAGES:
+        raise VsaeError(f"quantize must be one of {', '.join(quant.INTEGER_STORAGES)}, not {opts.quantize!r}")
+    if not 0 <= opts.qat_fraction <= 1:
+        raise VsaeError("qat_fraction must be within 0..1")
     if frames.ndim != 4 or frames.shape[1] != 3 or frames.shape[0] == 0:
         raise VsaeError(f"expected frames (N, 3, H, W), got {tuple(frames.shape)}")
     seed_everything(opts.seed)
@@ -168,7 +172,7 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
     # Model space is RGB scaled per channel by 1/std: multiply back to report PSNR in RGB [0, 1].
     std = torch.tensor(norm.std, device=device).view(1, 3, 1, 1)
     step, history, ema_mse, qat_steps = 0, [], None, 0
-    quant_axes = quant.quantized_weights(model)
+    quant_plan = quant.storage_plan(model, opts.quantize) if opts.quantize is not None else {}
     order: list[int] = []
     model.train()
     while True:
@@ -198,8 +202,8 @@ def fit(frames: torch.Tensor, config: ModelConfig, options: FitOptions | None = 
             group["lr"] = lr_at(progress, opts.lr)
         with autocast_context(device, choice.name):
             x_in = inputs.contiguous(memory_format=torch.channels_last)
-            if opts.quantize_bits is not None and progress >= 1.0 - QAT_FRACTION:
-                fake = {n: quant.fake_quantize(p, opts.quantize_bits, quant_axes[n]) for n, p in model.named_parameters() if n in quant_axes}
+            if quant_plan and progress >= 1.0 - opts.qat_fraction:
+                fake = {n: quant.fake_quantize(p, *quant_plan[n]) for n, p in model.named_parameters() if n in quant_plan}
                 output = torch.func.functional_call(model, fake, (x_in,), strict=False)
                 qat_steps += 1
             else:

@@ -88,29 +88,47 @@ def test_quantized_bundle_round_trip_within_half_a_step(codec, carphone, precisi
     back = bundle.loads(data)
     assert back.storage == precision and back.meta == META
     _, inner = split(data)
-    bits = bundle.QUANT_PRECISIONS[precision]
+    plan = quant.storage_plan(codec.model, precision)
     axes = quant.quantized_weights(codec.model)
+    assert set(plan) == set(axes)
     by_name = {t["name"]: t for t in inner["tensors"]}
-    assert {n for n, t in by_name.items() if t["dtype"] == f"q{bits}"} == set(axes)
+    assert all(by_name[n]["dtype"] == f"q{bits}" for n, (bits, _) in plan.items())
     assert {t["dtype"] for n, t in by_name.items() if n not in axes} <= {"f16", "i64"}
     original, loaded = codec.model.state_dict(), back.model.state_dict()
     for name, axis in axes.items():
-        assert by_name[name]["axis"] == axis
+        assert by_name[name]["axis"] == axis == plan[name][1]
         scale = np.frombuffer(by_name[name]["scale"], "<f4")
         shape = [1] * original[name].ndim
         shape[axis] = -1
         err = (loaded[name] - original[name]).abs().numpy()
         assert (err <= scale.reshape(shape) / 2 * (1 + 1e-5) + 1e-7).all(), name
+    bits = min(b for b, _ in plan.values())
     assert len(data) < len(bundle.dumps(codec, "f16")) * (0.6 if bits == 8 else 0.5)
     x = carphone[:2]
     diff = (back.project(x).frames - codec.project(x).frames).abs()
     assert diff.mean() < {8: 4e-3, 6: 1.5e-2, 5: 3e-2, 4: 6e-2}[bits]
 
 
+def test_mixed_storage_plan():
+    from codec.model import AutoEncoder, model_config
+
+    model = AutoEncoder(model_config())
+    plan = quant.storage_plan(model, "mixed")
+    bits = {n: b for n, (b, _) in plan.items()}
+    assert bits["encoder.0.0.weight"] == 8 and bits["to_rgb.weight"] == 8
+    assert all(bits[f"encoder.{i}.0.weight"] == 4 for i in (1, 2, 3))
+    assert bits["decoder.0.0.weight"] == 6  # the decoder's largest
+    assert all(bits[f"decoder.{i}.0.weight"] == 8 for i in (1, 2, 3))
+    assert plan["decoder.0.0.weight"][1] == 1 and plan["encoder.1.0.weight"][1] == 0  # output-channel axes
+    with pytest.raises(ValueError):
+        quant.storage_plan(model, "int3")
+
+
 def test_bundle_storage_read_from_tensors(codec):
     assert bundle.loads(bundle.dumps(codec, "f32")).storage == "f32"
     assert bundle.loads(bundle.dumps(codec, "f16")).storage == "f16"
     assert bundle.loads(bundle.dumps(codec, "int8")).storage == "int8"
+    assert bundle.loads(bundle.dumps(codec, "mixed")).storage == "mixed"
 
 
 def _quantized_entry(inner: dict) -> dict:
@@ -168,7 +186,7 @@ def test_model_updates_use_the_bundle_quantizer(codec):
 def test_quantization_aware_fit_trains_its_last_part_through_the_rounding(carphone):
     frames = carphone[:6, :, :48, :64]
     result = fit(frames, ModelConfig(width=4, multipliers=(1, 2)), FitOptions(epochs=20, minutes=None, batch=6, progress=False,
-                                                                              quantize_bits=4, train_precision="f32"))
+                                                                              quantize="int4", train_precision="f32"))
     assert result.steps == 20
     assert result.qat_steps == pytest.approx(QAT_FRACTION * result.steps, abs=1)
     plain = fit(frames, ModelConfig(width=4, multipliers=(1, 2)), FitOptions(epochs=20, minutes=None, batch=6, progress=False,
