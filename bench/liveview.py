@@ -31,6 +31,7 @@ from codec.argtypes import positive_float
 from codec.errors import VsaeError
 
 from .browser import BrowserError, Chromium, find_chromium
+from .precision import cpu_description
 from .results import write_results
 
 DEFAULT_SOURCE = "testsrc2=size=176x144:rate=15"
@@ -119,16 +120,6 @@ async def measure(model: str, source: str, fmt: str, seconds: float, out: Path, 
     }
 
 
-def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def table(runs: list[dict]) -> str:
     rows = ["| call | capture fps | captured | dropped | frames out (concealed) | decoded in browser | capture→display median / p95 (ms), track, stamps | receiver latency median / p95 (ms) |",
             "|---|---|---|---|---|---|---|---|"]
@@ -159,6 +150,6 @@ def run(args: argparse.Namespace) -> int:
         except BrowserError as exc:
             raise VsaeError(f"browser: {exc}") from None
     (out / "call.mp4").unlink(missing_ok=True)
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]}
+    machine = {"cpu": cpu_description()["model"], "cores": os.cpu_count(), "load_average_at_end": [round(v, 2) for v in os.getloadavg()]}
     write_results(out, "liveview", {"model": args.model, "machine": machine, "runs": runs}, table(runs), out / "liveview.png")
     return 0
