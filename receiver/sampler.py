@@ -98,7 +98,7 @@ def worker_counters(worker) -> Callable[[], dict]:
         return {
             "frames_out": worker.frames_out,
             "frames_received": worker.frames_received,
-            "frames_concealed": worker.reconstructor.concealed,
+            "frames_concealed": worker.frames_concealed,
             "frames_dropped_backlog": worker.frames_dropped,
             "ladder_rung": worker.ladder.position,
             "ladder_rung_name": worker.ladder.rung.name,

@@ -335,6 +335,11 @@ class ReconstructWorker:
                     self.psnr_bicubic.add(float(psnr_per_frame(base[None], ref)[0]))
 
     # -- results -------------------------------------------------------------------------------------
+    @property
+    def frames_concealed(self) -> int:
+        """Concealed so far: before an early start's model arrived, and by the reconstructor since."""
+        return (self.reconstructor.concealed if self.reconstructor is not None else 0) + self.concealed_before_model
+
     def stats(self) -> dict:
         def mean(values: RunningMean, digits: int = 3) -> float | None:
             return round(values.mean, digits) if values.count else None
@@ -343,7 +348,7 @@ class ReconstructWorker:
         return {
             "frames_received": self.frames_received,
             "frames_out": self.frames_out,
-            "frames_concealed": (self.reconstructor.concealed if self.reconstructor else 0) + self.concealed_before_model,
+            "frames_concealed": self.frames_concealed,
             "frames_dropped_backlog": self.frames_dropped,
             "fps_reconstruct": round(self.frames_out / self.reconstruct_s, 2) if self.reconstruct_s else None,
             "fps_pipeline": round(self.frames_out / self.busy_s, 2) if self.busy_s else None,
