@@ -35,6 +35,8 @@ FLAGS = (
     "--disable-background-timer-throttling", "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
 )
 START_TIMEOUT_S = 30.0
+# A page's load (its scripts run) on a busy 2-core machine; Target.createTarget returns before it.
+LOAD_TIMEOUT_S = 30.0
 
 
 def find_chromium() -> str | None:
@@ -95,13 +97,15 @@ class Chromium:
                 self.process.wait()
         self._profile.cleanup()
 
-    async def open(self, url: str) -> "Page":
-        """A new tab showing `url`."""
+    async def open(self, url: str, ready: str = "true") -> "Page":
+        """A new tab showing `url`, once it has loaded and the JavaScript expression `ready` is true."""
         async with self._http.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as response:
             target = await response.json(content_type=None)
         page = Page(await self._http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 << 20))
         await page.call("Page.enable")
         await page.call("Runtime.enable")
+        await page.wait_for(f"document.readyState === 'complete' && location.href !== 'about:blank' && ({ready})",
+                            LOAD_TIMEOUT_S, f"{url} did not load")
         return page
 
 
@@ -135,6 +139,16 @@ class Page:
             raise BrowserError(f"page script failed: {result['exceptionDetails'].get('text')} "
                                f"{result['exceptionDetails'].get('exception', {}).get('description', '')}")
         return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float, what: str) -> None:
+        """Poll until the JavaScript expression is true; BrowserError with the page's state after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not await self.evaluate(f"!!({expression})"):
+            if time.monotonic() > deadline:
+                state = await self.evaluate("({href: location.href, readyState: document.readyState, "
+                                            "title: document.title})")
+                raise BrowserError(f"{what} within {timeout:g} s (page: {state}, console: {self.console[-5:]})")
+            await asyncio.sleep(0.1)
 
     async def screenshot(self) -> bytes:
         """The page as PNG bytes."""

@@ -75,7 +75,7 @@ async def measure(model: str, source: str, fmt: str, seconds: float, out: Path, 
             raise VsaeError(f"vsae recv did not start: {view_line}{recv.stderr.read()[-2000:]}")
         url, listen = view_line.split(" at ", 1)[1].strip(), listen_line.rsplit(" ", 1)[1].strip()
         async with Chromium() as browser:
-            page = await browser.open(url)
+            page = await browser.open(url, ready="window.vsaeView")
             argv = ["send", "--input", source, "--input-format", fmt, "--connect", listen, "--model", model,
                     "--duration", f"{seconds:g}", "--stamp-capture-time", "--json"]
             send = _vsae(argv + (["--kbps", f"{kbps:g}"] if kbps else []))

@@ -68,7 +68,7 @@ async def _call(model: str, tmp_path: Path, silent: bool = False) -> dict:
         listen = listen_line.rsplit(" ", 1)[1].strip()
         seen: dict = {"decoded": []}
         async with Chromium() as browser:
-            page = await browser.open(view_url)
+            page = await browser.open(view_url, ready="window.vsaeView")
             send = _vsae(["send", "--input", str(sample_clip("carphone")), "--connect", listen, "--model", model,
                           "--duration", str(SECONDS), "--stamp-capture-time", "--kbps", "60", "--json"])
             try:
