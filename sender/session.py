@@ -35,6 +35,8 @@ from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_
 from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
+from . import rtcp
+from .bwe import BandwidthEstimator
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
 
@@ -46,19 +48,21 @@ MODEL_TIMEOUT_S = 120.0
 BYE_TIMEOUT_S = 120.0
 # After the last frame, let the last RTP packets and RTCP reports go out before reading the stats.
 DRAIN_S = 0.5
-# Rate control. The encoder holds a fixed target (see sender/encoder.py); the one sign that the link cannot
-# carry it is a keyframe request storm: each request means the receiver gave up on lost packets, and a
-# keyframe (several times a delta frame) into a link already too narrow is lost again. After
-# STORM_REQUESTS requests within STORM_WINDOW_S since the last change the target drops by RATE_DECREASE (not
-# below MIN_KBPS_SHARE of the requested one); after RATE_PROBE_S without a request it climbs back by
-# RATE_INCREASE, up to the request. Each change restarts the encoder, at a keyframe. Random loss that NACK
-# repairs brings no requests; a single outage brings one.
+# Rate control. The video target follows the bandwidth estimate (sender/bwe.py: GCC's loss rule on the
+# receiver reports, the receiver's REMB and the RTT trend, fed by sender/rtcp.py), never above the requested
+# rate nor below MIN_KBPS_SHARE of it. A keyframe-request storm (STORM_REQUESTS within STORM_WINDOW_S since
+# the last change: the receiver gave up on lost packets that NACK did not bring back) counts as heavy loss.
+# libvpx and x264 take no new target once open, so each change is a new encoder from a keyframe (a few
+# delta frames' worth of bytes): the target moves only when the estimate is more than RETARGET_SHARE away,
+# at a frame boundary, and upwards at most once every RETARGET_UP_S.
 STORM_REQUESTS = 2
 STORM_WINDOW_S = 5.0
-RATE_DECREASE = 0.7
-RATE_INCREASE = 1.15
-RATE_PROBE_S = 10.0
 MIN_KBPS_SHARE = 0.25
+RETARGET_SHARE = 0.10
+RETARGET_UP_S = 2.0
+# Kept below the estimate for the data channels that share the link: frame metadata once a second and the
+# SCTP acknowledgements (~0.5 kbps measured), so the video alone never fills what the estimate says is there.
+DATA_HEADROOM_KBPS = 0.5
 # Frame metadata (capture time, the latency reference) at most this often: the receiver dates the frames in
 # between from the stream's clock. Every frame's would cost ~6 kbps of data-channel traffic at 7.5 fps.
 META_INTERVAL_S = 1.0
@@ -192,6 +196,8 @@ class LowResTrack(MediaStreamTrack):
         self._started_at: float | None = None  # clock() at the first real frame
         self.encoded_bytes = 0  # over every encoder this track has had
         self.rate_changes: list[tuple[float, float]] = []  # (seconds into the session, new kbps)
+        self.rate_log: list[dict] = []  # each change with its reason
+        self.estimator = BandwidthEstimator(start_kbps=kbps, min_kbps=kbps * MIN_KBPS_SHARE)
 
     def request_keyframe(self) -> None:
         """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them lowers the rate."""
@@ -201,16 +207,35 @@ class LowResTrack(MediaStreamTrack):
         # Only requests the current rate caused: the last change's keyframe may still be on its way.
         self._requests = [t for t in self._requests if now - t < STORM_WINDOW_S and t > self._rate_changed] + [now]
         if len(self._requests) >= STORM_REQUESTS:
-            self._set_kbps(max(self.target_kbps * MIN_KBPS_SHARE, self.kbps * RATE_DECREASE), now,
-                           f"{len(self._requests)} keyframe requests in {STORM_WINDOW_S:g} s")
+            self.estimator.on_keyframe_storm(now, len(self._requests))
+            self._requests = []
 
-    def _probe(self) -> None:
-        """Climb back towards the requested rate after a quiet spell."""
+    def on_receiver_report(self, fraction_lost: float, rtt_s: float | None) -> None:
+        """A receiver report block for this stream (sender/rtcp.py)."""
+        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.kbps)
+
+    def on_remb(self, kbps: float) -> None:
+        """The receiver's REMB (sender/rtcp.py)."""
+        self.estimator.on_remb(self._clock(), kbps)
+
+    def follow_estimate(self) -> None:
+        """At a frame boundary: move the video target to the estimate when it is far enough away."""
         now = self._clock()
-        quiet = not self._requests or now - self._requests[-1] >= RATE_PROBE_S
-        if self.kbps < self.target_kbps and quiet and now - self._rate_changed >= RATE_PROBE_S:  # after a decrease only
-            self._set_kbps(min(self.target_kbps, self.kbps * RATE_INCREASE), now,
-                           f"no keyframe request for {RATE_PROBE_S:g} s")
+        estimate = self.estimator.estimate(now)
+        if estimate >= self.target_kbps:
+            target = self.target_kbps  # the link carries the request: the headroom is no reason to sit below it
+        else:
+            target = max(self.estimator.min_kbps, estimate - DATA_HEADROOM_KBPS)
+        if target == self.kbps or (target != self.target_kbps and abs(target - self.kbps) <= RETARGET_SHARE * self.kbps):
+            return
+        if target > self.kbps and now - self._rate_changed < RETARGET_UP_S:
+            return
+        self._set_kbps(target, now, self.estimator.reason)
+
+    def estimate_log(self) -> list[dict]:
+        """The estimate's changes, timed from the first real frame like `rate_log`."""
+        origin = self._started_at if self._started_at is not None else 0.0
+        return [{"t": round(c.time - origin, 2), "kbps": c.kbps, "reason": c.reason} for c in self.estimator.history]
 
     def _set_kbps(self, kbps: float, now: float, why: str) -> None:
         # libvpx and x264 take no new target once open (through FFmpeg): a new encoder, from a keyframe.
@@ -218,7 +243,9 @@ class LowResTrack(MediaStreamTrack):
         h, w = self.low.shape[1:3]
         self.encoder = RealtimeEncoder(self.codec, w, h, kbps, self.fps / self.temporal)
         self.kbps, self._rate_changed, self.keyframe_wanted = kbps, now, True
-        self.rate_changes.append((round(now - self._started_at, 2) if self._started_at else 0.0, round(kbps, 2)))
+        at = round(now - self._started_at, 2) if self._started_at else 0.0
+        self.rate_changes.append((at, round(kbps, 2)))
+        self.rate_log.append({"t": at, "kbps": round(kbps, 2), "reason": why})
         log.warning("vsae send: %s: video target %.1f kbps", why, kbps)
 
     async def recv(self):
@@ -249,7 +276,7 @@ class LowResTrack(MediaStreamTrack):
         await asyncio.sleep(max(0.0, capture_time - time.time()))
         if self._started_at is None:
             self._started_at = self._clock()
-        self._probe()
+        self.follow_estimate()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
         if self.on_packet is not None:
@@ -361,7 +388,7 @@ class LiveLowResTrack(LowResTrack):
         self.indices.append(index)
         if self._started_at is None:
             self._started_at = self._clock()
-        self._probe()
+        self.follow_estimate()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(index, self.ticks), keyframe)
         if self.on_packet is not None:
@@ -457,9 +484,11 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, best effort
     transceiver = pc.addTransceiver(track, direction="sendonly")
     prefer_codec(transceiver, options.codec)
-    # An RTCP PLI or FIR from the receiver lands in RTCRtpSender._send_keyframe, which only flags aiortc's own
-    # encoder; vsae encodes the frames itself, so the request must reach this track's encoder instead.
-    transceiver.sender._send_keyframe = track.request_keyframe
+    # What the receiver says in RTCP (reports, REMB, PLI/FIR) reaches this track's estimate and encoder.
+    try:
+        rtcp.observe(transceiver.sender, track.on_receiver_report, track.on_remb, track.request_keyframe)
+    except rtcp.RtcpHookError as exc:
+        raise SessionError(str(exc)) from None
 
     inbox: asyncio.Queue = asyncio.Queue()
     failure: asyncio.Future = asyncio.get_running_loop().create_future()  # SessionError
@@ -630,6 +659,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
+               "rate_log": track.rate_log, "estimate_log": track.estimate_log(),
+               "bwe": track.estimator.summary(track._clock()),
                "ice_states": ice_states, **_start_stats(start, shipping),
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},

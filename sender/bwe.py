@@ -1,0 +1,196 @@
+"""The sender's bandwidth estimate, in the style of Google Congestion Control (draft-ietf-rmcat-gcc-02).
+
+Two controllers; the lower one is the estimate, clamped to the call's range:
+
+- **Loss-based** (the draft's section 6), at each receiver report with fraction lost p:
+  p > LOSS_HIGH: A <- A * (1 - 0.5 p); p < LOSS_LOW: A <- A * LOSS_INCREASE; in between A holds.
+  A keyframe-request storm (the receiver gave up on lost packets, sender/session.py) counts as heavy loss.
+- **Delay-based**: the receiver's REMB (aiortc's receiver runs the draft's arrival-time filter, overuse
+  detector and AIMD over abs-send-time, and reports the result), and the RTT trend of the receiver
+  reports: an RTT well above the lowest seen means a queue is building at the bottleneck before anything
+  is lost, so the delay estimate backs off to DELAY_BACKOFF of what the sender was told to send.
+
+Pure logic, no network and no aiortc: sender/rtcp.py feeds it what the RTCP says, tests feed it synthetic
+report sequences. Times are seconds of a monotonic clock, rates kbps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# The draft's loss thresholds and increase factor (section 6).
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+LOSS_INCREASE = 1.05
+# How far the loss-based estimate may run ahead of what the sender sends: enough for a move the sender makes
+# (it retargets only on changes above 10 %, sender/session.py), not more.
+PROBE_AHEAD = 1.25
+# Reported loss above this is taken for a queue overflowing at a bottleneck rather than random loss (the
+# fault lab's random-loss rows report up to ~12 %, its 15 kbps cap 30-66 %).
+QUEUE_LOSS = 0.20
+# A storm of keyframe requests: the receiver gave up on packets that NACK did not bring back, a sign at least
+# as strong as 30 % reported loss (the multiplier is then 1 - 0.5 * 0.3 = 0.85; the old storm rule cut to 0.7).
+STORM_LOSS = 0.3
+# After a loss-based cut, further loss cuts wait this long: the next receiver report (~1 s in aiortc) still
+# counts losses from before the cut took effect (and the new encoder's keyframe), so cutting again at once
+# cascades (measured in the fault lab's 15 kbps cap: 20 -> 5 kbps in 3 s, a keyframe at each step). libwebrtc
+# waits 300 ms plus an RTT between decreases for the same reason; its reports come every 100 ms or so.
+DECREASE_HOLD_S = 1.5
+# The RTT signal: a queue this much longer than the shortest RTT seen (the fault lab's 15 kbps cap holds up to
+# 0.3 s; a clean loopback RTT is ~1 ms, the lab's 100 +- 30 ms delay scenario moves it by at most 60 ms).
+RTT_QUEUE_S = 0.2
+# Back off to this share of the current target when the RTT says a queue is building (the draft's beta).
+DELAY_BACKOFF = 0.85
+# After a delay back-off, wait this long before the next one: the previous cut needs about an RTT plus a
+# report interval (~1 s in aiortc) to show in the RTT.
+DELAY_HOLD_S = 1.5
+# RTT samples are smoothed (the reports come ~1 s apart; one late report is not a queue).
+RTT_ALPHA = 0.5
+# The lowest RTT forgets itself slowly (a route change): it may rise by this much per second.
+BASE_RTT_DRIFT = 0.002
+# The estimate's history keeps at most this many changes (a long call reports every second).
+MAX_HISTORY = 2000
+# REMB older than this no longer caps the estimate (the receiver stopped sending it).
+REMB_STALE_S = 5.0
+
+
+@dataclass
+class Change:
+    """One step of the estimate: when (s), the new kbps and why."""
+
+    time: float
+    kbps: float
+    reason: str
+
+
+@dataclass
+class BandwidthEstimator:
+    """`start_kbps` is the call's requested rate (and the top of its range unless `max_kbps` says otherwise)."""
+
+    start_kbps: float
+    min_kbps: float
+    max_kbps: float | None = None
+    loss_kbps: float = field(init=False)
+    remb_kbps: float | None = field(default=None, init=False)
+    remb_at: float = field(default=-math.inf, init=False)
+    rtt_s: float | None = field(default=None, init=False)
+    base_rtt_s: float | None = field(default=None, init=False)
+    base_rtt_at: float = field(default=0.0, init=False)
+    delay_kbps: float | None = field(default=None, init=False)
+    delay_cut_at: float = field(default=-math.inf, init=False)
+    loss_cut_at: float = field(default=-math.inf, init=False)
+    reason: str = field(default="start", init=False)
+    reports: int = field(default=0, init=False)
+    rembs: int = field(default=0, init=False)
+    history: list[Change] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_kbps is None:
+            self.max_kbps = self.start_kbps
+        if not 0 < self.min_kbps <= self.max_kbps:
+            raise ValueError(f"need 0 < min_kbps <= max_kbps, got {self.min_kbps}, {self.max_kbps}")
+        self.loss_kbps = self._clamp(self.start_kbps)
+
+    # -- inputs --------------------------------------------------------------------------------------------
+    def on_report(self, now: float, fraction_lost: float, rtt_s: float | None = None,
+                  sending_kbps: float | None = None) -> float:
+        """A receiver report: fraction lost since the last one (0..1) and, when it could be measured, the RTT.
+        `sending_kbps`: the target the sender holds now (what a delay back-off is taken from)."""
+        self.reports += 1
+        before = self.estimate(now)
+        if fraction_lost > LOSS_HIGH:
+            why = f"{fraction_lost:.0%} lost"
+            # The draft's gentle cut suits random loss; heavy loss is a bottleneck queue overflowing, which lets
+            # through only (1 - p) of what was sent: cutting to that is the quicker way under the cap.
+            heavy = sending_kbps is not None and fraction_lost > QUEUE_LOSS
+            through = sending_kbps * (1 - fraction_lost) if heavy else None
+            if not self._cut_loss(now, 1 - 0.5 * fraction_lost, through):
+                why += ": holding after the last cut"
+        elif fraction_lost < LOSS_LOW:
+            # Never far above what is being sent: an application-limited sender learns nothing about the link
+            # by raising a number it does not use.
+            ceiling = math.inf if sending_kbps is None else max(self.loss_kbps, sending_kbps * PROBE_AHEAD)
+            self.loss_kbps = self._clamp(min(self.loss_kbps * LOSS_INCREASE, ceiling))
+            why = f"{fraction_lost:.0%} lost: probing up"
+        else:
+            why = f"{fraction_lost:.0%} lost: holding"
+        if rtt_s is not None and rtt_s >= 0:
+            why = self._on_rtt(now, rtt_s, sending_kbps) or why
+        return self._note(now, before, why)
+
+    def on_remb(self, now: float, kbps: float) -> float:
+        """The receiver's estimated maximum bitrate."""
+        self.rembs += 1
+        before = self.estimate(now)
+        if kbps < before and now - self.loss_cut_at < DECREASE_HOLD_S:
+            # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
+            # keyframe: a REMB lower than the estimate then says nothing new.
+            return before
+        self.remb_kbps, self.remb_at = max(0.0, kbps), now
+        return self._note(now, before, f"REMB {kbps:.1f} kbps")
+
+    def on_keyframe_storm(self, now: float, requests: int) -> float:
+        """The receiver gave up on lost packets `requests` times in a short while."""
+        before = self.estimate(now)
+        self._cut_loss(now, 1 - 0.5 * STORM_LOSS)
+        return self._note(now, before, f"{requests} keyframe requests")
+
+    # -- output --------------------------------------------------------------------------------------------
+    def estimate(self, now: float) -> float:
+        """The rate the link carries now, as far as the reports tell (kbps)."""
+        kbps = self.loss_kbps
+        if self.remb_kbps is not None and now - self.remb_at <= REMB_STALE_S:
+            kbps = min(kbps, self.remb_kbps)
+        if self.delay_kbps is not None:
+            kbps = min(kbps, self.delay_kbps)
+        return self._clamp(kbps)
+
+    def summary(self, now: float) -> dict:
+        """What the estimate heard and where it stands (for the sender's report)."""
+        return {"estimate_kbps": round(self.estimate(now), 2), "reports": self.reports, "rembs": self.rembs,
+                "last_remb_kbps": None if self.remb_kbps is None else round(self.remb_kbps, 2),
+                "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
+                "base_rtt_ms": None if self.base_rtt_s is None else round(self.base_rtt_s * 1000, 1)}
+
+    # -- internals -----------------------------------------------------------------------------------------
+    def _on_rtt(self, now: float, rtt_s: float, sending_kbps: float | None) -> str | None:
+        self.rtt_s = rtt_s if self.rtt_s is None else RTT_ALPHA * self.rtt_s + (1 - RTT_ALPHA) * rtt_s
+        if self.base_rtt_s is None or rtt_s < self.base_rtt_s:
+            self.base_rtt_s, self.base_rtt_at = rtt_s, now
+        else:  # forget a minimum slowly, so a longer route does not read as a queue forever
+            self.base_rtt_s = min(rtt_s, self.base_rtt_s + BASE_RTT_DRIFT * (now - self.base_rtt_at))
+            self.base_rtt_at = now
+        queue = self.rtt_s - self.base_rtt_s
+        if queue > RTT_QUEUE_S:
+            if now - self.delay_cut_at >= DELAY_HOLD_S:
+                basis = min(sending_kbps or math.inf, self.estimate(now))
+                self.delay_kbps, self.delay_cut_at = self._clamp(basis * DELAY_BACKOFF), now
+                return f"RTT {self.rtt_s * 1000:.0f} ms, {queue * 1000:.0f} ms above its low: a queue"
+            return None
+        if self.delay_kbps is not None:
+            # The queue drained: the delay controller lets go, one loss-rule step at a time.
+            self.delay_kbps *= LOSS_INCREASE
+            if self.delay_kbps >= self.loss_kbps:
+                self.delay_kbps = None
+        return None
+
+    def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None) -> bool:
+        """The loss controller's decrease (to `factor` of itself, or to what got through if that is lower),
+        unless the last one is too recent to have shown in the reports."""
+        if now - self.loss_cut_at < DECREASE_HOLD_S:
+            return False
+        self.loss_kbps = self._clamp(min(self.loss_kbps * factor, through_kbps if through_kbps else math.inf))
+        self.loss_cut_at = now
+        return True
+
+    def _clamp(self, kbps: float) -> float:
+        return min(self.max_kbps, max(self.min_kbps, kbps))
+
+    def _note(self, now: float, before: float, why: str) -> float:
+        after = self.estimate(now)
+        if after != before:
+            self.reason = why
+            if len(self.history) < MAX_HISTORY:
+                self.history.append(Change(now, round(after, 2), why))
+        return after

@@ -1,0 +1,69 @@
+"""What the video sender hears in RTCP, handed to the bandwidth estimate (sender/bwe.py) and the encoder.
+
+aiortc parses every RTCP packet for a sender in `RTCRtpSender._handle_rtcp_packet` and uses receiver reports,
+REMB and PLI/FIR only for its own statistics and encoders, which vsae bypasses (sender/encoder.py); it offers
+no public callback. `observe` wraps that private coroutine on one sender instance and passes each packet on
+unchanged, after telling `on_report(fraction_lost, rtt_s)` about each receiver report block for this
+sender's SSRC and `on_remb(kbps)` about each REMB that names it; a PLI or FIR lands in the sender's
+`_send_keyframe`, which only flags aiortc's own encoder, so that is replaced by `on_keyframe`. The RTT is computed here from the report's
+LSR and DLSR (RFC 3550, A.8), not read from aiortc's private state. The names reached are `_PRIVATE`; a
+future aiortc without them fails at install with RtcpHookError, never silently without an estimate.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from aiortc import RTCRtpSender
+from aiortc.clock import current_ntp_time
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket, unpack_remb_fci
+
+_PRIVATE = ("_handle_rtcp_packet", "_send_keyframe", "_ssrc")
+# LSR and DLSR are in units of 1/65536 s (the middle 32 bits of an NTP timestamp).
+NTP_SHORT = 65536.0
+# An RTT above this is no measurement (a report for an SR from before a wrap, or clocks that disagree).
+MAX_RTT_S = 10.0
+
+
+class RtcpHookError(RuntimeError):
+    pass
+
+
+def rtt_from_report(lsr: int, dlsr: int, now_ntp: int | None = None) -> float | None:
+    """Seconds from sending our SR to the report about it arriving, less the receiver's hold time (or None)."""
+    if not lsr:
+        return None  # no SR received yet
+    now_ntp = current_ntp_time() if now_ntp is None else now_ntp
+    arrival = (now_ntp >> 16) & 0xFFFFFFFF
+    rtt = ((arrival - lsr - dlsr) & 0xFFFFFFFF) / NTP_SHORT
+    return rtt if rtt < MAX_RTT_S else None
+
+
+def observe(sender: RTCRtpSender, on_report: Callable[[float, float | None], None],
+            on_remb: Callable[[float], None], on_keyframe: Callable[[], None]) -> None:
+    """Call `on_report(fraction_lost 0..1, rtt_s or None)`, `on_remb(kbps)` and `on_keyframe()` (PLI, FIR) as
+    RTCP reaches `sender`."""
+    missing = [name for name in _PRIVATE if not hasattr(sender, name)]
+    handler = getattr(sender, "_handle_rtcp_packet", None)
+    if missing or not inspect.iscoroutinefunction(handler):
+        raise RtcpHookError(f"this aiortc's RTCRtpSender lacks {', '.join(missing) or '_handle_rtcp_packet as a coroutine'}; "
+                            "sender/rtcp.py needs updating for it")
+
+    async def handle(packet) -> None:
+        ssrc = sender._ssrc
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == ssrc:
+                    on_report(report.fraction_lost / 256.0, rtt_from_report(report.lsr, report.dlsr))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                bitrate, ssrcs = 0, []  # not a REMB (another application-layer message): aiortc ignores it too
+            if ssrc in ssrcs:
+                on_remb(bitrate / 1000.0)
+        await handler(packet)
+
+    sender._handle_rtcp_packet = handle
+    sender._send_keyframe = on_keyframe
