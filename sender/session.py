@@ -60,8 +60,9 @@ STORM_WINDOW_S = 5.0
 MIN_KBPS_SHARE = 0.25
 RETARGET_SHARE = 0.10
 RETARGET_UP_S = 2.0
-# Kept below the estimate for the data channels that share the link: frame metadata once a second and the
-# SCTP acknowledgements (~0.5 kbps measured), so the video alone never fills what the estimate says is there.
+# Kept below the estimate for the data channels that share the link (frame metadata once a second, SCTP
+# acknowledgements and heartbeats): a rough allowance, not measured, so the video alone never fills what the
+# estimate says is there.
 DATA_HEADROOM_KBPS = 0.5
 # Frame metadata (capture time, the latency reference) at most this often: the receiver dates the frames in
 # between from the stream's clock. Every frame's would cost ~6 kbps of data-channel traffic at 7.5 fps.
