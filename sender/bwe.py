@@ -96,7 +96,8 @@ class BandwidthEstimator:
     def on_report(self, now: float, fraction_lost: float, rtt_s: float | None = None,
                   sending_kbps: float | None = None) -> float:
         """A receiver report: fraction lost since the last one (0..1) and, when it could be measured, the RTT.
-        `sending_kbps`: the target the sender holds now (what a delay back-off is taken from)."""
+        `sending_kbps`: the target the sender holds now (the basis of a heavy-loss or delay cut, and the
+        ceiling of a probe)."""
         self.reports += 1
         before = self.estimate(now)
         if fraction_lost > LOSS_HIGH:

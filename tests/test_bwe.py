@@ -147,9 +147,6 @@ def test_rtt_from_lsr_and_dlsr():
 
 
 def test_the_hook_hands_reports_remb_and_pli_to_the_track_and_passes_packets_on():
-    class Dummy:
-        kind = "video"
-
     async def scenario():
         sender = RTCRtpSender("video", transport=_FakeTransport())
         seen = {"reports": [], "remb": [], "keyframes": 0, "passed": []}
