@@ -32,6 +32,16 @@ def fates(relay: Relay, packet: bytes, count: int, start: float = 0.0, step: flo
 def test_packet_kinds_follow_rfc7983():
     assert packet_kind(bytes([0x80, 96])) == "rtp" and packet_kind(bytes([22, 0xFE])) == "dtls"
     assert packet_kind(bytes([0, 1])) == "stun" and packet_kind(b"") == "other"
+    assert packet_kind(bytes([0x80, 200])) == "rtcp" and packet_kind(bytes([0x81, 206])) == "rtcp"  # SR, PLI/REMB
+
+
+def test_an_rtcp_sender_report_does_not_start_the_calls_clock():
+    relay = Relay(Impairment(rate_kbps=15), Impairment(), "10.77.2.2")
+    sender_report = udp_packet(bytes([0x80, 200]) + bytes(50))
+    relay.fate(sender_report, 0.0)
+    assert relay.first_media is None and relay.fate(DTLS, 0.1)[1] == 0.0  # the model transfer is not capped yet
+    relay.fate(RTP, 0.2)
+    assert relay.first_media == 0.2 and relay.directions["forward"].counts["rtcp"] == 1
 
 
 def test_random_loss_rate_and_directions():
@@ -78,6 +88,37 @@ def test_rate_cap_spaces_packets_and_drops_past_the_queue_limit():
     kept = [d for d in delays if d is not None]
     assert kept == sorted(kept) and abs((kept[1] - kept[0]) - len(RTP) * 8 / 100e3) < 1e-9
     assert max(kept) <= 0.3 + 0.01 and delays.count(None) > 0
+
+
+def test_rate_steps_change_the_cap_from_the_first_media_packet_and_a_cap_can_cover_the_model_transfer():
+    relay = Relay(Impairment(rate_kbps=60, rate_steps=[[2.0, 15], [4.0, 60]]), Impairment(), "10.77.2.2")
+    d = relay.directions["forward"]
+    assert d.rate_at(None) == 0 and d.rate_at(0.5) == 60 and d.rate_at(2.5) == 15 and d.rate_at(4.0) == 60
+    relay.fate(RTP, 10.0)  # media starts at 10 s
+    spacing = len(RTP) * 8 / 15e3
+    first, second = relay.fate(RTP, 12.5)[1], relay.fate(RTP, 12.5)[1]  # 15 kbps from 12 s: each takes its own spacing
+    assert abs(first - spacing) < 1e-9 and abs(second - 2 * spacing) < 1e-9
+    assert Relay(Impairment(rate_kbps=30, rate_from_start=True), Impairment(), "10.77.2.2").directions["forward"].rate_at(None) == 30
+    capped = Relay(Impairment(rate_kbps=30, rate_from_start=True), Impairment(), "10.77.2.2")
+    capped.fate(DTLS, 0.0)
+    assert capped.fate(DTLS, 0.0)[1] > 0  # the model transfer waits in the cap's queue
+
+
+def test_per_second_counts_split_delivered_bytes_by_kind_and_count_drops():
+    tcp = bytearray(udp_packet(bytes(40)))
+    tcp[9] = 6
+    relay = Relay(Impairment(rate_kbps=100), Impairment(), "10.77.2.2")
+    relay.fate(DTLS, 0.0)  # before media: not in the call's seconds
+    for i in range(10):
+        relay.fate(RTP, 1.0 + i * 0.05)
+    relay.fate(bytes(tcp), 1.6)
+    relay.fate(DTLS, 2.2)
+    fates(relay, RTP, 100, start=2.3, step=0.0)  # a burst past the 0.3 s queue
+    seconds = relay.report()["forward"]["per_second"]
+    assert [s["t"] for s in seconds] == [0, 1]
+    assert seconds[0]["rtp"] == 10 * len(RTP) and seconds[0]["tcp"] == len(tcp) and seconds[0]["dropped"] == 0
+    assert seconds[1]["dtls"] == len(DTLS) and seconds[1]["dropped"] == relay.directions["forward"].counts["lost_queue"] > 0
+    assert relay.directions["forward"].counts["tcp"] == 1
 
 
 def test_outage_is_timed_from_the_first_media_packet_and_model_loss_hits_only_dtls_before_it():
