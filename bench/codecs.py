@@ -46,7 +46,8 @@ def transcode(frames: np.ndarray, codec: str, kbps: float, fps: float, indices: 
     ph, pw = padded_size(h, w, codec)
     ticks = ticks_per_frame(fps)
     step = indices[1] - indices[0] if len(indices) > 1 else 1
-    encoder = RealtimeEncoder(codec, pw, ph, kbps, fps / step)
+    # Offline: no link's queue to fit a keyframe through, so libvpx sizes its keyframes as it likes.
+    encoder = RealtimeEncoder(codec, pw, ph, kbps, fps / step, keyframe_max_s=None)
     decoder = av.CodecContext.create(DECODERS[codec], "r")
     decoded = []
     packets = []

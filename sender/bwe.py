@@ -6,9 +6,10 @@ Two controllers; the lower one is the estimate, clamped to the call's range:
   p > LOSS_HIGH: A <- A * (1 - 0.5 p); p < LOSS_LOW: A <- A * LOSS_INCREASE; in between A holds.
   A keyframe-request storm (the receiver gave up on lost packets, sender/session.py) counts as heavy loss.
 - **Delay-based**: the receiver's REMB (aiortc's receiver runs the draft's arrival-time filter, overuse
-  detector and AIMD over abs-send-time, and reports the result), and the RTT trend of the receiver
-  reports: an RTT well above the lowest seen means a queue is building at the bottleneck before anything
-  is lost, so the delay estimate backs off to DELAY_BACKOFF of what the sender was told to send.
+  detector and AIMD over abs-send-time, and reports the result), believed when lower only while the
+  receiver reports show loss or a queue (see REMB_QUEUE_S), and the RTT trend of the receiver reports: an
+  RTT well above the lowest seen means a queue is building at the bottleneck before anything is lost, so the
+  delay estimate backs off to DELAY_BACKOFF of what the sender was told to send.
 
 Pure logic, no network and no aiortc: sender/rtcp.py feeds it what the RTCP says, tests feed it synthetic
 report sequences. Times are seconds of a monotonic clock, rates kbps.
@@ -17,12 +18,23 @@ report sequences. Times are seconds of a monotonic clock, rates kbps.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 # The draft's loss thresholds and increase factor (section 6).
 LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 LOSS_INCREASE = 1.05
+# Fast increase. Each congestion signal (loss cut, queue, storm, a lower REMB believed) notes the rate it came
+# at: the link's capacity, as far as anyone knows. A clean report raises the loss-based estimate by
+# FAST_INCREASE (and it may run that far ahead of what is sent) while the estimate is well away from that
+# capacity, and by LOSS_INCREASE close to it (within CAPACITY_NEAR), as GCC increases multiplicatively far from
+# its link-capacity estimate and slowly near it. Before any signal this is the slow start (sender/session.py
+# starts the video below its request): three clean reports take it from half the request to all of it; after
+# a narrow spell it is how the estimate climbs back when the link widens again. Below the capacity the fast
+# climb stops at its lower edge.
+FAST_INCREASE = 1.3
+CAPACITY_NEAR = (0.9, 1.1)
 # How far the loss-based estimate may run ahead of what the sender sends: enough for a move the sender makes
 # (it retargets only on changes above 10 %, sender/session.py), not more.
 PROBE_AHEAD = 1.25
@@ -53,6 +65,55 @@ BASE_RTT_DRIFT = 0.002
 MAX_HISTORY = 2000
 # REMB older than this no longer caps the estimate (the receiver stopped sending it).
 REMB_STALE_S = 5.0
+# A REMB below the estimate is believed only while the receiver reports corroborate a queue: loss of at least
+# LOSS_LOW, or an RTT at least REMB_QUEUE_S above its low, in a report at most REMB_EVIDENCE_S old. aiortc's
+# receiver reads each keyframe's packets (sent back to back, spread out by a narrow link) as overuse and cuts
+# to 0.85 of the rate it measures coming in, so on a sender that sends less than the link carries its REMB
+# ratchets down to the floor (measured in the fault lab's 15 kbps cap: REMB 2.7 kbps at 0 % loss).
+# A REMB not believed as a cut still bounds how far a clean report may raise the estimate: the receiver's
+# delay estimate has the last word on probing (in the fault lab's 15 kbps cap it read 12-14 kbps on the wire,
+# about right, while the reports stayed clean).
+REMB_QUEUE_S = 0.1
+REMB_EVIDENCE_S = 3.0
+
+
+# Fast loss from NACKs. aiortc's receiver reports come about once a second, and a report that straddles the
+# moment a link narrowed understates the loss; the receiver NACKs each lost packet within about an RTT. The
+# share of the packets sent in the last NACK_WINDOW_S (shifted back by the RTT) that were NACKed for the first
+# time since counts as a report's fraction lost when it is heavy (above QUEUE_LOSS, at least NACK_MIN_PACKETS
+# packets): random loss never gets there, a queue overflowing does, a second sooner.
+NACK_WINDOW_S = 0.5
+NACK_MIN_PACKETS = 3
+# Sequence numbers remembered to tell a first NACK from a repeat.
+NACK_REMEMBERED = 512
+
+
+class NackLoss:
+    """Counts packets sent and packets NACKed for the first time, over a sliding window."""
+
+    def __init__(self) -> None:
+        self.sent: deque[tuple[float, int]] = deque()
+        self.nacked: deque[float] = deque()
+        self.recent: deque[int] = deque(maxlen=NACK_REMEMBERED)
+
+    def on_sent(self, now: float, packets: int) -> None:
+        self.sent.append((now, packets))
+
+    def on_nack(self, now: float, seq: int) -> bool:
+        """A NACKed sequence number; True if it is the first NACK for it."""
+        if seq in self.recent:
+            return False
+        self.recent.append(seq)
+        self.nacked.append(now)
+        return True
+
+    def window(self, now: float, lag_s: float) -> tuple[int, int]:
+        """(packets NACKed in the last NACK_WINDOW_S, packets sent in the window `lag_s` before that)."""
+        while self.nacked and self.nacked[0] < now - NACK_WINDOW_S:
+            self.nacked.popleft()
+        while self.sent and self.sent[0][0] < now - NACK_WINDOW_S - lag_s:
+            self.sent.popleft()
+        return len(self.nacked), sum(n for t, n in self.sent if t <= now - lag_s)
 
 
 @dataclass
@@ -66,7 +127,8 @@ class Change:
 
 @dataclass
 class BandwidthEstimator:
-    """`start_kbps` is the call's requested rate (and the top of its range unless `max_kbps` says otherwise)."""
+    """The estimate starts at `start_kbps`, within `min_kbps`..`max_kbps` (default: the start); below the top
+    it starts in slow start."""
 
     start_kbps: float
     min_kbps: float
@@ -83,6 +145,11 @@ class BandwidthEstimator:
     reason: str = field(default="start", init=False)
     reports: int = field(default=0, init=False)
     rembs: int = field(default=0, init=False)
+    rembs_ignored: int = field(default=0, init=False)
+    remb_heard_kbps: float | None = field(default=None, init=False)  # the latest REMB, believed or not
+    remb_heard_at: float = field(default=-math.inf, init=False)
+    capacity_kbps: float | None = field(default=None, init=False)  # where the last congestion signal came
+    evidence_at: float = field(default=-math.inf, init=False)  # the last report with loss or a queue in it
     history: list[Change] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -100,41 +167,76 @@ class BandwidthEstimator:
         ceiling of a probe)."""
         self.reports += 1
         before = self.estimate(now)
+        if fraction_lost >= LOSS_LOW:
+            self.evidence_at = now
         if fraction_lost > LOSS_HIGH:
             why = f"{fraction_lost:.0%} lost"
             # The draft's gentle cut suits random loss; heavy loss is a bottleneck queue overflowing, which lets
             # through only (1 - p) of what was sent: cutting to that is the quicker way under the cap.
             heavy = sending_kbps is not None and fraction_lost > QUEUE_LOSS
             through = sending_kbps * (1 - fraction_lost) if heavy else None
-            if not self._cut_loss(now, 1 - 0.5 * fraction_lost, through):
+            if not self._cut_loss(now, 1 - 0.5 * fraction_lost, through, at_kbps=sending_kbps):
                 why += ": holding after the last cut"
         elif fraction_lost < LOSS_LOW:
             # Never far above what is being sent: an application-limited sender learns nothing about the link
             # by raising a number it does not use.
-            ceiling = math.inf if sending_kbps is None else max(self.loss_kbps, sending_kbps * PROBE_AHEAD)
-            self.loss_kbps = self._clamp(min(self.loss_kbps * LOSS_INCREASE, ceiling))
-            why = f"{fraction_lost:.0%} lost: probing up"
+            low, high = (math.inf, math.inf) if self.capacity_kbps is None else (
+                CAPACITY_NEAR[0] * self.capacity_kbps, CAPACITY_NEAR[1] * self.capacity_kbps)
+            fast = not low <= self.loss_kbps <= high
+            factor, ahead = (FAST_INCREASE, FAST_INCREASE) if fast else (LOSS_INCREASE, PROBE_AHEAD)
+            ceiling = math.inf if sending_kbps is None else max(self.loss_kbps, sending_kbps * ahead)
+            if self.loss_kbps < low:
+                ceiling = min(ceiling, max(self.loss_kbps, low))  # the fast climb stops at the capacity's edge
+            if self.remb_heard_kbps is not None and now - self.remb_heard_at <= REMB_STALE_S:
+                ceiling = min(ceiling, max(self.loss_kbps, self.remb_heard_kbps))
+            self.loss_kbps = self._clamp(min(self.loss_kbps * factor, ceiling))
+            why = f"{fraction_lost:.0%} lost: " + (
+                "starting up" if self.capacity_kbps is None else "climbing back" if fast else "probing up")
         else:
             why = f"{fraction_lost:.0%} lost: holding"
         if rtt_s is not None and rtt_s >= 0:
             why = self._on_rtt(now, rtt_s, sending_kbps) or why
         return self._note(now, before, why)
 
-    def on_remb(self, now: float, kbps: float) -> float:
-        """The receiver's estimated maximum bitrate."""
+    def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None) -> float:
+        """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now."""
         self.rembs += 1
+        self.remb_heard_kbps, self.remb_heard_at = max(0.0, kbps), now
         before = self.estimate(now)
+        if self.starting and sending_kbps is not None and kbps < sending_kbps:
+            # In the slow start a REMB under what is sent, believed or not, ends the fast climb where it is: a
+            # step too far costs a queue overflow a second later, a step too few only a slower climb.
+            self.capacity_kbps = sending_kbps
+            self.loss_kbps = min(self.loss_kbps, sending_kbps)
+            return self._note(now, before, f"REMB {kbps:.1f} kbps under the {sending_kbps:.1f} sent: end of the start")
         if kbps < before and now - self.loss_cut_at < DECREASE_HOLD_S:
             # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
             # keyframe: a REMB lower than the estimate then says nothing new.
             return before
+        if kbps < before and now - self.evidence_at > REMB_EVIDENCE_S:
+            self.rembs_ignored += 1
+            return before
+        if kbps < before:
+            self.capacity_kbps = before
         self.remb_kbps, self.remb_at = max(0.0, kbps), now
         return self._note(now, before, f"REMB {kbps:.1f} kbps")
+
+    def on_fast_loss(self, now: float, nacked: int, sent: int, sending_kbps: float) -> float:
+        """`nacked` of the `sent` packets of a recent window were NACKed (NackLoss): a heavy share is a
+        queue overflowing, cut as a receiver report's heavy loss would."""
+        before = self.estimate(now)
+        fraction = min(1.0, nacked / max(1, sent))
+        if nacked < NACK_MIN_PACKETS or fraction <= QUEUE_LOSS:
+            return before
+        self.evidence_at = now
+        why = f"{nacked} of {sent} packets NACKed in {NACK_WINDOW_S:g} s"
+        self._cut_loss(now, 1 - 0.5 * fraction, sending_kbps * (1 - fraction), at_kbps=sending_kbps)
+        return self._note(now, before, why)
 
     def on_keyframe_storm(self, now: float, requests: int) -> float:
         """The receiver gave up on lost packets `requests` times in a short while."""
         before = self.estimate(now)
-        self._cut_loss(now, 1 - 0.5 * STORM_LOSS)
+        self._cut_loss(now, 1 - 0.5 * STORM_LOSS, at_kbps=before)
         return self._note(now, before, f"{requests} keyframe requests")
 
     # -- output --------------------------------------------------------------------------------------------
@@ -150,6 +252,7 @@ class BandwidthEstimator:
     def summary(self, now: float) -> dict:
         """What the estimate heard and where it stands (for the sender's report)."""
         return {"estimate_kbps": round(self.estimate(now), 2), "reports": self.reports, "rembs": self.rembs,
+                "rembs_ignored": self.rembs_ignored,
                 "last_remb_kbps": None if self.remb_kbps is None else round(self.remb_kbps, 2),
                 "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
                 "base_rtt_ms": None if self.base_rtt_s is None else round(self.base_rtt_s * 1000, 1)}
@@ -163,25 +266,36 @@ class BandwidthEstimator:
             self.base_rtt_s = min(rtt_s, self.base_rtt_s + BASE_RTT_DRIFT * (now - self.base_rtt_at))
             self.base_rtt_at = now
         queue = self.rtt_s - self.base_rtt_s
+        if queue >= REMB_QUEUE_S:
+            self.evidence_at = now
         if queue > RTT_QUEUE_S:
             if now - self.delay_cut_at >= DELAY_HOLD_S:
                 basis = min(sending_kbps or math.inf, self.estimate(now))
                 self.delay_kbps, self.delay_cut_at = self._clamp(basis * DELAY_BACKOFF), now
+                self.capacity_kbps = basis
                 return f"RTT {self.rtt_s * 1000:.0f} ms, {queue * 1000:.0f} ms above its low: a queue"
             return None
-        if self.delay_kbps is not None:
-            # The queue drained: the delay controller lets go, one loss-rule step at a time.
-            self.delay_kbps *= LOSS_INCREASE
-            if self.delay_kbps >= self.loss_kbps:
-                self.delay_kbps = None
+        if self.delay_kbps is not None and queue < REMB_QUEUE_S:
+            # The queue drained: the delay controller lets go, and the loss controller climbs from there (fast
+            # away from the capacity the queue was noted at, slowly near it).
+            self.loss_kbps = min(self.loss_kbps, self.delay_kbps)
+            self.delay_kbps = None
         return None
 
-    def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None) -> bool:
+    @property
+    def starting(self) -> bool:
+        """In the slow start: no congestion signal yet."""
+        return self.capacity_kbps is None
+
+    def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None, at_kbps: float | None = None) -> bool:
         """The loss controller's decrease (to `factor` of itself, or to what got through if that is lower),
-        unless the last one is too recent to have shown in the reports."""
+        unless the last one is too recent to have shown in the reports. `at_kbps`: the rate the loss came at."""
         if now - self.loss_cut_at < DECREASE_HOLD_S:
             return False
-        self.loss_kbps = self._clamp(min(self.loss_kbps * factor, through_kbps if through_kbps else math.inf))
+        # From what was sent, when the estimate had run ahead of it: a cut never raises the sender's rate.
+        basis = min(self.loss_kbps, at_kbps) if at_kbps else self.loss_kbps
+        self.capacity_kbps = basis
+        self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
         self.loss_cut_at = now
         return True
 

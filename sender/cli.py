@@ -135,7 +135,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.refresh:
         refresh = RefreshOptions(form=args.update_form, model_kbps=args.model_kbps, steps_per_s=args.refresh_steps)
     options = [SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
-                           codec=args.codec, fps=args.fps, connect_timeout=args.connect_timeout, bind=bind,
+                           start_kbps=args.start_kbps, codec=args.codec, fps=args.fps,
+                           connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop, guard=args.guard or args.refresh,
                            refresh=refresh, early_start=not args.wait_for_model, model_pace_kbps=args.model_pace)
                for host, port in targets]
@@ -202,7 +203,8 @@ def _send_live(args: argparse.Namespace, model: bytes, size, targets: list, bind
             raise VsaeError(f"--duration must be a positive number of seconds, got {args.duration:g}")
         host, port = targets[0]
         options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
-                              codec=args.codec, fps=capture.fps, connect_timeout=args.connect_timeout, bind=bind,
+                              start_kbps=args.start_kbps, codec=args.codec, fps=capture.fps,
+                              connect_timeout=args.connect_timeout, bind=bind,
                               secret=secret, retries=args.retries)
         live = LiveFrames(capture, min(cap, MAX_FRAMES))
         try:
@@ -263,6 +265,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=positive, default=DEFAULT_SCALE, help="spatial factor S: send frames ÷S")
     p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL, help="temporal factor T: send every T-th frame")
     p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS, help="video bitrate target (kbps)")
+    p.add_argument("--start-kbps", type=positive_float, default=None,
+                   help="the video's first target, then it follows the link (default: half of --kbps's cost on the wire, "
+                        "climbing while the receiver reports no loss; give --kbps to start at the full rate)")
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
     p.add_argument("--fps", type=positive_float, default=None, help="source frame rate to stream at (default: the video's)")

@@ -6,8 +6,10 @@ no public callback. `observe` wraps that private coroutine on one sender instanc
 unchanged, after telling `on_report(fraction_lost, rtt_s)` about each receiver report block for this
 sender's SSRC and `on_remb(kbps)` about each REMB that names it; a PLI or FIR lands in the sender's
 `_send_keyframe`, which only flags aiortc's own encoder, so that is replaced by `on_keyframe`. The RTT is computed here from the report's
-LSR and DLSR (RFC 3550, A.8), not read from aiortc's private state. The names reached are `_PRIVATE`; a
-future aiortc without them fails at install with RtcpHookError, never silently without an estimate.
+LSR and DLSR (RFC 3550, A.8), not read from aiortc's private state. `gate_retransmissions` puts a decision
+(sender/rtx.py) in front of aiortc's `_retransmit`, which resends every NACKed packet at once. The names
+reached are `_PRIVATE` and `_RTX_PRIVATE`; a future aiortc without them fails at install with RtcpHookError,
+never silently without an estimate.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from typing import Callable
 
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
+from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket, unpack_remb_fci
 
 _PRIVATE = ("_handle_rtcp_packet", "_send_keyframe", "_ssrc")
+# The retransmission path: the coroutine that resends one sequence number, and the packet history it reads.
+_RTX_PRIVATE = ("_retransmit", "_RTCRtpSender__rtp_history")
+# RTP fixed header bytes, added to a packet's payload for its size on the wire (extensions and SRTP left out).
+RTP_HEADER = 12
 # LSR and DLSR are in units of 1/65536 s (the middle 32 bits of an NTP timestamp).
 NTP_SHORT = 65536.0
 # An RTT above this is no measurement (a report for an SR from before a wrap, or clocks that disagree).
@@ -67,3 +74,22 @@ def observe(sender: RTCRtpSender, on_report: Callable[[float, float | None], Non
 
     sender._handle_rtcp_packet = handle
     sender._send_keyframe = on_keyframe
+
+
+def gate_retransmissions(sender: RTCRtpSender, allow: Callable[[int, int], bool]) -> None:
+    """Retransmit a NACKed packet only when `allow(seq, size_bytes)` says so."""
+    missing = [name for name in _RTX_PRIVATE if not hasattr(sender, name)]
+    retransmit = getattr(sender, "_retransmit", None)
+    history = getattr(sender, "_RTCRtpSender__rtp_history", None)
+    if missing or not inspect.iscoroutinefunction(retransmit) or not isinstance(history, dict):
+        raise RtcpHookError(f"this aiortc's RTCRtpSender lacks {', '.join(missing) or 'its retransmission path'}; "
+                            "sender/rtcp.py needs updating for it")
+
+    async def gated(sequence_number: int) -> None:
+        packet = history.get(sequence_number % RTP_HISTORY_SIZE)
+        if packet is None or packet.sequence_number != sequence_number:
+            return  # no longer in the history: aiortc would resend nothing either
+        if allow(sequence_number, len(packet.payload) + RTP_HEADER):
+            await retransmit(sequence_number)
+
+    sender._retransmit = gated

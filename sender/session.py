@@ -36,9 +36,10 @@ from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
 from . import rtcp
-from .bwe import BandwidthEstimator
+from .bwe import NACK_WINDOW_S, BandwidthEstimator, NackLoss
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
+from .rtx import RetransmissionGate
 
 log = logging.getLogger("vsae.sender")
 
@@ -50,20 +51,39 @@ BYE_TIMEOUT_S = 120.0
 DRAIN_S = 0.5
 # Rate control. The video target follows the bandwidth estimate (sender/bwe.py: GCC's loss rule on the
 # receiver reports, the receiver's REMB and the RTT trend, fed by sender/rtcp.py), never above the requested
-# rate nor below MIN_KBPS_SHARE of it. A keyframe-request storm (STORM_REQUESTS within STORM_WINDOW_S since
+# rate nor below its floor (`min_kbps`: MIN_KBPS_SHARE of it, at least MIN_VIDEO_KBPS). A keyframe-request storm (STORM_REQUESTS within STORM_WINDOW_S since
 # the last change: the receiver gave up on lost packets that NACK did not bring back) counts as heavy loss.
 # libvpx and x264 take no new target once open, so each change is a new encoder from a keyframe (a few
 # delta frames' worth of bytes): the target moves only when the estimate is more than RETARGET_SHARE away,
 # at a frame boundary, and upwards at most once every RETARGET_UP_S.
 STORM_REQUESTS = 2
 STORM_WINDOW_S = 5.0
-MIN_KBPS_SHARE = 0.25
+# The floor: low enough for a link a quarter of the request (the fault lab steps 60 -> 15 kbps, and a
+# 15 kbps link carries ~8 kbps of video once headers and the data channels are paid), not so low that VP8
+# has nothing left to code with (at 7.5 frames/s, 4 kbps is ~65 bytes a frame).
+MIN_KBPS_SHARE = 0.1
+MIN_VIDEO_KBPS = 4.0
+# The video starts at this share of the requested rate (on the wire) and climbs while the reports stay clean
+# (sender/bwe.py's slow start): the link is unknown, and a start above a narrow link loses about half its
+# packets until the first receiver report (~1 s in aiortc), every frame after the first loss waiting for a
+# keyframe (the fault lab's 15 kbps cap under a 20 kbps request: ~1.5 s of video lost before the first cut).
+START_SHARE = 0.5
 RETARGET_SHARE = 0.10
 RETARGET_UP_S = 2.0
-# Kept below the estimate for the data channels that share the link (frame metadata once a second, SCTP
-# acknowledgements and heartbeats): a rough allowance, not measured, so the video alone never fills what the
-# estimate says is there.
-DATA_HEADROOM_KBPS = 0.5
+# The estimate is of what the link carries (sender/bwe.py works in wire kbps: loss and RTT are about packets
+# on the wire), the video target is of encoded bytes; at a few kbps the difference is a third of the link.
+# Each video packet carries besides its share of the frame: IPv4 20 + UDP 8 + RTP 12 + aiortc's header
+# extensions (mid, abs-send-time) 12 + VP8 payload descriptor 4 + SRTP tag 10 bytes (4 kbps at 7.5 frames/s).
+PACKET_OVERHEAD_BYTES = 66
+# A frame larger than this RTP payload goes in several packets (aiortc's packetizers split near 1300 bytes).
+PACKET_PAYLOAD_BYTES = 1200
+# What else this side sends on the same path during a call: frame metadata once a second (137 bytes on the
+# wire), SCTP acknowledgements of the receiver's messages (85), RTCP sender reports (124 a second), STUN
+# consent checks: measured 2.8 kbps in the fault lab's relay (bench/impair.py's per-second counts).
+DATA_HEADROOM_KBPS = 3.0
+# The packets a NACK answers were sent about an RTT before it (at most this long: a queue-inflated RTT
+# would shift the window past the loss).
+NACK_LAG_MAX_S = 0.5
 # Frame metadata (capture time, the latency reference) at most this often: the receiver dates the frames in
 # between from the stream's clock. Every frame's would cost ~6 kbps of data-channel traffic at 7.5 fps.
 META_INTERVAL_S = 1.0
@@ -92,6 +112,7 @@ class SendOptions:
     scale: int = DEFAULT_SCALE
     temporal: int = DEFAULT_TEMPORAL
     kbps: float = DEFAULT_KBPS
+    start_kbps: float | None = None  # the video's first target (default: START_SHARE of `kbps` on the wire, then climbing)
     codec: str = DEFAULT_CODEC
     fps: float | None = None  # send at this rate (default: the source's)
     connect_timeout: float = 15.0
@@ -175,12 +196,19 @@ class LowResTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(self, low: np.ndarray, indices: list[int], fps: float, ticks: int, codec: str, kbps: float, temporal: int,
-                 clock=time.monotonic):
+                 clock=time.monotonic, start_kbps: float | None = None):
         super().__init__()
         self.low, self.indices, self.fps, self.ticks, self.temporal = low, indices, fps, ticks, temporal
-        self.codec, self.target_kbps, self.kbps = codec, kbps, kbps
+        self.codec, self.target_kbps = codec, kbps
+        self.min_kbps = min(kbps, max(MIN_VIDEO_KBPS, kbps * MIN_KBPS_SHARE))
+        # The estimate is of the link (wire kbps), from START_SHARE of the request's cost there unless told.
+        start_wire = self.wire_kbps(kbps) * START_SHARE if start_kbps is None else self.wire_kbps(min(kbps, start_kbps))
+        self.estimator = BandwidthEstimator(start_kbps=start_wire, min_kbps=self.wire_kbps(self.min_kbps),
+                                            max_kbps=self.wire_kbps(kbps))
+        self.kbps = self._target_for(self.estimator.estimate(clock()))
+        self.start_kbps = self.kbps
         h, w = low.shape[1:3]
-        self.encoder = RealtimeEncoder(codec, w, h, kbps, fps / temporal)
+        self.encoder = RealtimeEncoder(codec, w, h, self.kbps, fps / temporal)
         self._sync_encoder = RealtimeEncoder(codec, w, h, kbps, fps / temporal)
         self.start = asyncio.Event()
         self.finished = asyncio.Event()
@@ -194,11 +222,13 @@ class LowResTrack(MediaStreamTrack):
         self._clock = clock
         self._requests: list[float] = []  # times of recent keyframe requests
         self._rate_changed = -math.inf
+        self._lowered_at = -math.inf  # the last move down
         self._started_at: float | None = None  # clock() at the first real frame
         self.encoded_bytes = 0  # over every encoder this track has had
         self.rate_changes: list[tuple[float, float]] = []  # (seconds into the session, new kbps)
         self.rate_log: list[dict] = []  # each change with its reason
-        self.estimator = BandwidthEstimator(start_kbps=kbps, min_kbps=kbps * MIN_KBPS_SHARE)
+        self.retransmissions = RetransmissionGate(lambda: self.kbps, lambda: self.estimator.rtt_s, clock)
+        self.nack_loss = NackLoss()
 
     def request_keyframe(self) -> None:
         """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them lowers the rate."""
@@ -213,25 +243,55 @@ class LowResTrack(MediaStreamTrack):
 
     def on_receiver_report(self, fraction_lost: float, rtt_s: float | None) -> None:
         """A receiver report block for this stream (sender/rtcp.py)."""
-        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.kbps)
+        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.wire_kbps(self.kbps))
 
     def on_remb(self, kbps: float) -> None:
-        """The receiver's REMB (sender/rtcp.py)."""
-        self.estimator.on_remb(self._clock(), kbps)
+        """The receiver's REMB (sender/rtcp.py): aiortc's receiver counts RTP payload bytes, as the target does."""
+        self.estimator.on_remb(self._clock(), self.wire_kbps(kbps), sending_kbps=self.wire_kbps(self.kbps))
+
+    def on_nack(self, seq: int, size: int) -> bool:
+        """A NACKed packet still in aiortc's history (sender/rtcp.py): counted as fast loss, and resent if the
+        retransmission gate allows it."""
+        now = self._clock()
+        if self.nack_loss.on_nack(now, seq):
+            lag = min(NACK_LAG_MAX_S, self.estimator.rtt_s or NACK_LAG_MAX_S)
+            nacked, sent = self.nack_loss.window(now, lag)
+            # Only a window sent entirely at the present target says something about it (a lower target's new
+            # encoder has not yet shown what it costs).
+            if now - lag - NACK_WINDOW_S >= self._lowered_at:
+                self.estimator.on_fast_loss(now, nacked, sent, self.wire_kbps(self.kbps))
+        return self.retransmissions.allow(seq, size)
+
+    def _count_sent(self, packet) -> None:
+        self.nack_loss.on_sent(self._clock(), max(1, -(-packet.size // PACKET_PAYLOAD_BYTES)))
+
+    def wire_kbps(self, video_kbps: float) -> float:
+        """What a video target costs on the link: the frames, each packet's headers, the data channels."""
+        fps = self.fps / self.temporal
+        packets = fps * max(1.0, video_kbps * 125 / fps / PACKET_PAYLOAD_BYTES)
+        return video_kbps + packets * PACKET_OVERHEAD_BYTES * 8 / 1000 + DATA_HEADROOM_KBPS
+
+    def video_kbps(self, wire_kbps: float) -> float:
+        """The video target a link rate leaves (the inverse of `wire_kbps`)."""
+        fps = self.fps / self.temporal
+        left = wire_kbps - DATA_HEADROOM_KBPS
+        return min(left - fps * PACKET_OVERHEAD_BYTES * 8 / 1000, left / (1 + PACKET_OVERHEAD_BYTES / PACKET_PAYLOAD_BYTES))
 
     def follow_estimate(self) -> None:
         """At a frame boundary: move the video target to the estimate when it is far enough away."""
         now = self._clock()
-        estimate = self.estimator.estimate(now)
-        if estimate >= self.target_kbps:
-            target = self.target_kbps  # the link carries the request: the headroom is no reason to sit below it
-        else:
-            target = max(self.estimator.min_kbps, estimate - DATA_HEADROOM_KBPS)
+        target = self._target_for(self.estimator.estimate(now))
         if target == self.kbps or (target != self.target_kbps and abs(target - self.kbps) <= RETARGET_SHARE * self.kbps):
             return
         if target > self.kbps and now - self._rate_changed < RETARGET_UP_S:
             return
         self._set_kbps(target, now, self.estimator.reason)
+
+    def _target_for(self, estimate: float) -> float:
+        """The video target an estimate (wire kbps) leaves, between the floor and the request."""
+        if estimate >= self.estimator.max_kbps:
+            return self.target_kbps  # the link carries the request
+        return min(self.target_kbps, max(self.min_kbps, self.video_kbps(estimate)))
 
     def estimate_log(self) -> list[dict]:
         """The estimate's changes, timed from the first real frame like `rate_log`."""
@@ -243,6 +303,8 @@ class LowResTrack(MediaStreamTrack):
         self.encoded_bytes += self.encoder.bytes
         h, w = self.low.shape[1:3]
         self.encoder = RealtimeEncoder(self.codec, w, h, kbps, self.fps / self.temporal)
+        if kbps < self.kbps:
+            self._lowered_at = now
         self.kbps, self._rate_changed, self.keyframe_wanted = kbps, now, True
         at = round(now - self._started_at, 2) if self._started_at else 0.0
         self.rate_changes.append((at, round(kbps, 2)))
@@ -280,6 +342,7 @@ class LowResTrack(MediaStreamTrack):
         self.follow_estimate()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
+        self._count_sent(packet)
         if self.on_packet is not None:
             self.on_packet(index, bytes(packet))
         if self.on_frame is not None:
@@ -313,10 +376,12 @@ class LiveLowResTrack(LowResTrack):
     # How long to wait for a frame before deciding the source has stalled (the stream then ends).
     STALL_S = 10.0
 
-    def __init__(self, live: LiveFrames, fps: float, ticks: int, codec: str, kbps: float, temporal: int, scale: int):
+    def __init__(self, live: LiveFrames, fps: float, ticks: int, codec: str, kbps: float, temporal: int, scale: int,
+                 start_kbps: float | None = None):
         height, width = live.shape[1:3]
         self.low_size = low_res_size(height, width, scale)
-        super().__init__(np.zeros((1, *self.low_size, 3), np.uint8), [], fps, ticks, codec, kbps, temporal)
+        super().__init__(np.zeros((1, *self.low_size, 3), np.uint8), [], fps, ticks, codec, kbps, temporal,
+                         start_kbps=start_kbps)
         self.live = live
         self._base: int | None = None  # capture sequence number of source frame 0
         self._dropped_at_start = 0
@@ -392,6 +457,7 @@ class LiveLowResTrack(LowResTrack):
         self.follow_estimate()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(index, self.ticks), keyframe)
+        self._count_sent(packet)
         if self.on_packet is not None:
             self.on_packet(index, bytes(packet))
         if self.on_frame is not None:
@@ -475,10 +541,12 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     ticks = ticks_per_frame(fps)
     sha = hashlib.sha256(model).hexdigest()
     if isinstance(frames, LiveFrames):
-        track = LiveLowResTrack(frames, fps, ticks, options.codec, options.kbps, options.temporal, options.scale)
+        track = LiveLowResTrack(frames, fps, ticks, options.codec, options.kbps, options.temporal, options.scale,
+                                start_kbps=options.start_kbps)
         low, indices = track.low, track.indices
     else:
-        track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal)
+        track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal,
+                            start_kbps=options.start_kbps)
 
     pc = new_peer_connection(options.bind or options.host)
     control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
@@ -488,6 +556,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     # What the receiver says in RTCP (reports, REMB, PLI/FIR) reaches this track's estimate and encoder.
     try:
         rtcp.observe(transceiver.sender, track.on_receiver_report, track.on_remb, track.request_keyframe)
+        rtcp.gate_retransmissions(transceiver.sender, track.on_nack)
     except rtcp.RtcpHookError as exc:
         raise SessionError(str(exc)) from None
 
@@ -659,9 +728,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         video_kbps=video_bytes * 8 / (total / fps) / 1000, model_bytes_sent=model_sent[0],
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
-               "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
+               "start_kbps": round(track.start_kbps, 2), "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
                "rate_log": track.rate_log, "estimate_log": track.estimate_log(),
-               "bwe": track.estimator.summary(track._clock()),
+               "bwe": track.estimator.summary(track._clock()), "retransmissions": track.retransmissions.summary(),
                "ice_states": ice_states, **_start_stats(start, shipping),
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sender.session import MIN_KBPS_SHARE, RETARGET_UP_S, STORM_WINDOW_S, LowResTrack
+from sender.session import (DATA_HEADROOM_KBPS, MIN_KBPS_SHARE, MIN_VIDEO_KBPS, PACKET_OVERHEAD_BYTES, START_SHARE, RETARGET_SHARE, RETARGET_UP_S,
+                            STORM_WINDOW_S, LowResTrack)
 
 
 class Clock:
@@ -22,7 +23,7 @@ class Clock:
 def track():
     clock = Clock()
     low = np.zeros((4, 36, 44, 3), np.uint8)
-    t = LowResTrack(low, [0, 2, 4, 6], 15.0, 6000, "vp8", 20.0, 2, clock=clock)
+    t = LowResTrack(low, [0, 2, 4, 6], 15.0, 6000, "vp8", 20.0, 2, clock=clock, start_kbps=20.0)  # no slow start
     t.clock = clock
     return t
 
@@ -32,6 +33,22 @@ def storm(track) -> None:
     track.clock.now += STORM_WINDOW_S / 4
     track.request_keyframe()
     track.follow_estimate()
+
+
+def test_by_default_the_video_starts_at_half_the_requests_wire_cost_and_climbs_on_clean_reports():
+    clock = Clock()
+    track = LowResTrack(np.zeros((4, 36, 44, 3), np.uint8), [0, 2, 4, 6], 15.0, 6000, "vp8", 20.0, 2, clock=clock)
+    assert track.wire_kbps(track.kbps) == pytest.approx(START_SHARE * track.wire_kbps(20.0))
+    assert track.encoder.context.bit_rate == int(track.kbps * 1000) and track.start_kbps == track.kbps
+    seen = [track.kbps]
+    for _ in range(12):
+        clock.now += 1.0
+        track.on_receiver_report(0.0, 0.05)
+        track.follow_estimate()
+        if track.kbps != seen[-1]:
+            seen.append(track.kbps)
+    assert seen[-1] == 20.0 and 2 <= len(seen) - 1 <= 4  # a few steps up, each a new encoder from a keyframe
+    assert all("starting up" in r["reason"] for r in track.rate_log)
 
 
 def test_one_request_asks_for_a_keyframe_only(track):
@@ -67,16 +84,21 @@ def test_storms_cut_down_to_the_floor_and_no_further(track):
     for _ in range(40):
         track.clock.now += 1.0
         storm(track)
-    assert track.kbps == pytest.approx(20.0 * MIN_KBPS_SHARE)
+    floor = max(MIN_VIDEO_KBPS, 20.0 * MIN_KBPS_SHARE)
+    assert track.min_kbps == floor
+    assert floor <= track.kbps <= floor * (1 + RETARGET_SHARE)
 
 
 def test_heavy_reported_loss_lowers_the_target_and_small_moves_are_ignored(track):
-    track.on_receiver_report(0.30, None)  # 70 % of the 20 kbps sent got through: 14
+    track.on_receiver_report(0.30, None)  # 70 % of what the 20 kbps video put on the wire got through
     track.follow_estimate()
-    assert track.kbps == pytest.approx(14.0 - 0.5)
+    wire = track.wire_kbps(20.0)
+    assert wire == pytest.approx(20.0 + 7.5 * PACKET_OVERHEAD_BYTES * 8 / 1000 + DATA_HEADROOM_KBPS)
+    assert track.kbps == pytest.approx(track.video_kbps(0.7 * wire)) and track.kbps < 0.7 * 20.0
+    assert track.wire_kbps(track.kbps) == pytest.approx(0.7 * wire)
     changes = len(track.rate_changes)
-    track.clock.now += 5.0
-    track.on_remb(13.0)  # a REMB 4 % under the target: not worth a keyframe
+    track.clock.now += 2.0  # past the hold after a loss cut, while the loss is still evidence for a REMB
+    track.on_remb(track.kbps * 0.96)  # a REMB 4 % under the target: not worth a keyframe
     track.follow_estimate()
     assert len(track.rate_changes) == changes
 
@@ -114,3 +136,18 @@ def test_a_building_queue_lowers_the_target_before_any_loss(track):
         track.on_receiver_report(0.0, rtt)
     track.follow_estimate()
     assert track.kbps < 20.0 * 0.9 and "queue" in track.rate_log[-1]["reason"]
+
+
+def test_vp8_keyframes_are_capped_to_a_share_of_a_second_of_the_target():
+    # A keyframe larger than a narrow link's queue loses its own tail (sender/encoder.py, KEYFRAME_MAX_S).
+    from codec.video import read_video, resize, to_tensor, to_uint8
+    from sender.encoder import KEYFRAME_MAX_S, RealtimeEncoder, keyframe_share_pct
+
+    assert keyframe_share_pct(7.5) == round(100 * KEYFRAME_MAX_S * 7.5) and keyframe_share_pct(1.0) == 100
+    frames, _ = read_video("carphone", "0:8")
+    low = to_uint8(resize(to_tensor(frames), (36, 44)))
+    sizes = {}
+    for cap in (KEYFRAME_MAX_S, None):
+        encoder = RealtimeEncoder("vp8", 44, 36, 15.0, 7.5, keyframe_max_s=cap)
+        sizes[cap] = encoder.encode(low[0], 0, keyframe=True).size
+    assert sizes[KEYFRAME_MAX_S] < 0.8 * sizes[None]
