@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -40,6 +41,17 @@ SCENARIO_TIMEOUT_S = 300
 # middle and for the sender's rate to settle under a cap), ÷4, every 2nd frame, VP8 at 20 kbps.
 FAULT_FPS = 15.0
 FAULT_LOOPS = 2
+# The stepped cap: 60 kbps, 15 from STEP_DOWN_S, 60 again from STEP_UP_S (seconds after the first media
+# packet), over a 24 s stream (3 passes) requested at 60 kbps: 8 s for the start to climb, 8 s under the step.
+STEP_KBPS = (60.0, 15.0, 60.0)
+STEP_DOWN_S, STEP_UP_S = 8.0, 16.0
+STEP_LOOPS = 3
+# A step has settled once the video's measured rate on the link is under the new cap with nothing dropped, or,
+# going up, within SETTLE_SHARE of the new cap, and stays so until the next step (whole seconds of the relay).
+SETTLE_SHARE = 0.85
+# The competing-flow scenario: a bulk TCP flow (bench/tcpflow.py) through a cap of this many kbps.
+TCP_CAP_KBPS = 60.0
+TCP_PORT = 5201
 
 
 def lab_available() -> str | None:
@@ -62,6 +74,7 @@ class NetworkLab:
         self.tun = f"vt-{tag}"
         self.links = {"sender": f"vs-{tag}", "middle_s": f"vm1-{tag}", "middle_r": f"vm2-{tag}", "receiver": f"vr-{tag}"}
         self.relay: subprocess.Popen | None = None
+        self.tcp: list[subprocess.Popen] = []
         self._made: list[str] = []
 
     # -- commands ----------------------------------------------------------------------------------------
@@ -121,7 +134,8 @@ class NetworkLab:
         ready.unlink(missing_ok=True)
         cmd = [*self.exec_in(self.middle), sys.executable, "-m", "bench.impair", "--tun", self.tun,
                "--forward-dst", RECEIVER_IP, "--forward", json.dumps(asdict(forward)),
-               "--backward", json.dumps(asdict(backward)), "--seed", str(seed), "--stats", str(stats), "--ready", str(ready)]
+               "--backward", json.dumps(asdict(backward)), "--seed", str(seed), "--stats", str(stats), "--ready", str(ready),
+               "--trace", str(stats.with_name("packets.json"))]
         self.relay = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + SETUP_TIMEOUT_S
         while not ready.exists():
@@ -139,7 +153,27 @@ class NetworkLab:
                 self.relay.wait()
         self.relay = None
 
+    def start_tcp_flow(self) -> None:
+        """A bulk TCP flow from the sender's namespace to the receiver's (bench/tcpflow.py), through the relay."""
+        tool = [sys.executable, "-m", "bench.tcpflow"]
+        self.tcp.append(subprocess.Popen([*self.exec_in(self.receiver), *tool, "serve", "--bind", RECEIVER_IP, "--port", str(TCP_PORT)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.tcp.append(subprocess.Popen([*self.exec_in(self.sender), *tool, "send", "--connect", f"{RECEIVER_IP}:{TCP_PORT}",
+                                          "--seconds", str(SCENARIO_TIMEOUT_S)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop_tcp_flow(self) -> None:
+        for process in reversed(self.tcp):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=SETUP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.tcp.clear()
+
     def close(self) -> None:
+        self.stop_tcp_flow()
         self.stop_relay()
         for ns in reversed(self._made):  # deleting a namespace deletes its veth ends and the TUN device
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=SETUP_TIMEOUT_S)
@@ -157,6 +191,9 @@ class Scenario:
     # before the early start: under loss a 16 s stream can end before an early model is through, and the
     # rows would then mix the bicubic rebuild into the model's PSNR. A scenario sets this to start at once.
     early_start: bool = False
+    kbps: float | None = None  # the call's requested rate (default: the table's)
+    loops: int | None = None  # passes of the clip (default: the table's)
+    competing_tcp: bool = False  # a bulk TCP flow from the sender's namespace to the receiver's, through the relay
 
 
 def scenarios(kbps: float) -> list[Scenario]:
@@ -177,6 +214,12 @@ def scenarios(kbps: float) -> list[Scenario]:
         Scenario(f"cap {kbps * 0.75:g} kbps", Impairment(rate_kbps=kbps * 0.75), note="below the 20 kbps target, media direction, while streaming"),
         both("outage 3 s", outage_after_media_s=6.5, outage_s=3.0, note="everything dropped, 6.5 to 9.5 s into the 16 s stream"),
         both("model loss 10%", model_loss=0.10, note="data-channel packets before the first media packet"),
+        Scenario("cap steps 60-15-60 kbps",
+                 Impairment(rate_kbps=STEP_KBPS[0], rate_steps=[[STEP_DOWN_S, STEP_KBPS[1]], [STEP_UP_S, STEP_KBPS[2]]]),
+                 note=f"requested {STEP_KBPS[0]:g} kbps; the cap drops at {STEP_DOWN_S:g} s and comes back at {STEP_UP_S:g} s",
+                 kbps=STEP_KBPS[0], loops=STEP_LOOPS),
+        Scenario(f"cap {TCP_CAP_KBPS:g} kbps + TCP", Impairment(rate_kbps=TCP_CAP_KBPS),
+                 note="a bulk TCP flow (Cubic) shares the capped link from the start", competing_tcp=True),
     ]
 
 
@@ -188,9 +231,13 @@ def run_scenario(lab: NetworkLab, scenario: Scenario, video: str, model: str, ou
 
     echo = bool(os.environ.get("VSAE_FAULTS_ECHO"))
     out.mkdir(parents=True, exist_ok=True)
+    kbps, loops = scenario.kbps or kbps, scenario.loops or loops
     lab.start_relay(scenario.forward, scenario.backward, out / "relay.json")
+    if scenario.competing_tcp:
+        lab.start_tcp_flow()
     began = time.monotonic()
-    row: dict = {"scenario": scenario.name, "note": scenario.note}
+    row: dict = {"scenario": scenario.name, "note": scenario.note, "kbps": kbps,
+                 "steps": [[0.0, scenario.forward.rate_kbps], *scenario.forward.rate_steps] if scenario.forward.rate_steps else None}
     try:
         stats = run_stream(video, model, out, scale, temporal, kbps, frames=frames, timeout=timeout, echo=echo,
                            extra_send=("--bind", SENDER_IP, "--fps", f"{fps:g}", "--loop", str(loops),
@@ -201,11 +248,97 @@ def run_scenario(lab: NetworkLab, scenario: Scenario, video: str, model: str, ou
     except (VsaeError, subprocess.TimeoutExpired) as exc:
         row.update(outcome="failed", error=str(exc).splitlines()[-1][:300])
     finally:
+        lab.stop_tcp_flow()
         lab.stop_relay()
     row["wall_s"] = round(time.monotonic() - began, 1)
     relay_path = out / "relay.json"
     row["relay"] = json.loads(relay_path.read_text()) if relay_path.exists() else None
     return row
+
+
+def cap_at(impairment: dict, t: float) -> float | None:
+    """The media direction's cap (kbps) t seconds after the first media packet (None: no cap)."""
+    rate = impairment.get("rate_kbps") or 0.0
+    for at, kbps in sorted(impairment.get("rate_steps") or []):
+        if t >= at:
+            rate = kbps
+    return rate or None
+
+
+def per_second(row: dict) -> list[dict]:
+    """The call second by second on the relay's clock (from the first media packet; the last, partial second
+    left out): the cap, the sender's video target at the end of that second, and what crossed the link
+    towards the receiver, in kbps on the wire (video RTP with its retransmissions, RTCP, data channels, TCP)."""
+    forward = (row.get("relay") or {}).get("forward") or {}
+    seconds = (forward.get("per_second") or [])[:-1]
+    sender = (row.get("stats") or {}).get("sender") or {}
+    changes = sender.get("rate_log") or []
+    out = []
+    for sec in seconds:
+        t = sec["t"]
+        target = sender.get("start_kbps")
+        for change in changes:
+            if change["t"] < t + 1:
+                target = change["kbps"]
+        kbps = {k: round(sec.get(k, 0) * 8 / 1000, 2) for k in ("rtp", "rtcp", "dtls", "tcp")}
+        out.append({"t": t, "cap_kbps": cap_at(forward.get("impairment") or {}, t), "target_kbps": target,
+                    "video_kbps": kbps["rtp"], "rtcp_kbps": kbps["rtcp"], "data_kbps": kbps["dtls"], "tcp_kbps": kbps["tcp"],
+                    "dropped": sec.get("dropped", 0)})
+    return out
+
+
+def settling(seconds: list[dict], steps: list[list[float]]) -> list[dict]:
+    """For each step of the cap after the first, the seconds from the step until the video settled and stayed
+    settled up to the next step: down, its rate on the link under the new cap with nothing dropped; up, within
+    SETTLE_SHARE of the new cap. None: it did not settle before the next step (or the call's end)."""
+    out = []
+    for i in range(1, len(steps)):
+        at, cap = steps[i]
+        until = steps[i + 1][0] if i + 1 < len(steps) else math.inf
+        window = [s for s in seconds if at <= s["t"] < until]
+        if cap < steps[i - 1][1]:
+            ok = lambda s, cap=cap: s["video_kbps"] <= cap and s["dropped"] == 0  # noqa: E731
+        else:
+            ok = lambda s, cap=cap: s["video_kbps"] >= SETTLE_SHARE * cap  # noqa: E731
+        settled = next((s["t"] - at for j, s in enumerate(window) if all(ok(x) for x in window[j:])), None)
+        out.append({"at_s": at, "kbps": cap, "settle_s": None if settled is None else max(0.0, settled)})
+    return out
+
+
+def stall_seconds(seconds: list[dict]) -> int:
+    """Whole seconds, between the first and the last with video, in which no video packet crossed the link."""
+    with_video = [i for i, s in enumerate(seconds) if s["video_kbps"] > 0]
+    return 0 if not with_video else sum(1 for s in seconds[with_video[0]:with_video[-1] + 1] if s["video_kbps"] == 0)
+
+
+def plot_per_second(row: dict, seconds: list[dict], path: Path) -> Path:
+    """The call second by second: cap, the sender's target (video bytes), what crossed the link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t"] + 0.5 for s in seconds]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if any(s["cap_kbps"] for s in seconds):
+        ax.step([s["t"] for s in seconds] + [seconds[-1]["t"] + 1], [s["cap_kbps"] or 0 for s in seconds] + [seconds[-1]["cap_kbps"] or 0],
+                where="post", color="black", label="cap (wire)")
+    ax.plot(t, [s["video_kbps"] for s in seconds], "o-", color="tab:blue", label="video on the link (RTP, wire)")
+    ax.plot(t, [s["target_kbps"] for s in seconds], "s--", color="tab:orange", label="sender's video target (encoded)")
+    if any(s["tcp_kbps"] for s in seconds):
+        ax.plot(t, [s["tcp_kbps"] for s in seconds], "^-", color="tab:green", label="competing TCP")
+    dropped = [s for s in seconds if s["dropped"]]
+    if dropped:
+        ax.scatter([s["t"] + 0.5 for s in dropped], [0] * len(dropped), marker="x", color="tab:red", label="packets dropped")
+    ax.set_xlabel("seconds from the first media packet")
+    ax.set_ylabel("kbps")
+    ax.set_title(f"{row['scenario']}: second by second")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def summarize_row(row: dict, clean_psnr: float | None) -> dict:
@@ -214,6 +347,9 @@ def summarize_row(row: dict, clean_psnr: float | None) -> dict:
     fwd = (relay.get("forward") or {}).get("counts", {})
     lost = sum(v for k, v in fwd.items() if k.startswith("lost_"))
     psnr = s.get("psnr")
+    seconds = per_second(row)
+    settle = settling(seconds, row["steps"]) if row.get("steps") else []
+    tcp = sorted(x["tcp_kbps"] for x in seconds)
     return {
         "scenario": row["scenario"],
         "outcome": row["outcome"] + (f": {row['error']}" if row.get("error") else ""),
@@ -224,6 +360,9 @@ def summarize_row(row: dict, clean_psnr: float | None) -> dict:
         "psnr_bicubic": s.get("psnr_bicubic"), "video_kbps": s.get("video_kbps"),
         "model_transferred": s.get("model_transferred"), "timestamps_anchored": s.get("timestamps_anchored"),
         "model": _model_outcome(row), "forward_lost": f"{lost}/{fwd.get('packets', 0)}", "wall_s": row["wall_s"],
+        "stalls": stall_seconds(seconds) if seconds else None,
+        "settle_s": " / ".join("—" if x["settle_s"] is None else f"{x['settle_s']:g}" for x in settle) or None,
+        "tcp_kbps": tcp[len(tcp) // 2] if tcp and tcp[-1] else None,
         "note": row.get("note", ""),
     }
 
@@ -248,7 +387,7 @@ def _model_outcome(row: dict) -> str:
 
 def write_table(rows: list[dict], out: Path) -> Path:
     cols = ["scenario", "outcome", "model", "frames_out", "concealed", "keyframe_requests", "recovery_ms", "latency_ms",
-            "psnr", "psnr_drop", "psnr_bicubic", "video_kbps", "forward_lost", "wall_s", "note"]
+            "psnr", "psnr_drop", "psnr_bicubic", "video_kbps", "forward_lost", "stalls", "settle_s", "tcp_kbps", "wall_s", "note"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
@@ -289,8 +428,11 @@ def run(args: argparse.Namespace) -> int:
     with NetworkLab() as lab:
         for scenario in chosen:
             print(f"vsae bench faults: {scenario.name} ...", file=sys.stderr, flush=True)
-            row = run_scenario(lab, scenario, str(video), model, out / scenario.name.replace(" ", "_").replace("%", "pct"),
-                               args.frames, kbps=args.kbps, fps=args.fps, loops=args.loops)
+            where = out / scenario.name.replace(" ", "_").replace("%", "pct")
+            row = run_scenario(lab, scenario, str(video), model, where, args.frames, kbps=args.kbps, fps=args.fps, loops=args.loops)
+            row["per_second"] = per_second(row)
+            if row["per_second"] and (scenario.forward.rate_kbps or scenario.competing_tcp):
+                plot_per_second(row, row["per_second"], where / "per_second.png")
             rows.append(row)
             clean = next((r["stats"]["psnr"] for r in rows if r["scenario"] == "clean" and r.get("stats")), None)
             table.append(summarize_row(row, clean))

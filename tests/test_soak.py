@@ -89,7 +89,8 @@ def test_looped_stream_covers_n_passes_with_the_reference_wrapped(tiny_codec, tm
                                            sample_interval=0.25))
         port = await receiver.start()
         try:
-            result = await send(frames, fps, model, SendOptions(port=port, loop=3))
+            # At the full rate from the first frame (not the slow start's half): keys must be told from their neighbours.
+            result = await send(frames, fps, model, SendOptions(port=port, loop=3, start_kbps=SendOptions().kbps))
             stats = await receiver.wait(30)
         finally:
             await receiver.stop()

@@ -142,7 +142,11 @@ def test_h264_track(clip, model_bytes, tmp_path):
 def test_frame_identity_follows_the_rtp_timestamps(clip, model_bytes, tmp_path):
     """With T=3, every received frame lands at its source index: each key of the bicubic output matches
     its own source frame better than the neighbours one frame either side."""
-    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(scale=2, temporal=3)))
+    # This is about indices: the four frames must be told from their neighbours. The whole stream would go by in
+    # the slow start's half rate, and its first key is capped to 0.2 s of the target (sender/encoder.py): start
+    # at the full rate, and give it 40 kbps.
+    options = SendOptions(scale=2, temporal=3, kbps=40, start_kbps=40)
+    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, options))
     assert stats["frames_received"] == 4 and stats["frames_out"] == FRAMES
     assert stats["low_size"] == [88, 72]
     source = to_tensor(clip[0])
