@@ -47,22 +47,26 @@ def rtt_from_report(lsr: int, dlsr: int, now_ntp: int | None = None) -> float | 
     return rtt if rtt < MAX_RTT_S else None
 
 
-def observe(sender: RTCRtpSender, on_report: Callable[[float, float | None], None],
+def observe(sender: RTCRtpSender, on_report: Callable[[float, float | None, int | None], None],
             on_remb: Callable[[float], None], on_keyframe: Callable[[], None]) -> None:
-    """Call `on_report(fraction_lost 0..1, rtt_s or None)`, `on_remb(kbps)` and `on_keyframe()` (PLI, FIR) as
-    RTCP reaches `sender`."""
+    """Call `on_report(fraction_lost 0..1, rtt_s or None, packets expected since the last report or None)`,
+    `on_remb(kbps)` and `on_keyframe()` (PLI, FIR) as RTCP reaches `sender`."""
     missing = [name for name in _PRIVATE if not hasattr(sender, name)]
     handler = getattr(sender, "_handle_rtcp_packet", None)
     if missing or not inspect.iscoroutinefunction(handler):
         raise RtcpHookError(f"this aiortc's RTCRtpSender lacks {', '.join(missing) or '_handle_rtcp_packet as a coroutine'}; "
                             "sender/rtcp.py needs updating for it")
 
+    highest: list[int | None] = [None]  # the extended highest sequence number of the last report
+
     async def handle(packet) -> None:
         ssrc = sender._ssrc
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
                 if report.ssrc == ssrc:
-                    on_report(report.fraction_lost / 256.0, rtt_from_report(report.lsr, report.dlsr))
+                    last, highest[0] = highest[0], report.highest_sequence
+                    expected = None if last is None or report.highest_sequence < last else report.highest_sequence - last
+                    on_report(report.fraction_lost / 256.0, rtt_from_report(report.lsr, report.dlsr), expected)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)

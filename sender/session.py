@@ -241,9 +241,10 @@ class LowResTrack(MediaStreamTrack):
             self.estimator.on_keyframe_storm(now, len(self._requests))
             self._requests = []
 
-    def on_receiver_report(self, fraction_lost: float, rtt_s: float | None) -> None:
+    def on_receiver_report(self, fraction_lost: float, rtt_s: float | None, expected: int | None = None) -> None:
         """A receiver report block for this stream (sender/rtcp.py)."""
-        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.wire_kbps(self.kbps))
+        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.wire_kbps(self.kbps),
+                                 expected=expected)
 
     def on_remb(self, kbps: float) -> None:
         """The receiver's REMB (sender/rtcp.py): aiortc's receiver counts RTP payload bytes, as the target does."""
@@ -254,6 +255,7 @@ class LowResTrack(MediaStreamTrack):
         retransmission gate allows it."""
         now = self._clock()
         if self.nack_loss.on_nack(now, seq):
+            self.estimator.on_nack(now)
             lag = min(NACK_LAG_MAX_S, self.estimator.rtt_s or NACK_LAG_MAX_S)
             nacked, sent = self.nack_loss.window(now, lag)
             # Only a window sent entirely at the present target says something about it (a lower target's new

@@ -20,15 +20,23 @@ def estimator(kbps: float = 20.0) -> BandwidthEstimator:
 
 
 # -- the loss rule ---------------------------------------------------------------------------------------
-def test_loss_above_ten_percent_cuts_by_half_the_loss():
+def test_loss_above_ten_percent_with_a_queue_cuts_by_half_the_loss():
     e = estimator()
-    assert e.on_report(1.0, 0.20) == pytest.approx(20 * 0.9)
+    e.on_report(0.5, 0.0, 0.05)
+    assert e.on_report(1.0, 0.20, 0.40) == pytest.approx(20 * 0.9)  # smoothed RTT 0.225 s: a queue behind it
     assert e.on_report(3.0, 0.40) == pytest.approx(20 * 0.9 * 0.8)
+
+
+def test_moderate_loss_without_a_queue_is_a_lossy_link_and_holds_but_heavy_loss_cuts_anyway():
+    e = estimator()
+    for t in range(1, 6):
+        assert e.on_report(float(t), 0.15, 0.05, sending_kbps=20.0) == 20.0  # flat RTT: no cut
+    assert e.on_report(6.0, 0.40, 0.05, sending_kbps=20.0) == pytest.approx(12.0)  # severe: a queue overflowing
 
 
 def test_a_cut_holds_further_loss_cuts_until_the_reports_can_show_it():
     e = estimator()
-    e.on_report(1.0, 0.30)
+    e.on_report(1.0, 0.40)
     cut = e.estimate(1.0)
     assert e.on_report(1.0 + DECREASE_HOLD_S / 2, 0.50) == cut  # losses from before the cut took effect
     assert e.on_keyframe_storm(1.0 + DECREASE_HOLD_S * 0.9, 2) == cut
@@ -39,22 +47,29 @@ def test_a_cut_goes_to_what_got_through_when_that_is_lower():
     e = estimator()
     assert e.on_report(1.0, 0.40, sending_kbps=20.0) == pytest.approx(12.0)  # not 20 * 0.8 = 16
     e = estimator()
-    assert e.on_report(1.0, 0.12, sending_kbps=20.0) == pytest.approx(20 * 0.94)  # random loss: the gentle cut
+    e.on_report(0.5, 0.0, 0.05)
+    assert e.on_report(1.0, 0.12, 0.40, sending_kbps=20.0) == pytest.approx(20 * 0.94)  # moderate: the gentle cut
 
 
 def test_a_lower_remb_right_after_a_loss_cut_is_not_a_second_cut():
     e = estimator()
-    e.on_report(1.0, 0.30, sending_kbps=20.0)
-    assert e.on_remb(1.5, 8.0) == pytest.approx(14.0)
+    e.on_report(1.0, 0.40, sending_kbps=20.0)
+    assert e.on_remb(1.5, 8.0) == pytest.approx(12.0)
     assert e.on_remb(1.0 + DECREASE_HOLD_S, 8.0) == 8.0
 
 
-def test_loss_between_two_and_ten_percent_holds():
+def test_loss_between_two_and_ten_percent_holds_with_a_queue_and_climbs_on_a_lossy_link_without_one():
     e = estimator()
     e.on_report(1.0, 0.5)
     held = e.estimate(1.0)
-    for t in range(2, 10):
-        assert e.on_report(float(t), 0.05) == held
+    e.on_remb(1.5, 12.0, sending_kbps=14.0)  # the receiver's delay estimate under what is sent: congestion
+    for t in range(2, 5):
+        assert e.on_report(float(t), 0.05, sending_kbps=14.0) == held
+    f = estimator()
+    f.on_report(1.0, 0.5)
+    for t in range(2, 12):  # 5 % lost, flat RTT, no REMB under what is sent: random loss, not a queue
+        f.on_report(float(t), 0.05, 0.03, sending_kbps=f.estimate(float(t)))
+    assert f.estimate(12.0) == 20.0
 
 
 def test_clean_reports_recover_up_to_the_request_never_above():
@@ -87,16 +102,16 @@ def test_slow_start_climbs_fast_on_clean_reports_until_a_congestion_signal():
     assert "starting up" in e.reason
     # Never more than FAST_INCREASE above what is sent (the sender had not moved yet).
     assert e.on_report(2.0, 0.0, sending_kbps=10.0) == pytest.approx(10.0 * FAST_INCREASE)
-    e.on_report(3.0, 0.05, sending_kbps=13.0)  # loss between the thresholds holds, and is no congestion signal
-    assert e.starting and e.estimate(3.0) == pytest.approx(13.0)
+    e.on_report(3.0, 0.05, sending_kbps=13.0)  # loss between the thresholds, no queue: no congestion signal
+    assert e.starting and e.estimate(3.0) == pytest.approx(13.0 * FAST_INCREASE)
     done = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
     for t in range(1, 6):
         done.on_report(float(t), 0.0, sending_kbps=done.estimate(float(t)))
     assert done.estimate(6.0) == 20.0  # reached the request in three reports
     ahead = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
     ahead.on_report(1.0, 0.0, sending_kbps=10.0)  # 13: ahead of the 10 still sent
-    ahead.on_report(2.0, 0.12, sending_kbps=10.0)  # a cut is from what was sent, never up from it
-    assert ahead.estimate(2.0) == pytest.approx(10.0 * (1 - 0.5 * 0.12)) and ahead.capacity_kbps == 10.0
+    ahead.on_report(2.0, 0.40, sending_kbps=10.0)  # a cut is from what was sent, never up from it
+    assert ahead.estimate(2.0) == pytest.approx(10.0 * (1 - 0.40)) and ahead.capacity_kbps == 10.0
     queued = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
     for t, rtt in enumerate((0.05, 0.05, 0.6, 0.6), 1):
         queued.on_report(float(t), 0.0, rtt, sending_kbps=10.0)
@@ -104,9 +119,11 @@ def test_slow_start_climbs_fast_on_clean_reports_until_a_congestion_signal():
     assert queued.capacity_kbps == pytest.approx(10.0)
     remb = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
     remb.on_report(1.0, 0.0, sending_kbps=10.0)  # 13, ahead of the 10 sent
-    assert remb.on_remb(1.5, 9.0, sending_kbps=10.0) == 10.0  # a REMB under what is sent ends the start there
+    # A REMB under what is sent ends the start and takes back its last step (to the REMB if that is higher).
+    assert remb.on_remb(1.5, 7.0, sending_kbps=10.0) == pytest.approx(10.0 / FAST_INCREASE)
     assert not remb.starting and remb.capacity_kbps == 10.0 and "end of the start" in remb.reason
-    assert remb.on_report(2.5, 0.0, sending_kbps=10.0) == 10.0  # near the capacity now, and the REMB bounds it
+    other = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
+    assert other.on_remb(0.5, 9.0, sending_kbps=10.0) == 9.0
 
 
 def test_after_a_cut_the_estimate_climbs_fast_to_near_the_capacity_slowly_through_it_then_fast_again():
@@ -132,9 +149,11 @@ def test_the_floor_holds_under_any_loss():
     assert e.estimate(50.0) == 5.0
 
 
-def test_a_keyframe_storm_counts_as_heavy_loss():
+def test_a_keyframe_storm_counts_as_heavy_loss_when_loss_or_a_queue_was_seen():
     e = estimator()
-    assert e.on_keyframe_storm(1.0, 3) == pytest.approx(20 * (1 - 0.5 * STORM_LOSS))
+    assert e.on_keyframe_storm(1.0, 3) == 20.0  # alone: random loss hitting a keyframe
+    e.on_report(2.0, 0.05)  # some loss seen
+    assert e.on_keyframe_storm(3.0, 3) == pytest.approx(20 * (1 - 0.5 * STORM_LOSS))
     assert "keyframe" in e.reason
 
 
@@ -224,16 +243,39 @@ def test_nacks_for_a_heavy_share_of_recent_packets_cut_before_the_next_report():
         nacks.on_sent(i / 7.5, 1)
     now = 20 / 7.5
     assert nacks.on_nack(now, 100) and not nacks.on_nack(now, 100)  # a repeated NACK counts once
-    for seq in (101, 102):
+    for seq in (101, 102, 103, 104, 105):
         nacks.on_nack(now, seq)
     nacked, sent = nacks.window(now, lag_s=0.1)
-    assert nacked == 3 and sent == 4  # the 0.5 s window, 0.1 s back
+    assert nacked == 6 and sent == 8  # the 1 s window, 0.1 s back
     e = estimator()
-    assert e.on_fast_loss(now, 2, 4, sending_kbps=20.0) == 20.0  # under NACK_MIN_PACKETS: no cut
-    assert e.on_fast_loss(now, 3, 20, sending_kbps=20.0) == 20.0  # 15 %: random loss, no cut
+    assert e.on_fast_loss(now, 4, 5, sending_kbps=20.0) == 20.0  # under NACK_MIN_PACKETS: no cut
+    assert e.on_fast_loss(now, 5, 12, sending_kbps=20.0) == 20.0  # 42 %: not severe enough for this path
     assert e.on_fast_loss(now, nacked, sent, sending_kbps=20.0) == pytest.approx(5.0)  # 75 %: through = 25 %
     assert "NACKed" in e.reason and e.capacity_kbps == 20.0
-    assert e.on_fast_loss(now + 0.5, 4, 4, sending_kbps=5.0) == 5.0  # the hold between cuts applies
+    assert e.on_fast_loss(now + 0.5, 6, 6, sending_kbps=5.0) == 5.0  # the hold between cuts applies
+
+
+def test_loss_is_judged_over_enough_packets_pooled_since_the_last_cut():
+    e = estimator()
+    # One loss among eight packets reads 12 %: too few packets to judge, no cut, and no climb either.
+    e.loss_kbps = 16.0
+    assert e.on_report(1.0, 0.125, sending_kbps=16.0, expected=8) == 16.0
+    assert e.on_report(2.0, 0.0, sending_kbps=16.0, expected=8) == 16.0
+    e.on_remb(2.5, 15.0, sending_kbps=16.0)  # the receiver's delay estimate under what is sent: congestion
+    held = e.estimate(2.5)
+    e.on_report(3.0, 0.0, sending_kbps=16.0, expected=8)  # 1 of 24: 4 %, judged, between the thresholds: holds
+    assert e.estimate(3.0) == held and sum(n for _, n in e.pooled) == 24
+    f = estimator()
+    for t in (1.0, 2.0):
+        f.on_report(t, 0.5, sending_kbps=20.0, expected=8)
+    assert f.estimate(2.0) == 20.0  # 8 of 16: not yet judged
+    f.on_report(3.0, 0.5, sending_kbps=20.0, expected=8)  # 12 of 24: a queue overflowing
+    assert f.estimate(3.0) == pytest.approx(10.0) and not f.pooled  # cut to what got through; the pool restarts
+    f.on_report(5.0, 0.5, sending_kbps=10.0, expected=8)
+    assert f.estimate(5.0) == pytest.approx(10.0)  # the new rate's first eight packets: not yet judged
+    clean = estimator()
+    clean.loss_kbps = 10.0
+    assert clean.on_report(1.0, 0.0, sending_kbps=10.0, expected=8) > 10.0  # no loss at all: a clean report climbs
 
 
 def test_bad_ranges_are_refused():
@@ -261,12 +303,13 @@ def test_the_hook_hands_reports_remb_and_pli_to_the_track_and_passes_packets_on(
             await original(packet)
 
         sender._handle_rtcp_packet = spy
-        rtcp.observe(sender, lambda lost, rtt: seen["reports"].append((lost, rtt)), seen["remb"].append,
+        rtcp.observe(sender, lambda lost, rtt, expected: seen["reports"].append((lost, rtt, expected)), seen["remb"].append,
                      lambda: seen.__setitem__("keyframes", seen["keyframes"] + 1))
         ours, other = sender._ssrc, sender._ssrc ^ 1
-        report = lambda ssrc, lost: RtcpReceiverInfo(ssrc=ssrc, fraction_lost=lost, packets_lost=0,  # noqa: E731
-                                                     highest_sequence=0, jitter=0, lsr=0, dlsr=0)
-        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(other, 200), report(ours, 64)]))
+        report = lambda ssrc, lost, top=0: RtcpReceiverInfo(ssrc=ssrc, fraction_lost=lost, packets_lost=0,  # noqa: E731
+                                                            highest_sequence=top, jitter=0, lsr=0, dlsr=0)
+        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(other, 200), report(ours, 64, 1000)]))
+        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(ours, 0, 1009)]))
         await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=0,
                                                         fci=pack_remb_fci(15_000, [ours])))
         await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=0,
@@ -275,10 +318,10 @@ def test_the_hook_hands_reports_remb_and_pli_to_the_track_and_passes_packets_on(
         return seen
 
     seen = asyncio.run(scenario())
-    assert seen["reports"] == [(0.25, None)]  # only our SSRC's block
+    assert seen["reports"] == [(0.25, None, None), (0.0, None, 9)]  # only our SSRC's blocks; packets since the last
     assert seen["remb"] == [15.0]
     assert seen["keyframes"] == 1
-    assert seen["passed"] == ["RtcpRrPacket", "RtcpPsfbPacket", "RtcpPsfbPacket", "RtcpPsfbPacket"]
+    assert seen["passed"] == ["RtcpRrPacket", "RtcpRrPacket", "RtcpPsfbPacket", "RtcpPsfbPacket", "RtcpPsfbPacket"]
 
 
 def test_the_hook_fails_loudly_on_an_aiortc_without_its_internals():
