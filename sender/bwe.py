@@ -1,18 +1,22 @@
 """The sender's bandwidth estimate, in the style of Google Congestion Control (draft-ietf-rmcat-gcc-02).
 
-Two controllers; the lower one is the estimate, clamped to the call's range:
+Rates are of the link (wire kbps: what the video's packets, headers and all, and the data channels put on
+it; sender/session.py converts). Two controllers; the lower one is the estimate, clamped to the call's range:
 
-- **Loss-based** (the draft's section 6), at each receiver report with fraction lost p:
-  p > LOSS_HIGH: A <- A * (1 - 0.5 p); p < LOSS_LOW: A <- A * LOSS_INCREASE; in between A holds.
-  A keyframe-request storm (the receiver gave up on lost packets, sender/session.py) counts as heavy loss.
+- **Loss-based** (the draft's section 6), on the receiver reports' loss pooled over LOSS_MIN_PACKETS:
+  p > LOSS_HIGH: A <- A * (1 - 0.5 p), or down to what got through when p > QUEUE_LOSS, when a delay signal
+  says the loss is a queue's (else only above SEVERE_LOSS); p < LOSS_LOW, or moderate loss without a delay
+  signal (a lossy link): A climbs, FAST_INCREASE away from the last congestion point (the slow start
+  before any), LOSS_INCREASE near it. Severe loss seen in first NACKs (NackLoss) cuts before the next
+  report; a keyframe-request storm counts as heavy loss while packets are being lost.
 - **Delay-based**: the receiver's REMB (aiortc's receiver runs the draft's arrival-time filter, overuse
-  detector and AIMD over abs-send-time, and reports the result), believed when lower only while the
-  receiver reports show loss or a queue (see REMB_QUEUE_S), and the RTT trend of the receiver reports: an
-  RTT well above the lowest seen means a queue is building at the bottleneck before anything is lost, so the
-  delay estimate backs off to DELAY_BACKOFF of what the sender was told to send.
+  detector and AIMD over abs-send-time, and reports the result): a lower one is believed only while packets
+  are being lost, and any one bounds a climb and ends the slow start when under what is sent. And the RTT
+  trend of the receiver reports: an RTT well above the lowest seen means a queue is building at the
+  bottleneck before anything is lost, so the delay estimate backs off to DELAY_BACKOFF of what is sent.
 
 Pure logic, no network and no aiortc: sender/rtcp.py feeds it what the RTCP says, tests feed it synthetic
-report sequences. Times are seconds of a monotonic clock, rates kbps.
+report sequences. Times are seconds of a monotonic clock.
 """
 
 from __future__ import annotations
