@@ -101,6 +101,12 @@ REMB_EVIDENCE_S = 2.0
 NACK_WINDOW_S = 1.0
 NACK_MIN_PACKETS = 5
 FAST_LOSS = 0.5
+# An outage is not congestion: when no receiver report came for this long (aiortc sends one every 0.5-1.5 s),
+# the link was down both ways, and the loss the next report and the NACKs after it show is the outage's, not
+# the rate's (the fault lab's 3 s outage: cut to the floor by its own NACKs, then 5 s to climb back). The
+# report that ends the silence restarts the pool, and for OUTAGE_GRACE_S after it loss does not cut.
+OUTAGE_S = 2.5
+OUTAGE_GRACE_S = 1.5
 # Sequence numbers remembered to tell a first NACK from a repeat.
 NACK_REMEMBERED = 512
 
@@ -169,6 +175,8 @@ class BandwidthEstimator:
     evidence_at: float = field(default=-math.inf, init=False)  # the last report with loss or a queue in it
     queue_at: float = field(default=-math.inf, init=False)  # the last report whose RTT showed a queue
     pooled: deque = field(default_factory=deque, init=False)  # (lost, expected) of the reports since the last cut
+    report_at: float | None = field(default=None, init=False)  # the last receiver report
+    outage_ended_at: float = field(default=-math.inf, init=False)  # the report that ended a silence
     history: list[Change] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +194,14 @@ class BandwidthEstimator:
         sender holds now (the basis of a heavy-loss or delay cut, and the ceiling of a probe)."""
         self.reports += 1
         before = self.estimate(now)
+        if self.report_at is not None and now - self.report_at > OUTAGE_S:
+            self.outage_ended_at = now
+            self.pooled.clear()
+        self.report_at = now
+        if self._in_outage(now):
+            # The outage's loss: the RTT still counts, the loss does not.
+            delay_why = self._on_rtt(now, rtt_s, sending_kbps) if rtt_s is not None and rtt_s >= 0 else None
+            return self._note(now, before, delay_why or "after an outage: its loss is not the rate's")
         if expected is None:
             loss, judged, clean = fraction_lost, True, fraction_lost < LOSS_LOW
         else:
@@ -271,7 +287,7 @@ class BandwidthEstimator:
         that narrowed, cut as a receiver report's heavy loss would."""
         before = self.estimate(now)
         fraction = min(1.0, nacked / max(1, sent))
-        if nacked < NACK_MIN_PACKETS or fraction <= FAST_LOSS:
+        if nacked < NACK_MIN_PACKETS or fraction <= FAST_LOSS or self._in_outage(now):
             return before
         self.evidence_at = now
         why = f"{nacked} of {sent} packets NACKed in {NACK_WINDOW_S:g} s"
@@ -328,6 +344,11 @@ class BandwidthEstimator:
             self.loss_kbps = min(self.loss_kbps, self.delay_kbps)
             self.delay_kbps = None
         return None
+
+    def _in_outage(self, now: float) -> bool:
+        """A silence of receiver reports is under way, or just ended (OUTAGE_S, OUTAGE_GRACE_S)."""
+        silent = self.report_at is not None and now - self.report_at > OUTAGE_S
+        return silent or now - self.outage_ended_at <= OUTAGE_GRACE_S
 
     @property
     def starting(self) -> bool:

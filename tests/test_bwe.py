@@ -12,7 +12,8 @@ from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpReceiv
 from sender import rtcp
 from tests.fakes import FakeTransport
 from sender.bwe import (CAPACITY_NEAR, DECREASE_HOLD_S, DELAY_BACKOFF, FAST_INCREASE, LOSS_INCREASE,
-                        REMB_EVIDENCE_S, REMB_STALE_S, STORM_LOSS, BandwidthEstimator, NackLoss)
+                        OUTAGE_GRACE_S, REMB_EVIDENCE_S, REMB_STALE_S, STORM_LOSS, BandwidthEstimator,
+                        NackLoss)
 
 
 def estimator(kbps: float = 20.0) -> BandwidthEstimator:
@@ -233,8 +234,10 @@ def test_a_remb_not_believed_as_a_cut_still_bounds_the_climb():
     assert e.estimate(1.0) == 10.0
     e.on_remb(1.5, 12.0)
     assert e.on_report(2.0, 0.0, sending_kbps=10.0) == pytest.approx(12.0)  # up to the REMB, not 13
-    e.on_report(2.0 + REMB_STALE_S + 1, 0.0, sending_kbps=12.0)  # a stale REMB bounds nothing
-    assert e.estimate(2.0 + REMB_STALE_S + 1) == pytest.approx(12.0 * FAST_INCREASE)
+    for t in (3.0, 4.0, 5.0, 6.0):  # still fresh: no climb past it
+        assert e.on_report(t, 0.0, sending_kbps=12.0) == pytest.approx(12.0)
+    assert 1.5 + REMB_STALE_S < 7.0
+    assert e.on_report(7.0, 0.0, sending_kbps=12.0) == pytest.approx(12.0 * FAST_INCREASE)  # stale: bounds nothing
 
 
 def test_nacks_for_a_heavy_share_of_recent_packets_cut_before_the_next_report():
@@ -276,6 +279,22 @@ def test_loss_is_judged_over_enough_packets_pooled_since_the_last_cut():
     clean = estimator()
     clean.loss_kbps = 10.0
     assert clean.on_report(1.0, 0.0, sending_kbps=10.0, expected=8) > 10.0  # no loss at all: a clean report climbs
+
+
+def test_an_outage_is_not_congestion():
+    e = estimator()
+    e.on_report(1.0, 0.0, sending_kbps=20.0, expected=8)
+    # 3 s without a report: the link was down both ways. The NACKs for what it lost, and the report that ends
+    # the silence, do not cut; after the grace, loss counts again.
+    assert e.on_fast_loss(4.2, 8, 8, sending_kbps=20.0) == 20.0
+    assert e.on_report(4.5, 0.9, sending_kbps=20.0, expected=30) == 20.0 and not e.pooled
+    assert e.on_fast_loss(4.5 + OUTAGE_GRACE_S / 2, 8, 8, sending_kbps=20.0) == 20.0
+    t = 4.5 + OUTAGE_GRACE_S + 0.1
+    assert e.on_fast_loss(t, 8, 8, sending_kbps=20.0) < 20.0
+    f = estimator()
+    for t in (1.0, 2.0, 3.0):  # reports keep coming: a congested link, not an outage
+        f.on_report(t, 0.0, sending_kbps=20.0, expected=8)
+    assert f.on_fast_loss(3.2, 8, 8, sending_kbps=20.0) < 20.0
 
 
 def test_bad_ranges_are_refused():
