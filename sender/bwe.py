@@ -287,7 +287,9 @@ class BandwidthEstimator:
         that narrowed, cut as a receiver report's heavy loss would."""
         before = self.estimate(now)
         fraction = min(1.0, nacked / max(1, sent))
-        if nacked < NACK_MIN_PACKETS or fraction <= FAST_LOSS or self._in_outage(now):
+        # Both counts must be big enough to mean something: at the call's start the window holds only the
+        # sync frames (uncounted), and 5 NACKs of 0 packets sent read as 100 % (the fault lab's TCP row).
+        if min(nacked, sent) < NACK_MIN_PACKETS or fraction <= FAST_LOSS or self._in_outage(now):
             return before
         self.evidence_at = now
         why = f"{nacked} of {sent} packets NACKed in {NACK_WINDOW_S:g} s"

@@ -252,6 +252,7 @@ def test_nacks_for_a_heavy_share_of_recent_packets_cut_before_the_next_report():
     assert nacked == 6 and sent == 8  # the 1 s window, 0.1 s back
     e = estimator()
     assert e.on_fast_loss(now, 4, 5, sending_kbps=20.0) == 20.0  # under NACK_MIN_PACKETS: no cut
+    assert e.on_fast_loss(now, 5, 0, sending_kbps=20.0) == 20.0  # nothing counted as sent yet: no share at all
     assert e.on_fast_loss(now, 5, 12, sending_kbps=20.0) == 20.0  # 42 %: not severe enough for this path
     assert e.on_fast_loss(now, nacked, sent, sending_kbps=20.0) == pytest.approx(5.0)  # 75 %: through = 25 %
     assert "NACKed" in e.reason and e.capacity_kbps == 20.0
