@@ -44,10 +44,10 @@ CAPACITY_NEAR = (0.9, 1.1)
 PROBE_AHEAD = 1.25
 # Loss is judged over at least this many packets. At 7.5 packets a second a receiver report covers about
 # eight, and one random loss among them reads as 12 % (the fault lab's 2 % random-loss row showed reports of
-# 14-16 %, each a cut, and its 10 % row cut to the floor). Pooled, a cut also needs a delay signal behind the
-# loss (see `on_report`) unless the loss is above SEVERE_LOSS: random loss of 5-10 % still reads 20 % or more
-# over 20 packets now and then. Reports since the last cut are pooled, the oldest
-# dropped while the rest still cover this many; a report that gives no packet count is judged alone.
+# 14-16 %, each a cut, and its 10 % row cut to the floor). Reports since the last cut are pooled, the oldest
+# dropped while the rest still cover this many; a report that gives no packet count is judged alone. A cut
+# also needs a delay signal behind the loss (see `on_report`) unless the loss is above SEVERE_LOSS: random
+# loss of 5-10 % still reads 20 % or more over 20 packets now and then.
 LOSS_MIN_PACKETS = 20
 SEVERE_LOSS = 0.35
 # Reported loss above this is taken for a queue overflowing at a bottleneck rather than random loss (the
@@ -79,14 +79,14 @@ BASE_RTT_DRIFT = 0.002
 MAX_HISTORY = 2000
 # REMB older than this no longer caps the estimate (the receiver stopped sending it).
 REMB_STALE_S = 5.0
-# A REMB below the estimate is believed only while packets are being lost: a receiver report with loss of at
-# least LOSS_LOW, a first NACK, or an RTT at least REMB_QUEUE_S above its low, at most REMB_EVIDENCE_S ago. aiortc's
-# receiver reads each keyframe's packets (sent back to back, spread out by a narrow link) as overuse and cuts
-# to 0.85 of the rate it measures coming in, so on a sender that sends less than the link carries its REMB
-# ratchets down to the floor (measured in the fault lab's 15 kbps cap: REMB 2.7 kbps at 0 % loss).
-# A REMB not believed as a cut still bounds how far a clean report may raise the estimate: the receiver's
-# delay estimate has the last word on probing (in the fault lab's 15 kbps cap it read 12-14 kbps on the wire,
-# about right, while the reports stayed clean).
+# A REMB below the estimate is believed only while packets are being lost: a receiver report with loss of
+# at least LOSS_LOW, a first NACK, or an RTT at least REMB_QUEUE_S above its low, at most REMB_EVIDENCE_S
+# ago. aiortc's receiver reads each keyframe's packets (sent back to back, spread out by a narrow link) as
+# overuse and cuts to 0.85 of the rate it measures coming in, so on a sender that sends less than the link
+# carries its REMB ratchets down to the floor (measured in the fault lab's 15 kbps cap: REMB 2.7 kbps at 0 %
+# loss). A REMB not believed as a cut still bounds how far a clean report may raise the estimate, and one
+# under what is sent ends the slow start: in the 15 kbps cap it read 12-17 kbps on the wire, about right,
+# while the reports still showed no loss.
 REMB_QUEUE_S = 0.1
 REMB_EVIDENCE_S = 2.0
 
@@ -97,7 +97,7 @@ REMB_EVIDENCE_S = 2.0
 # time since counts as a report's fraction lost when it is severe (above FAST_LOSS, at least NACK_MIN_PACKETS
 # packets): a link that narrowed to a fraction of the rate (60 -> 15 kbps: 75 % lost), seconds sooner. Random
 # loss must not get there: at 7.5 packets a second, 10 % random loss puts 5 of 8 in one second about once in
-# 2,500 (the fault lab's 10 % row cut to the floor on 4 of 7 with a laxer rule).
+# 2,300 (the fault lab's 10 % row cut to the floor on 4 of 7 with a laxer rule).
 NACK_WINDOW_S = 1.0
 NACK_MIN_PACKETS = 5
 FAST_LOSS = 0.5
