@@ -231,7 +231,8 @@ class LowResTrack(MediaStreamTrack):
         self.nack_loss = NackLoss()
 
     def request_keyframe(self) -> None:
-        """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them lowers the rate."""
+        """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them, while packets
+        are being lost, lowers the rate."""
         self.keyframe_requests += 1
         self.keyframe_wanted = True
         now = self._clock()
