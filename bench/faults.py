@@ -347,7 +347,7 @@ def summarize_row(row: dict, clean_psnr: float | None) -> dict:
     fwd = (relay.get("forward") or {}).get("counts", {})
     lost = sum(v for k, v in fwd.items() if k.startswith("lost_"))
     psnr = s.get("psnr")
-    seconds = per_second(row)
+    seconds = row["per_second"] if "per_second" in row else per_second(row)
     settle = settling(seconds, row["steps"]) if row.get("steps") else []
     tcp = sorted(x["tcp_kbps"] for x in seconds)
     return {
