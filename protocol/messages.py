@@ -8,8 +8,9 @@ message before the session closes.
 Session (sender -> receiver unless marked <-):
   Hello(role="sender", model_sha256, model_bytes)   <- Hello(role="receiver", have_model, nonce, model_offset)
   Config(stream parameters, auth)
-  ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model; from chunk
-      model_offset // CHUNK_BYTES when it holds the start of it from an interrupted session)
+  ModelChunk(seq, data) x N, ModelDone(size, sha256)   (skipped when the receiver has the model; chunks of
+      Config.chunk_size bytes, CHUNK_BYTES when it is 0; from chunk model_offset // chunk size when the
+      receiver holds the start of it from an interrupted session)
   <- Ack(sha256)   -- the receiver verified and loaded the model; video starts only now
      (an early start, Config.early: <- Ack(sha256, pending) at once, the video starts, the model chunks
      follow during it, and <- Ack(sha256) once the receiver rebuilds with the model)
@@ -28,7 +29,8 @@ shared secret (protocol.auth): a receiver with a secret sends a nonce, the sende
 HMAC-SHA256 tag over the nonce, its hello and the config; `Hello.model_offset`, a resumed model
 transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild; `Config.guard`, a live call whose sender guards every frame (then `modes` messages follow, and
 `update` messages may); `Config.early` with `Ack.pending`, a call whose video starts before the model
-has arrived (the model chunks then travel during the stream). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
+has arrived (the model chunks then travel during the stream); `Config.chunk_size`, model chunks smaller than
+CHUNK_BYTES (an in-call transfer over a narrow link). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
 
@@ -45,6 +47,10 @@ VERSION = 1
 # Model bytes per chunk message, leaving room for the map around it: a whole chunk message stays
 # within 16 KiB (aiortc's SCTP takes up to 64 KiB, smaller messages interleave better with control).
 CHUNK_BYTES = 16 * 1024 - 64
+# The smallest model chunk a sender may choose (Config.chunk_size): SCTP sends a message's packets back to
+# back, so an in-call transfer over a narrow link needs chunks that the bottleneck's queue holds beside the
+# video (16 KiB is 4 s of a 30 kbps link); below 1 KiB the per-message headers grow past ~10 %.
+MIN_CHUNK_BYTES = 1024
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_TEXT = 256  # any string field
 MAX_MODEL_BYTES = 256 * 1024 * 1024
@@ -87,8 +93,9 @@ class Hello(Message):
     model_bytes: int = 0  # sender: its size
     have_model: bool = False  # receiver: it already holds that model (skip the transfer)
     nonce: str = ""  # receiver with a shared secret: the challenge the sender's Config.auth must cover
-    # receiver: bytes of this model it already holds from an interrupted transfer (whole chunks); the sender
-    # sends the rest, starting at chunk model_offset // CHUNK_BYTES
+    # receiver: bytes of this model it already holds from an interrupted transfer (whole chunks of that
+    # session's size); the sender sends the rest, from chunk model_offset // its chunk size (the receiver
+    # keeps that many of its chunk size)
     model_offset: int = 0
     # receiver: how it rebuilds (in-between method, reprojections), so that a live call's sender can run the
     # same rebuild in its closed loop (sender/closedloop.py)
@@ -123,12 +130,19 @@ class Config(Message):
     # with a pending `ack`, shows the bicubic rebuild, takes the model chunks during the stream and switches
     # to the model at a key once it has verified it (then a plain `ack`).
     early: bool = False
+    # Model bytes per ModelChunk (0: CHUNK_BYTES); at least MIN_CHUNK_BYTES. Every chunk but the last is this long.
+    chunk_size: int = 0
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
-        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX,
+        "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX, "chunk_size": (0, CHUNK_BYTES),
     }
-    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early")
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size")
+
+    @property
+    def model_chunk_bytes(self) -> int:
+        """The model bytes in each chunk but the last."""
+        return self.chunk_size or CHUNK_BYTES
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ class ModelChunk(Message):
     kind: ClassVar[str] = "model_chunk"
     seq: int
     data: bytes
-    limits: ClassVar[dict] = {"seq": (0, MAX_MODEL_BYTES // 1024), "data": CHUNK_BYTES}
+    limits: ClassVar[dict] = {"seq": (0, MAX_MODEL_BYTES // MIN_CHUNK_BYTES), "data": CHUNK_BYTES}
 
 
 @dataclass(frozen=True)
@@ -275,14 +289,14 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", "hello.model_sha256: not a SHA-256 hex digest")
     if isinstance(message, Hello) and message.nonce and not _is_hex(message.nonce, NONCE_HEX):
         raise ProtocolError("bad_value", f"hello.nonce: not {NONCE_HEX} lowercase hex digits")
-    if isinstance(message, Hello) and message.model_offset % CHUNK_BYTES:
-        raise ProtocolError("bad_value", f"hello.model_offset: not a whole number of {CHUNK_BYTES}-byte chunks")
     if isinstance(message, Config) and message.auth and not _is_hex(message.auth, TAG_HEX):
         raise ProtocolError("bad_value", f"config.auth: not {TAG_HEX} lowercase hex digits")
     if isinstance(message, (ModelDone, Ack)) and not _is_sha256(message.sha256):
         raise ProtocolError("bad_value", f"{cls.kind}.sha256: not a SHA-256 hex digest")
     if isinstance(message, Update) and message.part >= message.parts:
         raise ProtocolError("bad_value", f"update.part: {message.part} of {message.parts} parts")
+    if isinstance(message, Config) and 0 < message.chunk_size < MIN_CHUNK_BYTES:
+        raise ProtocolError("bad_value", f"config.chunk_size: {message.chunk_size} under {MIN_CHUNK_BYTES} bytes")
     if isinstance(message, Config) and message.codec not in CODECS:
         raise ProtocolError("bad_value", f"config.codec: expected one of {CODECS}, got {message.codec!r}")
     return message

@@ -93,8 +93,8 @@ class Session:
         self.nonce = auth.new_nonce() if self.options.secret is not None else ""
         self.authenticated = False
         self.config: msg.Config | None = None
-        self.chunks: list[bytes] = []
-        self.chunk_bytes = 0
+        self.model_data = bytearray()  # the model's bytes received so far (whole chunks)
+        self.next_chunk = 0  # the next ModelChunk.seq expected
         self.resumed_bytes = 0  # model bytes taken over from an interrupted session
         self._partial: PartialModel | None = None  # offered in our hello, adopted once the config checks out
         self.resumable = False  # the connection dropped mid-transfer: keep the chunks for the sender's retry
@@ -242,7 +242,7 @@ class Session:
         if not have and partial is not None and (partial.sha256, partial.size) == (hello.model_sha256, hello.model_bytes):
             self._partial = partial
         self.state = "config"
-        offset = len(self._partial.chunks) * msg.CHUNK_BYTES if self._partial else 0
+        offset = len(self._partial.data) if self._partial else 0
         await self.send(msg.Hello(role="receiver", have_model=have, nonce=self.nonce, model_offset=offset,
                                   rebuild_method=self.options.method, rebuild_iterations=self.options.iterations))
 
@@ -260,9 +260,12 @@ class Session:
         else:
             if self._partial is not None:  # only now: the config's tag (if any) has been checked
                 self.receiver.partial = None
-                self.chunks = list(self._partial.chunks)
-                self.chunk_bytes = self.resumed_bytes = sum(map(len, self.chunks))
-                log.info("resuming the model transfer at %d of %d bytes", self.chunk_bytes, self.hello.model_bytes)
+                # The sender resumes at chunk offset // its chunk size: keep as many whole chunks of that size.
+                size = config.model_chunk_bytes
+                self.next_chunk = len(self._partial.data) // size
+                self.model_data = bytearray(self._partial.data[: self.next_chunk * size])
+                self.resumed_bytes = len(self.model_data)
+                log.info("resuming the model transfer at %d of %d bytes", self.resumed_bytes, self.hello.model_bytes)
             self.state = "model"
             if config.early:
                 if config.guard:
@@ -303,14 +306,19 @@ class Session:
         if self.state == "streaming" and not self.awaiting_model:
             await self.refuse("unexpected", "model chunk after the model was complete")
             return
-        if chunk.seq != len(self.chunks):
-            await self.refuse("bad_chunk", f"model chunk {chunk.seq} out of order (expected {len(self.chunks)})")
+        if chunk.seq != self.next_chunk:
+            await self.refuse("bad_chunk", f"model chunk {chunk.seq} out of order (expected {self.next_chunk})")
             return
-        if self.chunk_bytes + len(chunk.data) > self.hello.model_bytes:
+        if len(self.model_data) + len(chunk.data) > self.hello.model_bytes:
             await self.refuse("model_rejected", f"model larger than the announced {self.hello.model_bytes} bytes")
             return
-        self.chunks.append(chunk.data)
-        self.chunk_bytes += len(chunk.data)
+        size = self.config.model_chunk_bytes
+        if len(chunk.data) != size and len(self.model_data) + len(chunk.data) != self.hello.model_bytes:
+            # Only the last chunk may be short: a resumed transfer counts whole chunks.
+            await self.refuse("bad_chunk", f"model chunk {chunk.seq} has {len(chunk.data)} bytes, the config says {size}")
+            return
+        self.model_data += chunk.data
+        self.next_chunk += 1
 
     async def _model_done(self, done: msg.ModelDone) -> None:
         early = self.state == "streaming"
@@ -320,8 +328,8 @@ class Session:
         if not early:
             self.state = "loading"
         self.awaiting_model = False
-        data = b"".join(self.chunks)
-        self.chunks = []
+        data = bytes(self.model_data)
+        self.model_data = bytearray()
         if done.size != len(data) or done.size != self.hello.model_bytes:
             await self.refuse("model_rejected", f"model size {len(data)} B does not match the announced {done.size} B")
             return
@@ -574,11 +582,12 @@ class Session:
 
 @dataclass
 class PartialModel:
-    """The chunks of a model whose transfer a dropped connection interrupted, kept for the sender's retry."""
+    """The bytes of a model whose transfer a dropped connection interrupted (whole chunks), kept for the
+    sender's retry."""
 
     sha256: str
     size: int
-    chunks: list[bytes]
+    data: bytes
 
 
 class SessionFailed(Exception):
@@ -620,11 +629,12 @@ class Receiver:
             asyncio.ensure_future(session.close("handshake timed out"))
 
     def _session_done(self, session: Session, done: asyncio.Future) -> None:
-        if done.exception() is not None and session.resumable and session.chunks:
+        if done.exception() is not None and session.resumable and session.model_data:
             # Only chunks from a sender that proved the shared secret (when there is one); the whole model is
             # checked against its SHA-256 at the end in any case.
             if self.options.secret is None or session.authenticated:
-                self.partial = PartialModel(session.hello.model_sha256, session.hello.model_bytes, session.chunks)
+                self.partial = PartialModel(session.hello.model_sha256, session.hello.model_bytes,
+                                            bytes(session.model_data))
         if done.exception() is not None:
             self.failures.append(str(done.exception()))
             log.error("session failed: %s", done.exception())
@@ -641,7 +651,7 @@ class Receiver:
             sha = session.hello.model_sha256[:12]
             if session.state == "model" or session.awaiting_model:
                 shown = " (bicubic shown meanwhile)" if session.awaiting_model else ""
-                stats["model"] = f"{sha}: receiving {session.chunk_bytes:,} of {session.hello.model_bytes:,} bytes{shown}"
+                stats["model"] = f"{sha}: receiving {len(session.model_data):,} of {session.hello.model_bytes:,} bytes{shown}"
             elif session.codec is not None:
                 stats["model"] = f"{sha}: {'transferred' if session.model_transferred else 'held here'}, " \
                                  f"{session.model_bytes:,} bytes" + (f", update v{session.update_version}" if session.update_version else "")

@@ -32,7 +32,7 @@ from protocol.messages import CODECS, MAX_FRAMES
 from protocol.peer import install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
-from .session import DEFAULT_RETRIES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
+from .session import DEFAULT_RETRIES, MODEL_PACES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
 
 
 LIVE_SENDER_THREADS = 1
@@ -138,7 +138,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                            start_kbps=args.start_kbps, codec=args.codec, fps=args.fps,
                            connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop, guard=args.guard or args.refresh,
-                           refresh=refresh, early_start=not args.wait_for_model, model_pace_kbps=args.model_pace)
+                           refresh=refresh, early_start=not args.wait_for_model, model_pace=args.model_pace)
                for host, port in targets]
     try:
         stream_config(frames.shape, fps, options[0])  # e.g. a frame rate the protocol cannot carry: refused before connecting
@@ -245,6 +245,16 @@ def _capture_line(capture: dict) -> str:
             f"{capture['dropped']} dropped while streaming")
 
 
+def model_pace(text: str) -> str | float:
+    """--model-pace: 'auto', 'estimate', 'off', or a positive rate in kbps."""
+    if text in MODEL_PACES:
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(MODEL_PACES)} or a positive kbps, got {text!r}") from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="stream a video's low-res frames to a vsae receiver over WebRTC")
     p.add_argument("video", nargs="?", default=None, help="video file or bundled clip name (carphone, bikes); or --input")
@@ -288,8 +298,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-for-model", action="store_true",
                    help="start the video only once the receiver has the model (default: at once, the receiver shows "
                         "the bicubic rebuild until the model has arrived; a --guard call always waits)")
-    p.add_argument("--model-pace", type=positive_float, default=None, metavar="KBPS",
-                   help="send the model during the video at most this fast (default: as fast as the data channel takes it)")
+    p.add_argument("--model-pace", type=model_pace, default="auto", metavar="auto|estimate|off|KBPS",
+                   help="how the model travels during the video: 'estimate' inside what the bandwidth estimate leaves "
+                        "the video, 'off' as fast as the data channel takes it, at most KBPS, or 'auto' (default): "
+                        "'off' to a receiver on this machine (loopback), 'estimate' to any other")
     p.add_argument("--guard", action="store_true",
                    help="a live call: run the receiver's rebuild here (closed loop) and tell it, per frame and tile, "
                         "whether to show the vsae rebuild, the bicubic baseline or a blend (never worse than bicubic)")

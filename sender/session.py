@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ from . import rtcp
 from .bwe import NACK_WINDOW_S, BandwidthEstimator, NackLoss
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
+from .pacer import BackgroundPacer
 from .rtx import RetransmissionGate
 
 log = logging.getLogger("vsae.sender")
@@ -81,6 +83,32 @@ PACKET_PAYLOAD_BYTES = 1200
 # wire), SCTP acknowledgements of the receiver's messages (85), RTCP sender reports (124 a second), STUN
 # consent checks: measured 2.8 kbps in the fault lab's relay (bench/impair.py's per-second counts).
 DATA_HEADROOM_KBPS = 3.0
+# The background flow (an in-call model transfer, live model updates; sender/pacer.py) gets what the estimate
+# leaves above the video's wire cost, less this share of the estimate: the estimate's own error (its climb
+# steps are 5-30 %) and a keyframe's burst.
+BACKGROUND_HEADROOM_SHARE = 0.1
+# ... but at least this share of the video's wire rate (outside those pauses): the flow is also the estimate's
+# probe, since the estimate runs at most 25-30 % ahead of what is sent, and a flow held at zero while the
+# estimate sits at the video's rate would never let it climb.
+BACKGROUND_MIN_SHARE = 0.2
+# While a background flow runs, aiortc's REMB (of the video alone) is a delay signal only under this share of
+# the video's wire rate: its receiver answers overuse with 0.85 of what it measures coming in, and without
+# overuse wanders around that rate with the keyframes.
+BACKGROUND_REMB_SIGNAL = 0.9
+# ... and nothing for this long after a congestion signal (a loss or delay cut, a queue in the RTT): the
+# video's rate settles first.
+BACKGROUND_PAUSE_S = 2.0
+# While a background flow runs the estimate may climb past the video's request, up to this much more; without
+# one it stops at the request (what the video can use).
+BACKGROUND_MAX_KBPS = 20_000.0
+# While a background flow runs, the slow start climbs this much a clean report, as TCP's does per RTT: the
+# flow is the probe, and at the start's x1.3 a 930 KB model on a wide link would take ~15 s of reports.
+BACKGROUND_START_INCREASE = 2.0
+MODEL_PACES = ("auto", "estimate", "off")
+# Model chunks of an in-call transfer paced in the estimate are this long of the request's wire rate (between
+# MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
+# queue holds 0.3 s.
+CHUNK_S = 0.2
 # The packets a NACK answers were sent about an RTT before it (at most this long: a queue-inflated RTT
 # would shift the window past the loss).
 NACK_LAG_MAX_S = 0.5
@@ -128,8 +156,11 @@ class SendOptions:
     # the receiver shows the bicubic rebuild until the model is verified). A live call (guard) always waits:
     # its closed loop needs the model at both ends from the first frame.
     early_start: bool = True
-    # Pace of that in-call model transfer (kbps of model chunks); None: as fast as the data channel takes them.
-    model_pace_kbps: float | None = None
+    # Pace of that in-call model transfer: "estimate" (inside the bandwidth estimate, less the video: sender/pacer.py),
+    # "off" (as fast as the data channel takes them), a fixed rate in kbps of model chunks, or "auto": "off" to a
+    # receiver on this machine (loopback: no bottleneck to share, and the model arrives in ~0.2 s instead of the
+    # several seconds the estimate's climb takes), "estimate" to any other.
+    model_pace: str | float = "auto"
     # Fault injection (tests, the fault lab): called with (version, wire bytes) of each update, returns the
     # bytes to send instead; the closed loop still mirrors the update as made.
     update_filter: Callable[[int, bytes], bytes] | None = None
@@ -229,6 +260,34 @@ class LowResTrack(MediaStreamTrack):
         self.rate_log: list[dict] = []  # each change with its reason
         self.retransmissions = RetransmissionGate(lambda: self.kbps, lambda: self.estimator.rtt_s, clock)
         self.nack_loss = NackLoss()
+        self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
+
+    def start_background(self) -> BackgroundPacer:
+        """A background flow begins: paced in what the estimate leaves the video, which may now climb past it."""
+        self.background = BackgroundPacer(self.background_share_kbps, clock=self._clock)
+        self.estimator.max_kbps = self.wire_kbps(self.target_kbps) + BACKGROUND_MAX_KBPS
+        self.estimator.start_increase = BACKGROUND_START_INCREASE
+        return self.background
+
+    def end_background(self) -> None:
+        """The background flow is done: the estimate is again of the video's range."""
+        self.estimator.max_kbps = self.wire_kbps(self.target_kbps)
+        self.estimator.start_increase = BandwidthEstimator.__dataclass_fields__["start_increase"].default
+        self.estimator.loss_kbps = min(self.estimator.loss_kbps, self.estimator.max_kbps)
+
+    def background_share_kbps(self) -> float:
+        """What the background flow may send now (kbps on the wire): the estimate less the video's wire cost and a
+        headroom, at least BACKGROUND_MIN_SHARE of the video; nothing right after a congestion signal."""
+        now = self._clock()
+        if now - self.estimator.congested_at() < BACKGROUND_PAUSE_S:
+            return 0.0
+        video = self.wire_kbps(self.kbps)
+        estimate = self.estimator.estimate(now)
+        return max(BACKGROUND_MIN_SHARE * video, estimate * (1 - BACKGROUND_HEADROOM_SHARE) - video)
+
+    def sending_kbps(self) -> float:
+        """What this side puts on the link now (wire kbps): the video's target, and the background flow's rate."""
+        return self.wire_kbps(self.kbps) + (self.background.kbps() if self.background is not None else 0.0)
 
     def request_keyframe(self) -> None:
         """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them, while packets
@@ -244,12 +303,22 @@ class LowResTrack(MediaStreamTrack):
 
     def on_receiver_report(self, fraction_lost: float, rtt_s: float | None, expected: int | None = None) -> None:
         """A receiver report block for this stream (sender/rtcp.py)."""
-        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.wire_kbps(self.kbps),
-                                 expected=expected)
+        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.sending_kbps(), expected=expected)
 
     def on_remb(self, kbps: float) -> None:
-        """The receiver's REMB (sender/rtcp.py): aiortc's receiver counts RTP payload bytes, as the target does."""
-        self.estimator.on_remb(self._clock(), self.wire_kbps(kbps), sending_kbps=self.wire_kbps(self.kbps))
+        """The receiver's REMB (sender/rtcp.py): aiortc's receiver counts RTP payload bytes, as the target does.
+        It sees only the video: while a background flow shares the link, a REMB at or above the video's own
+        rate says nothing about the link (aiortc's receiver caps it at 1.5x what it measures coming in, so it
+        would hold the flow to half the video's rate), and is dropped; one well under it (BACKGROUND_REMB_SIGNAL)
+        is a delay signal, with what the flow sends beside the video added."""
+        remb = self.wire_kbps(kbps)
+        if self.background is not None:
+            if remb >= BACKGROUND_REMB_SIGNAL * self.wire_kbps(self.kbps):
+                self.estimator.rembs += 1
+                self.estimator.rembs_ignored += 1
+                return
+            remb += self.background.kbps()
+        self.estimator.on_remb(self._clock(), remb, sending_kbps=self.sending_kbps())
 
     def on_nack(self, seq: int, size: int) -> bool:
         """A NACKed packet still in aiortc's history (sender/rtcp.py): counted as fast loss, and resent if the
@@ -262,7 +331,7 @@ class LowResTrack(MediaStreamTrack):
             # Only a window sent entirely at the present target says something about it (a lower target's new
             # encoder has not yet shown what it costs).
             if now - lag - NACK_WINDOW_S >= self._lowered_at:
-                self.estimator.on_fast_loss(now, nacked, sent, self.wire_kbps(self.kbps))
+                self.estimator.on_fast_loss(now, nacked, sent, self.sending_kbps())
         return self.retransmissions.allow(seq, size)
 
     def _count_sent(self, packet) -> None:
@@ -292,7 +361,7 @@ class LowResTrack(MediaStreamTrack):
 
     def _target_for(self, estimate: float) -> float:
         """The video target an estimate (wire kbps) leaves, between the floor and the request."""
-        if estimate >= self.estimator.max_kbps:
+        if estimate >= self.wire_kbps(self.target_kbps):
             return self.target_kbps  # the link carries the request
         return min(self.target_kbps, max(self.min_kbps, self.video_kbps(estimate)))
 
@@ -498,6 +567,10 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"unknown codec {options.codec!r}; choose from {', '.join(msg.CODECS)}")
     if options.loop < 1:
         raise SessionError(f"loop must be >= 1, got {options.loop}")
+    if not (options.model_pace in MODEL_PACES or (isinstance(options.model_pace, (int, float))
+                                                           and not isinstance(options.model_pace, bool)
+                                                           and options.model_pace > 0)):
+        raise SessionError(f"model_pace must be one of {', '.join(MODEL_PACES)} or a positive kbps, got {options.model_pace!r}")
     if options.refresh is not None and not options.guard:
         raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
     live = isinstance(frames, LiveFrames)
@@ -569,7 +642,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     closed_loop: ClosedLoop | None = None
     live = {"acks": [], "guard_message_bytes": 0, "update_message_bytes": 0}
     # An early start: when the video started and when the receiver said it rebuilds with the model.
-    start = {"early": False, "video_at": None, "model_at": None}
+    start = {"early": False, "video_at": None, "model_at": None, "chunk_bytes": msg.CHUNK_BYTES}
     shipping: asyncio.Task | None = None
     outbox: asyncio.Queue = asyncio.Queue()  # the closed loop's messages, sent in order by one task
 
@@ -657,7 +730,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
         config = stream_config(frames.shape, source_fps, options)
         start["early"] = options.early_start and not hello.have_model and not options.guard
-        config = dataclasses.replace(config, early=start["early"])
+        paced = start["early"] and resolved_model_pace(options) == "estimate"
+        chunk_size = transfer_chunk_bytes(track.wire_kbps(options.kbps)) if paced else 0
+        config = dataclasses.replace(config, early=start["early"], chunk_size=chunk_size)
         if hello.nonce and options.secret is not None:
             config = dataclasses.replace(config, auth=auth.tag(options.secret, hello.nonce, own_hello, config))
         elif options.secret is not None:
@@ -668,8 +743,13 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             if ack.sha256 != sha or not ack.pending:
                 raise SessionError("receiver did not take the early start (an ack for the model was expected pending)")
             start["video_at"] = time.monotonic()
-            shipping = asyncio.ensure_future(_ship_model(control, model, sha, hello.model_offset // msg.CHUNK_BYTES,
-                                                         model_sent, options.model_pace_kbps))
+            size = start["chunk_bytes"] = config.model_chunk_bytes
+            pacer = track.start_background() if paced else None
+            fixed = options.model_pace if isinstance(options.model_pace, (int, float)) else None
+            shipping = asyncio.ensure_future(_ship_model(control, model, sha, hello.model_offset // size,
+                                                         model_sent, fixed, size, pacer))
+            if pacer is not None:
+                shipping.add_done_callback(lambda _: track.end_background())
             # A failed transfer shows as the connection's failure; its exception is read here, not left unread.
             shipping.add_done_callback(lambda task: task.cancelled() or task.exception())
         elif not hello.have_model:
@@ -690,6 +770,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             closed_loop = await loop.run_in_executor(
                 None, _start_closed_loop, codec, frames, hello, fps, total, options, outbox, loop)
             track.on_packet = closed_loop.submit
+            # Model updates keep the closed loop's own budget (--model-kbps), not the background pacer: the loop
+            # names the frame each update applies from, and a pacer that delayed it past that frame would
+            # desynchronize the two ends.
             sending = asyncio.ensure_future(_drain_outbox(control, outbox, live))
         streaming = True
         track.start.set()
@@ -735,6 +818,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                "rate_log": track.rate_log, "estimate_log": track.estimate_log(),
                "bwe": track.estimator.summary(track._clock()), "retransmissions": track.retransmissions.summary(),
                "ice_states": ice_states, **_start_stats(start, shipping),
+               "background": track.background.summary() if track.background is not None else None,
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )
@@ -746,7 +830,8 @@ def _start_stats(start: dict, shipping: asyncio.Task | None) -> dict:
         return {"early_start": False}
     return {"early_start": True,
             "model_shipped": shipping is not None and shipping.done() and not shipping.cancelled() and shipping.exception() is None,
-            "model_after_video_s": round(start["model_at"] - start["video_at"], 3) if start["model_at"] else None}
+            "model_after_video_s": round(start["model_at"] - start["video_at"], 3) if start["model_at"] else None,
+            "model_chunk_bytes": start["chunk_bytes"]}
 
 
 def _start_closed_loop(codec, frames: np.ndarray, hello: msg.Hello, fps: float, total: int, options: SendOptions,
@@ -792,16 +877,34 @@ def _live_stats(closed_loop: ClosedLoop, live: dict, seconds: float) -> dict:
     return stats
 
 
+def resolved_model_pace(options: SendOptions) -> str | float:
+    """The in-call transfer's pace, with "auto" decided by where the receiver is."""
+    if options.model_pace != "auto":
+        return options.model_pace
+    try:
+        loopback = ipaddress.ip_address(options.host).is_loopback
+    except ValueError:
+        loopback = options.host == "localhost"
+    return "off" if loopback else "estimate"
+
+
+def transfer_chunk_bytes(wire_kbps: float) -> int:
+    """The model chunk size for an in-call transfer paced inside a link of about `wire_kbps` (CHUNK_S of it)."""
+    return int(min(msg.CHUNK_BYTES, max(msg.MIN_CHUNK_BYTES, wire_kbps * 125 * CHUNK_S)))
+
+
 async def _ship_model(channel: RTCDataChannel, model: bytes, sha: str, first: int, sent: list[int],
-                      pace_kbps: float | None = None) -> None:
-    """Model chunks from chunk `first` on, then model_done; adds the bytes sent to `sent[0]` as it goes.
-    `pace_kbps`: at most this rate on average (a transfer during the video must leave the link to it)."""
+                      pace_kbps: float | None = None, chunk: int = msg.CHUNK_BYTES,
+                      pacer: BackgroundPacer | None = None) -> None:
+    """Model chunks of `chunk` bytes from chunk `first` on, then model_done; adds the bytes sent to `sent[0]` as
+    it goes. `pace_kbps`: at most this rate on average; `pacer`: inside its share of the link (a transfer during
+    the video must leave the link to it)."""
     began, shipped = time.monotonic(), 0
-    for seq in range(first, -(-len(model) // msg.CHUNK_BYTES)):
+    for seq in range(first, -(-len(model) // chunk)):
         if pace_kbps:
             await asyncio.sleep(max(0.0, began + shipped * 8 / (pace_kbps * 1000) - time.monotonic()))
-        start = seq * msg.CHUNK_BYTES
-        size = await send_message(channel, msg.ModelChunk(seq=seq, data=model[start : start + msg.CHUNK_BYTES]))
+        message = msg.ModelChunk(seq=seq, data=model[seq * chunk : (seq + 1) * chunk])
+        size = await (pacer.send(channel, msg.encode(message)) if pacer else send_message(channel, message))
         sent[0] += size
         shipped += size
     sent[0] += await send_message(channel, msg.ModelDone(size=len(model), sha256=sha))

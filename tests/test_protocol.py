@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from protocol.messages import (
     CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
     CODECS,
     KINDS,
     MAX_FRAMES,
@@ -426,8 +427,10 @@ def test_overlong_sha256_is_too_large():
     assert refused(pack("hello", role="sender", model_sha256="a" * (MAX_TEXT + 1))) == "too_large"
 
 
-def test_model_offset_must_be_whole_chunks_in_range():
-    assert refused(pack("hello", role="receiver", model_offset=CHUNK_BYTES + 1)) == "bad_value"
+def test_model_offset_must_be_in_range():
+    # Any count of bytes held: the sender resumes at offset // its chunk size (Config.chunk_size), and the
+    # receiver keeps that many whole chunks of it.
+    assert decode(pack("hello", role="receiver", model_offset=CHUNK_BYTES + 1)).model_offset == CHUNK_BYTES + 1
     assert refused(pack("hello", role="receiver", model_offset=-CHUNK_BYTES)) == "bad_value"
     assert refused(pack("hello", role="receiver", model_offset=True)) == "bad_type"
     assert decode(pack("hello", role="receiver", model_offset=2 * CHUNK_BYTES)).model_offset == 2 * CHUNK_BYTES
@@ -733,3 +736,11 @@ def check_decode_raising(data: bytes) -> Message:
     if isinstance(result, ProtocolError):
         raise result
     return result
+
+
+def test_config_chunk_size_is_zero_or_between_the_minimum_and_a_whole_chunk():
+    assert decode(pack("config", **CONFIG)).model_chunk_bytes == CHUNK_BYTES  # omitted: whole chunks
+    assert decode(pack("config", **CONFIG, chunk_size=MIN_CHUNK_BYTES)).model_chunk_bytes == MIN_CHUNK_BYTES
+    assert refused(pack("config", **CONFIG, chunk_size=MIN_CHUNK_BYTES - 1)) == "bad_value"
+    assert refused(pack("config", **CONFIG, chunk_size=CHUNK_BYTES + 1)) == "bad_value"
+    assert refused(pack("config", **CONFIG, chunk_size=-1)) == "bad_value"

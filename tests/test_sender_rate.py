@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sender.session import (DATA_HEADROOM_KBPS, MIN_KBPS_SHARE, MIN_VIDEO_KBPS, PACKET_OVERHEAD_BYTES, START_SHARE, RETARGET_SHARE, RETARGET_UP_S,
+from sender.session import (BACKGROUND_HEADROOM_SHARE, BACKGROUND_MIN_SHARE, BACKGROUND_PAUSE_S, BACKGROUND_REMB_SIGNAL,
+                            DATA_HEADROOM_KBPS, MIN_KBPS_SHARE, MIN_VIDEO_KBPS, PACKET_OVERHEAD_BYTES, START_SHARE, RETARGET_SHARE, RETARGET_UP_S,
                             STORM_WINDOW_S, LowResTrack)
 
 
@@ -153,3 +154,46 @@ def test_vp8_keyframes_are_capped_to_a_share_of_a_second_of_the_target():
         encoder = RealtimeEncoder("vp8", 44, 36, 15.0, 7.5, keyframe_max_s=cap)
         sizes[cap] = encoder.encode(low[0], 0, keyframe=True).size
     assert sizes[KEYFRAME_MAX_S] < 0.8 * sizes[None]
+
+
+def test_the_background_flow_gets_the_estimate_less_the_video_at_least_its_floor_and_nothing_after_congestion():
+    clock = Clock()
+    track = LowResTrack(np.zeros((4, 36, 44, 3), np.uint8), [0, 2, 4, 6], 15.0, 6000, "vp8", 20.0, 2, clock=clock)
+    request = track.wire_kbps(20.0)
+    track.start_background()
+    video = track.wire_kbps(track.kbps)
+    # At the start the estimate is the video's own rate: the flow gets its floor, and so probes the link.
+    assert track.background_share_kbps() == pytest.approx(BACKGROUND_MIN_SHARE * video)
+    for _ in range(6):  # clean reports: the estimate climbs past the request while the flow runs (as far as
+        clock.now += 1.0  # what is sent allows: the flow sends nothing here, so up to twice the video)
+        track.on_receiver_report(0.0, 0.05)
+        track.follow_estimate()
+    estimate = track.estimator.estimate(clock.now)
+    assert estimate > 1.5 * request and track.kbps == 20.0
+    share = track.background_share_kbps()
+    assert share == pytest.approx(estimate * (1 - BACKGROUND_HEADROOM_SHARE) - request)
+    # A queue in the RTT: the flow stops for BACKGROUND_PAUSE_S, then gets its share of the lower estimate.
+    clock.now += 1.0
+    track.on_receiver_report(0.0, 0.5)
+    assert track.background_share_kbps() == 0.0
+    clock.now += BACKGROUND_PAUSE_S + 0.1
+    assert 0 < track.background_share_kbps() < share
+    # Done: the estimate is of the video's range again.
+    track.end_background()
+    assert track.estimator.estimate(clock.now) <= request + 1e-6
+
+
+def test_while_a_background_flow_runs_a_remb_at_the_videos_rate_is_no_bound_but_one_well_under_it_is_a_signal():
+    clock = Clock()
+    track = LowResTrack(np.zeros((4, 36, 44, 3), np.uint8), [0, 2, 4, 6], 15.0, 6000, "vp8", 20.0, 2, clock=clock,
+                        start_kbps=20.0)
+    track.start_background()
+    for _ in range(4):
+        clock.now += 1.0
+        track.on_receiver_report(0.0, 0.05)
+    before = track.estimator.estimate(clock.now)
+    track.on_remb(20.0)  # aiortc's REMB of the video alone, at its rate: it says nothing of the link
+    assert track.estimator.estimate(clock.now) == before and track.estimator.rembs_ignored == 1
+    track.on_receiver_report(0.05, 0.05)  # loss: a lower REMB is believed
+    track.on_remb(BACKGROUND_REMB_SIGNAL * 20.0 * 0.5)
+    assert track.estimator.estimate(clock.now) < before

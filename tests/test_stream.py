@@ -43,7 +43,9 @@ async def session(clip, model: bytes, tmp_path, options: SendOptions | None = No
     receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4"), reference=frames if reference else None,
                                        bicubic_output=str(tmp_path / "bicubic.mp4"), models=models or {}))
     port = await receiver.start()
-    options = options or SendOptions()
+    # Unpaced unless a test says otherwise: a clip of a second ends before a transfer paced inside the
+    # estimate has climbed (tested on its own below).
+    options = options or SendOptions(model_pace="off")
     options.port = port
     results = []
     try:
@@ -85,7 +87,7 @@ def test_early_start_shows_bicubic_until_the_model_then_switches_at_a_key(clip, 
     frames, _ = clip
     send_fps = 8.0  # 12 frames over 1.5 s
     pace = len(model_bytes) * 8 / 1000 / 0.6  # the model takes ~0.6 s
-    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(fps=send_fps, model_pace_kbps=pace)))
+    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(fps=send_fps, model_pace=pace)))
     assert stats["early_start"] and result.extra["early_start"] and result.extra["model_shipped"]
     switch = stats["model_from_frame"]
     assert 0 < switch < FRAMES and switch % 2 == 0, switch  # a key (T = 2)
@@ -105,6 +107,36 @@ def test_early_start_shows_bicubic_until_the_model_then_switches_at_a_key(clip, 
         else:
             assert same < 30, (i, same)  # the model's rebuild, which differs from it
     assert abs(stats["psnr_bicubic"] - float(psnr_per_frame(to_tensor(np.stack(bicubic)), ref).mean())) < 1.0
+
+
+def test_early_model_paced_as_the_background_flow_arrives_in_link_sized_chunks(clip, model_bytes, tmp_path, monkeypatch):
+    """`--model-pace estimate`: the model chunks are sized for the requested link (Config.chunk_size), every one
+    goes through the background pacer, and the receiver assembles and verifies them during the call. The
+    share is fixed here (the estimate's climb on a loaded loopback is not the subject: tests/test_sender_rate.py
+    and tests/test_pacer.py cover the share and the pacing)."""
+    share = 400.0  # kbps on the wire: the 52 KB model in about a second
+    monkeypatch.setattr(sender_session.LowResTrack, "background_share_kbps", lambda self: share)
+    loops = 4  # 48 frames at 8 fps: 6 s
+    stats, (result,), _ = asyncio.run(session(clip, model_bytes, tmp_path, SendOptions(fps=8.0, loop=loops, model_pace="estimate"),
+                                              reference=False))
+    chunk = result.extra["model_chunk_bytes"]
+    assert msg.MIN_CHUNK_BYTES <= chunk < msg.CHUNK_BYTES  # 0.2 s of a ~25 kbps link is under the minimum
+    background = result.extra["background"]
+    assert background is not None and result.extra["model_shipped"], result.extra
+    assert background["messages"] == -(-len(model_bytes) // chunk)  # every chunk went through the pacer
+    assert len(model_bytes) < background["wire_bytes"] < 1.2 * len(model_bytes)
+    assert result.extra["model_after_video_s"] > 0.8 * len(model_bytes) * 8 / (share * 1000)  # paced, not at once
+    assert stats["model_transferred"] and stats["model_bytes"] == len(model_bytes)
+    assert 0 < stats["model_from_frame"] < FRAMES * loops
+    assert stats["frames_out"] == FRAMES * loops
+
+
+def test_the_in_call_transfer_is_unpaced_to_a_loopback_receiver_and_paced_to_any_other():
+    assert sender_session.resolved_model_pace(SendOptions(host="127.0.0.1")) == "off"
+    assert sender_session.resolved_model_pace(SendOptions(host="localhost")) == "off"
+    assert sender_session.resolved_model_pace(SendOptions(host="10.77.2.2")) == "estimate"
+    assert sender_session.resolved_model_pace(SendOptions(host="127.0.0.1", model_pace="estimate")) == "estimate"
+    assert sender_session.resolved_model_pace(SendOptions(host="10.77.2.2", model_pace=50.0)) == 50.0
 
 
 def test_wait_for_model_starts_the_video_with_the_model(clip, model_bytes, tmp_path):
@@ -249,13 +281,13 @@ def test_corrupted_model_chunk_is_refused_on_both_sides(clip, model_bytes, tmp_p
         try:
             monkeypatch.setattr(sender_session, "_ship_model", corrupt)
             with pytest.raises(SessionError, match="model_rejected.*SHA-256"):
-                await send(frames, fps, model_bytes, SendOptions(port=port))
+                await send(frames, fps, model_bytes, SendOptions(port=port, model_pace="off"))
             await asyncio.sleep(0.3)
             assert receiver.failures and "SHA-256" in receiver.failures[-1]
             assert not receiver.options.models  # nothing half-loaded was kept
             # The receiver is still up: an honest sender then gets through.
             monkeypatch.setattr(sender_session, "_ship_model", ship)
-            result = await send(frames, fps, model_bytes, SendOptions(port=port))
+            result = await send(frames, fps, model_bytes, SendOptions(port=port, model_pace="off"))
             stats = await receiver.wait(30)
         finally:
             await receiver.stop()
@@ -302,7 +334,7 @@ def test_stalled_transfer_is_superseded_and_its_chunks_reused(clip, model_bytes,
         try:
             silent = asyncio.ensure_future(raw_peer(port, handshake(model_bytes)[:4], linger=20))
             await asyncio.sleep(0.5)
-            result = await send(frames, fps, model_bytes, SendOptions(port=port))
+            result = await send(frames, fps, model_bytes, SendOptions(port=port, model_pace="off"))
             stats = await receiver.wait(30)
             silent.cancel()
         finally:
@@ -329,9 +361,9 @@ def test_resumed_chunks_that_do_not_match_the_sha256_load_nothing(clip, model_by
             silent = asyncio.ensure_future(raw_peer(port, steps, linger=20))
             await asyncio.sleep(1.5)
             with pytest.raises(SessionError, match="model_rejected.*SHA-256"):
-                await send(frames, fps, model_bytes, SendOptions(port=port))
+                await send(frames, fps, model_bytes, SendOptions(port=port, model_pace="off"))
             assert not receiver.options.models and receiver.partial is None
-            result = await send(frames, fps, model_bytes, SendOptions(port=port))
+            result = await send(frames, fps, model_bytes, SendOptions(port=port, model_pace="off"))
             stats = await receiver.wait(30)
             silent.cancel()
         finally:
@@ -427,7 +459,7 @@ async def refused_then_honest(clip, model: bytes, tmp_path, peer, **receiver_opt
         result = await peer(port)
         await asyncio.sleep(0.2)
         # The receiver process is unharmed and serves the next, honest sender.
-        await send(frames, fps, model, SendOptions(port=port, secret=receiver_options.get("secret")))
+        await send(frames, fps, model, SendOptions(port=port, model_pace="off", secret=receiver_options.get("secret")))
         stats = await receiver.wait(30)
     finally:
         await receiver.stop()
@@ -502,7 +534,7 @@ def test_model_that_fails_to_load_with_any_error_is_refused(clip, model_bytes, t
 
     async def peer(port):
         with pytest.raises(SessionError, match="model_rejected.*RuntimeError"):
-            await send(*clip, model_bytes, SendOptions(port=port))
+            await send(*clip, model_bytes, SendOptions(port=port, model_pace="off"))
 
     _, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peer))
     assert len(failures) == 1 and "model_rejected" in failures[0]
@@ -516,7 +548,7 @@ def test_cached_model_for_another_frame_size_is_refused(clip, model_bytes, tiny_
 
     async def peer(port):
         with pytest.raises(SessionError, match="model_mismatch.*88x72.*176x144"):
-            await send(*clip, other, SendOptions(port=port))
+            await send(*clip, other, SendOptions(port=port, model_pace="off"))
 
     _, stats, failures = asyncio.run(refused_then_honest(clip, model_bytes, tmp_path, peer, models=models))
     assert len(failures) == 1 and "model_mismatch" in failures[0]
@@ -534,9 +566,9 @@ def test_shared_secret_refuses_other_senders_before_any_model_is_loaded(clip, mo
 
     async def peers(port):
         with pytest.raises(SessionError, match="auth_required"):  # no secret at all
-            await send(*clip, model_bytes, SendOptions(port=port))
+            await send(*clip, model_bytes, SendOptions(port=port, model_pace="off"))
         with pytest.raises(SessionError, match="auth_failed"):  # another secret
-            await send(*clip, model_bytes, SendOptions(port=port, secret=SECRET + b"!"))
+            await send(*clip, model_bytes, SendOptions(port=port, model_pace="off", secret=SECRET + b"!"))
         await asyncio.sleep(0.3)
         return len(loads)
 
@@ -552,7 +584,7 @@ def test_shared_secret_is_checked_when_the_model_is_cached(clip, model_bytes, ti
 
     async def peers(port):
         with pytest.raises(SessionError, match="auth_failed"):
-            await send(*clip, model_bytes, SendOptions(port=port, secret=b"x" * 32))
+            await send(*clip, model_bytes, SendOptions(port=port, model_pace="off", secret=b"x" * 32))
         # A raw peer replaying a tag made for another session's nonce gets nowhere either.
         from protocol import auth
 
