@@ -52,6 +52,11 @@ SETTLE_SHARE = 0.85
 # The competing-flow scenario: a bulk TCP flow (bench/tcpflow.py) through a cap of this many kbps.
 TCP_CAP_KBPS = 60.0
 TCP_PORT = 5201
+# The in-call model transfer: the video starts at once under a cap of this many kbps from the first packet, and
+# the model (930 KB: minutes at this rate) travels beside it, paced inside the estimate or not at all.
+TRANSFER_CAP_KBPS = 30.0
+# The per-second plot draws the data channels when they carry more than their control traffic (~3 kbps).
+DATA_PLOT_KBPS = 5.0
 
 
 def lab_available() -> str | None:
@@ -194,6 +199,7 @@ class Scenario:
     kbps: float | None = None  # the call's requested rate (default: the table's)
     loops: int | None = None  # passes of the clip (default: the table's)
     competing_tcp: bool = False  # a bulk TCP flow from the sender's namespace to the receiver's, through the relay
+    send_args: tuple[str, ...] = ()  # more `vsae send` options
 
 
 def scenarios(kbps: float) -> list[Scenario]:
@@ -220,6 +226,11 @@ def scenarios(kbps: float) -> list[Scenario]:
                  kbps=STEP_KBPS[0], loops=STEP_LOOPS),
         Scenario(f"cap {TCP_CAP_KBPS:g} kbps + TCP", Impairment(rate_kbps=TCP_CAP_KBPS),
                  note="a bulk TCP flow (Cubic) shares the capped link from the start", competing_tcp=True),
+        *(Scenario(f"model transfer, cap {TRANSFER_CAP_KBPS:g} kbps{label}", Impairment(rate_kbps=TRANSFER_CAP_KBPS, rate_from_start=True),
+                   note=f"the video starts at once, the model follows during it{how}; capped from the first packet",
+                   early_start=True, send_args=("--model-pace", pace))
+          for label, how, pace in ((", paced", ", paced inside the estimate", "estimate"),
+                                   (", unpaced", " as fast as SCTP takes it", "off"))),
     ]
 
 
@@ -241,7 +252,7 @@ def run_scenario(lab: NetworkLab, scenario: Scenario, video: str, model: str, ou
     try:
         stats = run_stream(video, model, out, scale, temporal, kbps, frames=frames, timeout=timeout, echo=echo,
                            extra_send=("--bind", SENDER_IP, "--fps", f"{fps:g}", "--loop", str(loops),
-                                       *(() if scenario.early_start else ("--wait-for-model",))),
+                                       *(() if scenario.early_start else ("--wait-for-model",)), *scenario.send_args),
                            extra_recv=("--reference-loop",), recv_host=RECEIVER_IP,
                            recv_wrap=lab.exec_in(lab.receiver), send_wrap=lab.exec_in(lab.sender))
         row.update(outcome="completed", stats=stats)
@@ -325,6 +336,8 @@ def plot_per_second(row: dict, seconds: list[dict], path: Path) -> Path:
                 where="post", color="black", label="cap (wire)")
     ax.plot(t, [s["video_kbps"] for s in seconds], "o-", color="tab:blue", label="video on the link (RTP, wire)")
     ax.plot(t, [s["target_kbps"] for s in seconds], "s--", color="tab:orange", label="sender's video target (encoded)")
+    if any(s["data_kbps"] > DATA_PLOT_KBPS for s in seconds):
+        ax.plot(t, [s["data_kbps"] for s in seconds], "d-", color="tab:purple", label="data channels (wire)")
     if any(s["tcp_kbps"] for s in seconds):
         ax.plot(t, [s["tcp_kbps"] for s in seconds], "^-", color="tab:green", label="competing TCP")
     dropped = [s for s in seconds if s["dropped"]]
@@ -376,6 +389,8 @@ def _model_outcome(row: dict) -> str:
     attempts = sender.get("attempts", 1)
     if s.get("model_transferred"):
         text = "verified" + (f" in session {attempts} of {attempts}" if attempts > 1 else "")
+    elif sender.get("early_start") and not sender.get("model_shipped"):  # the call ended during the transfer
+        text = f"in transfer at the end ({sender.get('model_bytes_sent', 0) // 1024} KiB sent)"
     elif sender.get("model_bytes_sent"):  # loaded by an earlier session of this stream, whose connection then dropped
         text = f"verified in an earlier session ({attempts} sessions)"
     else:
@@ -431,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
             where = out / scenario.name.replace(" ", "_").replace("%", "pct")
             row = run_scenario(lab, scenario, str(video), model, where, args.frames, kbps=args.kbps, fps=args.fps, loops=args.loops)
             row["per_second"] = per_second(row)
-            if row["per_second"] and (scenario.forward.rate_kbps or scenario.competing_tcp):
+            if row["per_second"] and (scenario.forward.rate_kbps or scenario.competing_tcp):  # the capped ones
                 plot_per_second(row, row["per_second"], where / "per_second.png")
             rows.append(row)
             clean = next((r["stats"]["psnr"] for r in rows if r["scenario"] == "clean" and r.get("stats")), None)
