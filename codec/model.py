@@ -26,7 +26,7 @@ MAX_MULTIPLIER = 32
 class ModelConfig:
     """Architecture of one autoencoder. `width` is the paper's k; stride = 2 ** len(multipliers)."""
 
-    width: int = 32
+    width: int = 24  # the default (vsae-s16): the README's "The default width" has why
     multipliers: tuple[int, ...] = (1, 2, 4, 8)
     encoder_kernel: int = 5
     decoder_kernel: int = 4
@@ -66,9 +66,12 @@ class ModelConfig:
         return cls(width=width, multipliers=tuple(mults), encoder_kernel=d["encoder_kernel"], decoder_kernel=4)
 
 
-# Named configurations (CompressAI style). The default comes from the measurements in the README.
+# Named configurations (CompressAI style). The default comes from the measurements in the README: at an equal
+# fit budget k = 24 beats k = 32 in BD-rate against every codec at 57 % of the bundle bytes (issue 15), so it
+# pays for itself sooner; vsae-s16-k32, the default before, tops out higher (0.7 dB at the envelope's end).
 MODELS: dict[str, ModelConfig] = {
-    "vsae-s16": ModelConfig(width=32, multipliers=(1, 2, 4, 8)),
+    "vsae-s16": ModelConfig(width=24, multipliers=(1, 2, 4, 8)),
+    "vsae-s16-k32": ModelConfig(width=32, multipliers=(1, 2, 4, 8)),
     "vsae-s32": ModelConfig(width=32, multipliers=(1, 2, 4, 8, 8)),
     "vsae-paper": ModelConfig(width=64, multipliers=(1, 2, 4, 8, 8, 12)),
 }
