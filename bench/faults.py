@@ -226,11 +226,11 @@ def scenarios(kbps: float) -> list[Scenario]:
                  kbps=STEP_KBPS[0], loops=STEP_LOOPS),
         Scenario(f"cap {TCP_CAP_KBPS:g} kbps + TCP", Impairment(rate_kbps=TCP_CAP_KBPS),
                  note="a bulk TCP flow (Cubic) shares the capped link from the start", competing_tcp=True),
-        *(Scenario(f"model transfer, cap {TRANSFER_CAP_KBPS:g} kbps{label}", Impairment(rate_kbps=TRANSFER_CAP_KBPS, rate_from_start=True),
+        *(Scenario(f"model transfer cap {TRANSFER_CAP_KBPS:g} kbps {label}", Impairment(rate_kbps=TRANSFER_CAP_KBPS, rate_from_start=True),
                    note=f"the video starts at once, the model follows during it{how}; capped from the first packet",
                    early_start=True, send_args=("--model-pace", pace))
-          for label, how, pace in ((", paced", ", paced inside the estimate", "estimate"),
-                                   (", unpaced", " as fast as SCTP takes it", "off"))),
+          for label, how, pace in (("paced", ", paced inside the estimate", "estimate"),
+                                   ("unpaced", " as fast as SCTP takes it", "off"))),
     ]
 
 
