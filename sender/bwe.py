@@ -178,8 +178,6 @@ class BandwidthEstimator:
     report_at: float | None = field(default=None, init=False)  # the last receiver report
     outage_ended_at: float = field(default=-math.inf, init=False)  # the report that ended a silence
     history: list[Change] = field(default_factory=list, init=False)
-    # The slow start's factor a clean report (the sender raises it while a background flow probes the link).
-    start_increase: float = field(default=FAST_INCREASE, init=False)
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -242,8 +240,7 @@ class BandwidthEstimator:
             low, high = (math.inf, math.inf) if self.capacity_kbps is None else (
                 CAPACITY_NEAR[0] * self.capacity_kbps, CAPACITY_NEAR[1] * self.capacity_kbps)
             fast = not low <= self.loss_kbps <= high
-            rise = self.start_increase if self.starting else FAST_INCREASE
-            factor, ahead = (rise, rise) if fast else (LOSS_INCREASE, PROBE_AHEAD)
+            factor, ahead = (FAST_INCREASE, FAST_INCREASE) if fast else (LOSS_INCREASE, PROBE_AHEAD)
             ceiling = math.inf if sending_kbps is None else max(self.loss_kbps, sending_kbps * ahead)
             if self.loss_kbps < low:
                 ceiling = min(ceiling, max(self.loss_kbps, low))  # the fast climb stops at the capacity's edge

@@ -83,14 +83,12 @@ PACKET_PAYLOAD_BYTES = 1200
 # wire), SCTP acknowledgements of the receiver's messages (85), RTCP sender reports (124 a second), STUN
 # consent checks: measured 2.8 kbps in the fault lab's relay (bench/impair.py's per-second counts).
 DATA_HEADROOM_KBPS = 3.0
-# The background flow (an in-call model transfer, live model updates; sender/pacer.py) gets what the estimate
-# leaves above the video's wire cost, less this share of the estimate: the estimate's own error (its climb
-# steps are 5-30 %) and a keyframe's burst.
+# The background flow (an in-call model transfer; sender/pacer.py) gets what the estimate leaves above the
+# video's wire cost, less this share of the estimate: the estimate's own error (its climb steps are 5-30 %) and
+# a keyframe's burst. No floor: on a link the video fills, a floor is loss for the video (a fifth of the video's
+# rate cost 35 concealed frames under the fault lab's 30 kbps cap). The flow still probes: the estimate may run
+# 25-30 % ahead of what is sent, which leaves the flow a share, whose use lifts what is sent.
 BACKGROUND_HEADROOM_SHARE = 0.1
-# ... but at least this share of the video's wire rate (outside those pauses): the flow is also the estimate's
-# probe, since the estimate runs at most 25-30 % ahead of what is sent, and a flow held at zero while the
-# estimate sits at the video's rate would never let it climb.
-BACKGROUND_MIN_SHARE = 0.2
 # While a background flow runs, aiortc's REMB (of the video alone) is a delay signal only under this share of
 # the video's wire rate: its receiver answers overuse with 0.85 of what it measures coming in, and without
 # overuse wanders around that rate with the keyframes.
@@ -101,9 +99,6 @@ BACKGROUND_PAUSE_S = 2.0
 # While a background flow runs the estimate may climb past the video's request, up to this much more; without
 # one it stops at the request (what the video can use).
 BACKGROUND_MAX_KBPS = 20_000.0
-# While a background flow runs, the slow start climbs this much a clean report, as TCP's does per RTT: the
-# flow is the probe, and at the start's x1.3 a 930 KB model on a wide link would take ~15 s of reports.
-BACKGROUND_START_INCREASE = 2.0
 MODEL_PACES = ("auto", "estimate", "off")
 # Model chunks of an in-call transfer paced in the estimate are this long of the request's wire rate (between
 # MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
@@ -266,24 +261,22 @@ class LowResTrack(MediaStreamTrack):
         """A background flow begins: paced in what the estimate leaves the video, which may now climb past it."""
         self.background = BackgroundPacer(self.background_share_kbps, clock=self._clock)
         self.estimator.max_kbps = self.wire_kbps(self.target_kbps) + BACKGROUND_MAX_KBPS
-        self.estimator.start_increase = BACKGROUND_START_INCREASE
         return self.background
 
     def end_background(self) -> None:
         """The background flow is done: the estimate is again of the video's range."""
         self.estimator.max_kbps = self.wire_kbps(self.target_kbps)
-        self.estimator.start_increase = BandwidthEstimator.__dataclass_fields__["start_increase"].default
         self.estimator.loss_kbps = min(self.estimator.loss_kbps, self.estimator.max_kbps)
 
     def background_share_kbps(self) -> float:
         """What the background flow may send now (kbps on the wire): the estimate less the video's wire cost and a
-        headroom, at least BACKGROUND_MIN_SHARE of the video; nothing right after a congestion signal."""
+        headroom; nothing right after a congestion signal."""
         now = self._clock()
         if now - self.estimator.congested_at() < BACKGROUND_PAUSE_S:
             return 0.0
         video = self.wire_kbps(self.kbps)
         estimate = self.estimator.estimate(now)
-        return max(BACKGROUND_MIN_SHARE * video, estimate * (1 - BACKGROUND_HEADROOM_SHARE) - video)
+        return max(0.0, estimate * (1 - BACKGROUND_HEADROOM_SHARE) - video)
 
     def sending_kbps(self) -> float:
         """What this side puts on the link now (wire kbps): the video's target, and the background flow's rate."""
