@@ -276,8 +276,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temporal", type=positive, default=DEFAULT_TEMPORAL, help="temporal factor T: send every T-th frame")
     p.add_argument("--kbps", type=positive_float, default=DEFAULT_KBPS, help="video bitrate target (kbps)")
     p.add_argument("--start-kbps", type=positive_float, default=None,
-                   help="the video's first target, then it follows the link (default: half of --kbps's cost on the wire, "
-                        "climbing while the receiver reports no loss; give --kbps to start at the full rate)")
+                   help="the video's first target, then it follows the link (default: --kbps to a receiver on this "
+                        "machine; to any other half of --kbps's cost on the wire, climbing while the receiver reports no "
+                        "loss; give --kbps to start at the full rate)")
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--frames", default=None, help="frame selection, e.g. 0:60 or even")
     p.add_argument("--fps", type=positive_float, default=None, help="source frame rate to stream at (default: the video's)")

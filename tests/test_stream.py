@@ -131,6 +131,12 @@ def test_early_model_paced_as_the_background_flow_arrives_in_link_sized_chunks(c
     assert stats["frames_out"] == FRAMES * loops
 
 
+def test_a_loopback_receiver_gets_the_full_rate_at_once_any_other_a_slow_start():
+    assert sender_session.resolved_start_kbps(SendOptions(host="127.0.0.1", kbps=30)) == 30
+    assert sender_session.resolved_start_kbps(SendOptions(host="10.77.2.2", kbps=30)) is None  # the track's slow start
+    assert sender_session.resolved_start_kbps(SendOptions(host="10.77.2.2", kbps=30, start_kbps=12)) == 12
+
+
 def test_the_in_call_transfer_is_unpaced_to_a_loopback_receiver_and_paced_to_any_other():
     assert sender_session.resolved_model_pace(SendOptions(host="127.0.0.1")) == "off"
     assert sender_session.resolved_model_pace(SendOptions(host="localhost")) == "off"
