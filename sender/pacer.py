@@ -1,5 +1,6 @@
-"""The data channel's background flow (an in-call model transfer, live model updates), paced inside a share of
-the link: a token bucket filled at `share_kbps()`, one message at a time once the channel's buffer is empty.
+"""The data channel's background flow (an in-call model transfer), paced inside a share of the link: a token
+bucket filled at `share_kbps()`, one message at a time once the channel's buffer is empty. (Live model updates
+keep the closed loop's own budget: sender/session.py says why.)
 
 The video and the data channel cross the same bottleneck, and aiortc's SCTP has its own loss-based window with
 no coupling to the media: unpaced, a model transfer fills the bottleneck's queue and the video's packets are

@@ -93,12 +93,13 @@ BACKGROUND_HEADROOM_SHARE = 0.1
 # the video's wire rate: its receiver answers overuse with 0.85 of what it measures coming in, and without
 # overuse wanders around that rate with the keyframes.
 BACKGROUND_REMB_SIGNAL = 0.9
-# ... and nothing for this long after a congestion signal (a loss or delay cut, a queue in the RTT): the
-# video's rate settles first.
+# The background flow gets nothing for this long after a congestion signal (a loss or delay cut, a queue in the
+# RTT): the video's rate settles first.
 BACKGROUND_PAUSE_S = 2.0
 # While a background flow runs the estimate may climb past the video's request, up to this much more; without
 # one it stops at the request (what the video can use).
 BACKGROUND_MAX_KBPS = 20_000.0
+# How an in-call model transfer is paced (SendOptions.model_pace), besides a fixed kbps.
 MODEL_PACES = ("auto", "estimate", "off")
 # Model chunks of an in-call transfer paced in the estimate are this long of the request's wire rate (between
 # MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
