@@ -183,7 +183,14 @@ def test_stream_across_faults_ends_with_one_frame_per_source_frame(fitted_bundle
         # Retransmission (NACK, repeated by the jitter buffer) recovers random loss: at most one hole is given
         # up, and it costs the frames until the PLI's keyframe is through (that keyframe's packets see the same
         # 10 % loss: 6 frames measured twice on a busy 2-core machine, so the bound is two such round trips).
-        assert stats["frames_concealed"] <= 8 and stats["jitter_skips"] <= 1
+        assert stats["jitter_skips"] <= 1
+        if stats["recovery_ms_max"] is not None:
+            assert stats["frames_concealed"] <= 8
+        else:
+            # No keyframe came after the hole before this 2.7 s stream ended (seen in a fresh-clone CI run: the
+            # hole given up near the end, 12 concealed): the cost runs to the end, and every concealed output
+            # frame is one of those the given-up low-res frames stood for (T = 2), nothing else.
+            assert stats["frames_concealed"] <= max(8, 2 * stats["frames_skipped_jitter"])
     if scenario.name.startswith("outage"):
         # The receiver gave up on the lost second, asked for a keyframe by PLI and got it: the stream resumed
         # in the same processes, and the concealed span is counted (1 s at 15 fps is 15 source frames).
