@@ -259,6 +259,7 @@ class LowResTrack(MediaStreamTrack):
         self.retransmissions = RetransmissionGate(lambda: self.kbps, lambda: self.estimator.rtt_s, clock)
         self.nack_loss = NackLoss()
         self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
+        self.background_stats: dict | None = None  # its summary, once it has ended
 
     def start_background(self) -> BackgroundPacer:
         """A background flow begins: paced in what the estimate leaves the video, which may now climb past it."""
@@ -267,7 +268,9 @@ class LowResTrack(MediaStreamTrack):
         return self.background
 
     def end_background(self) -> None:
-        """The background flow is done: the estimate is again of the video's range."""
+        """The background flow is done: the estimate is again of the video's range, and a REMB bounds it again."""
+        if self.background is not None:
+            self.background_stats, self.background = self.background.summary(), None
         self.estimator.max_kbps = self.wire_kbps(self.target_kbps)
         self.estimator.loss_kbps = min(self.estimator.loss_kbps, self.estimator.max_kbps)
 
@@ -814,7 +817,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                "rate_log": track.rate_log, "estimate_log": track.estimate_log(),
                "bwe": track.estimator.summary(track._clock()), "retransmissions": track.retransmissions.summary(),
                "ice_states": ice_states, **_start_stats(start, shipping),
-               "background": track.background.summary() if track.background is not None else None,
+               "background": track.background.summary() if track.background is not None else track.background_stats,
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )

@@ -206,3 +206,8 @@ def test_while_a_background_flow_runs_a_remb_at_the_videos_rate_is_no_bound_but_
     track.on_receiver_report(0.05, 0.05)  # loss: a lower REMB is believed
     track.on_remb(BACKGROUND_REMB_SIGNAL * 20.0 * 0.5)
     assert track.estimator.estimate(clock.now) < before
+    # Once the flow has ended, a REMB is the video's bound again.
+    track.end_background()
+    ignored = track.estimator.rembs_ignored
+    track.on_remb(20.0)
+    assert track.estimator.rembs_ignored == ignored and track.estimator.remb_heard_kbps == pytest.approx(track.wire_kbps(20.0))
