@@ -66,6 +66,12 @@ class Reconstructor:
     def switch_pending(self) -> bool:
         return self._switch is not None
 
+    def restart_at(self, index: int) -> None:
+        """Start a new run of keys at `index`: the frames before it were shown from elsewhere (an adaptive stream's
+        plain run), so nothing before it is rebuilt or interpolated across."""
+        self._last = None
+        self.next_index = index
+
     def set_mode(self, method: str, iterations: int) -> None:
         """Rebuild the frames from the next push on with this in-between method and reprojection count
         (a receiver that adapts to its CPU; the keys already made stay as they are)."""

@@ -18,6 +18,9 @@ Session (sender -> receiver unless marked <-):
   Modes(first, data)  -- a live call's guard (Config.guard): how to show source frames first.. (codec.guard)
   Update(version, part, parts, data) x parts  -- a live model update (codec.refresh), background flow
   <- UpdateAck(version, applied, reason)  -- the receiver verified and scheduled it, or refused it
+  Shape(first, scale, temporal, low_width, low_height, plain)  -- an adaptive stream (Config.shapes): from the
+      keyframe of source frame `first` on, the video is every `temporal`-th frame ÷`scale` (plain: the codec's
+      own frames at full size, shown as decoded, no model) (sender/shapes.py)
   <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
   Error(code, message) either way, then close.
@@ -30,7 +33,8 @@ HMAC-SHA256 tag over the nonce, its hello and the config; `Hello.model_offset`, 
 transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild; `Config.guard`, a live call whose sender guards every frame (then `modes` messages follow, and
 `update` messages may); `Config.early` with `Ack.pending`, a call whose video starts before the model
 has arrived (the model chunks then travel during the stream); `Config.chunk_size`, model chunks smaller than
-CHUNK_BYTES (an in-call transfer over a narrow link). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
+CHUNK_BYTES (an in-call transfer over a narrow link); `Config.shapes`, a stream whose shape may change at
+keyframes (`shape` messages). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
 
@@ -132,12 +136,15 @@ class Config(Message):
     early: bool = False
     # Model bytes per ModelChunk (0: CHUNK_BYTES); at least MIN_CHUNK_BYTES. Every chunk but the last is this long.
     chunk_size: int = 0
+    # The stream's shape (scale, temporal, plain) may change at keyframes as the link's rate moves; each change is
+    # announced by a `shape` message naming the first source frame of the new shape (sender/shapes.py).
+    shapes: bool = False
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
         "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX, "chunk_size": (0, CHUNK_BYTES),
     }
-    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size")
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size", "shapes")
 
     @property
     def model_chunk_bytes(self) -> int:
@@ -191,6 +198,24 @@ class Modes(Message):
 
 
 @dataclass(frozen=True)
+class Shape(Message):
+    """An adaptive stream's new shape (Config.shapes), from the keyframe of source frame `first` on: every
+    `temporal`-th source frame ÷`scale` (`low_width` x `low_height` on the track), rebuilt by the model; or, with
+    `plain`, the codec's own frames at full size (scale 1), shown as decoded. Reliable control channel, sent
+    just before that keyframe; the receiver also tells a new shape by the decoded frame's size."""
+
+    kind: ClassVar[str] = "shape"
+    first: int
+    scale: int
+    temporal: int
+    low_width: int
+    low_height: int
+    plain: bool = False
+    limits: ClassVar[dict] = {"first": (0, MAX_FRAMES), "scale": (1, 64), "temporal": (1, 64),
+                              "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE)}
+
+
+@dataclass(frozen=True)
 class Update(Message):
     """One part of a live model update (codec.refresh wire bytes, verified whole by the receiver)."""
 
@@ -235,8 +260,8 @@ class Bye(Message):
     limits: ClassVar[dict] = {"frames": (0, MAX_FRAMES), "video_bytes": (0, 1 << 50), "video_packets": (0, 1 << 40)}
 
 
-KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Hello, Config, ModelChunk, ModelDone, Ack, Frame, Modes, Update,
-                                                                UpdateAck, Keyframe, Error, Bye)}
+KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Hello, Config, ModelChunk, ModelDone, Ack, Frame, Modes, Shape,
+                                                                Update, UpdateAck, Keyframe, Error, Bye)}
 ROLES = ("sender", "receiver")
 CODECS = ("vp8", "h264")
 
@@ -297,6 +322,8 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", f"update.part: {message.part} of {message.parts} parts")
     if isinstance(message, Config) and 0 < message.chunk_size < MIN_CHUNK_BYTES:
         raise ProtocolError("bad_value", f"config.chunk_size: {message.chunk_size} under {MIN_CHUNK_BYTES} bytes")
+    if isinstance(message, Shape) and message.plain and message.scale != 1:
+        raise ProtocolError("bad_value", f"shape.plain: a plain shape is full size (scale 1), got scale {message.scale}")
     if isinstance(message, Config) and message.codec not in CODECS:
         raise ProtocolError("bad_value", f"config.codec: expected one of {CODECS}, got {message.codec!r}")
     return message

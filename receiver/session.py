@@ -41,7 +41,7 @@ from protocol.timing import IndexMapper
 
 from . import jitter
 from .sampler import Sampler, worker_counters
-from .worker import ReconstructWorker, StreamInfo
+from .worker import MAX_PENDING_SHAPES, ReconstructWorker, StreamInfo
 
 log = logging.getLogger("vsae.receiver")
 
@@ -124,6 +124,7 @@ class Session:
         self.update_refusals: list[str] = []
         self.update_bytes = 0
         self.modes_bytes = 0
+        self.last_shape_first = 0  # an adaptive stream: the first frame of the latest shape announced
         # An early start (Config.early): the model arrives during the stream.
         self.awaiting_model = False
         self.began_wall = time.time()  # time to first frame / to the model count from the offer's answer
@@ -217,6 +218,7 @@ class Session:
             ("model", "model_done"): self._model_done,
             ("streaming", "bye"): self._bye,
             ("streaming", "modes"): self._modes,
+            ("streaming", "shape"): self._shape,
             ("streaming", "update"): self._update,
             ("streaming", "model_chunk"): self._chunk,
             ("streaming", "model_done"): self._model_done,
@@ -370,7 +372,8 @@ class Session:
         if codec is not None:
             self.model_bytes = self.model_bytes or self.hello.model_bytes
             self.model_ready_wall = self.model_ready_wall or time.time()
-        info = StreamInfo((config.height, config.width), config.fps, config.temporal, config.frames)
+        info = StreamInfo((config.height, config.width), config.fps, config.temporal, config.frames, adaptive=config.shapes,
+                          low_size=(config.low_height, config.low_width))
         reference = self.options.reference
         if reference is not None and reference.shape[1:3] != info.size:
             log.warning("reference is %dx%d, the stream %dx%d: comparing at the stream's size",
@@ -419,6 +422,27 @@ class Session:
             return
         self.modes_bytes += len(msg.encode(modes))  # the message's bytes: the guard's share of the bitrate
         self.worker.note_modes(modes.first, parsed)
+
+    async def _shape(self, shape: msg.Shape) -> None:
+        """An adaptive stream's next shape (Config.shapes), checked before the worker takes it up."""
+        config = self.config
+        if config.guard or not config.shapes:
+            await self.refuse("unexpected", "a shape change in a stream whose config did not announce them")
+            return
+        if shape.first >= config.frames or shape.first < self.last_shape_first:
+            await self.refuse("bad_value", f"shape change at frame {shape.first}: outside the stream or before the "
+                                           f"previous change (frame {self.last_shape_first})")
+            return
+        full = (shape.low_width, shape.low_height) == (config.width, config.height)
+        if shape.plain != full or shape.low_width > config.width or shape.low_height > config.height:
+            await self.refuse("bad_value", f"shape {shape.low_width}x{shape.low_height} (plain: {shape.plain}) does not fit "
+                                           f"a {config.width}x{config.height} stream (plain is exactly full size)")
+            return
+        if self.worker.pending_shapes >= MAX_PENDING_SHAPES:
+            await self.refuse("too_large", f"more than {MAX_PENDING_SHAPES} shape changes ahead of the video")
+            return
+        self.last_shape_first = shape.first
+        self.worker.schedule_shape(shape.first, shape.temporal, shape.plain, (shape.low_height, shape.low_width))
 
     async def _update(self, part: msg.Update) -> None:
         if not self.config.guard:

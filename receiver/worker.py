@@ -17,6 +17,13 @@ the bicubic rebuild (the baseline) until the session hands it the verified model
 switches at the next key it rebuilds: frames before that key are the baseline's, that key and every frame
 after it the model's, one output per source frame either way.
 
+An adaptive stream (Config.shapes) changes shape at keyframes (sender/shapes.py): each new shape, announced by a
+`shape` message naming its first key, sets the temporal factor of the gaps after that key and whether frames from
+it on are the model's rebuild or the codec's own frames at full size, shown as decoded ("plain": the baseline
+below, which runs beside the model for such a stream). A frame whose size is not the current shape's waits up to
+SHAPE_WAIT_S for its message (the control channel may be behind the video); past that it is rebuilt as the shape
+it has. Either way one frame is output per source frame.
+
 Nothing here grows with the stream's length (a call may run for hours): quality metrics are running
 sums, latencies a fixed-size reservoir, capture times a bounded map of frames not yet output.
 """
@@ -57,6 +64,14 @@ MODES_GATED_S = 0.005
 MAX_PENDING_MODES = 4096
 # Model-version changes listed in the stats (the count of updates goes on; a long call's list stays small).
 MAX_VERSION_RUNS = 1000
+# An adaptive stream: how long a key of a size the current shape does not have may wait for the `shape` message
+# that announces its shape (sent on the control channel just before the key's RTP packets; a loss there costs an
+# SCTP retransmission, about an RTT).
+SHAPE_WAIT_S = 0.5
+# Shape changes announced and not yet reached (bounds memory if a peer floods them; the session refuses more),
+# and the changes listed in the stats.
+MAX_PENDING_SHAPES = 64
+MAX_SHAPE_RUNS = 1000
 
 
 @dataclass
@@ -67,6 +82,8 @@ class StreamInfo:
     fps: float
     temporal: int
     frames: int
+    adaptive: bool = False  # the shape may change at keyframes (Config.shapes; `shape` messages)
+    low_size: tuple[int, int] | None = None  # (h, w) of the first shape's frames on the track
 
 
 class ReconstructWorker:
@@ -101,7 +118,22 @@ class ReconstructWorker:
         self.concealed_before_model = 0
         self.psnr_before_model, self.psnr_after_model = RunningMean(), RunningMean()
         self.ladder = RebuildController(build_ladder(method, iterations, TEMPORAL_METHODS), adapt=adapt)
-        needs_baseline = guard or reference is not None or bicubic_output or codec is None or on_output is not None
+        # An adaptive stream: the current shape (its temporal factor, plain or rebuilt by the model, its frame size),
+        # shape changes announced and not yet reached, and the recent runs of plain and rebuilt frames by first index.
+        self.temporal = info.temporal
+        self.plain = False
+        self.expected_size = info.low_size
+        self._pending_shapes: collections.deque = collections.deque()  # (first, temporal, plain, (h, w))
+        self._runs: collections.deque = collections.deque([(0, False)], maxlen=MAX_PENDING_SHAPES)
+        self._temporal_after: tuple[int, int] | None = None  # (key, T): T governs the gaps after that key
+        self._model_open = True  # the model's reconstructor holds the last key (False across a plain run)
+        self.shape_runs: list[list] = [[0, info.temporal, False]] if info.adaptive else []
+        self.shape_waits = 0  # keys that waited for their shape message
+        self.shape_unannounced = 0  # keys of a new size whose message did not come within SHAPE_WAIT_S
+        self.frames_plain = 0
+        self.concealed_plain = 0
+        needs_baseline = (guard or reference is not None or bicubic_output or codec is None or on_output is not None
+                          or info.adaptive)
         self.baseline = BaselineReconstructor(info.size, info.temporal) if needs_baseline else None
         self.reference = reference
         self.reference_loop = reference_loop  # output frame i is scored against reference[i % len(reference)]
@@ -178,6 +210,16 @@ class ReconstructWorker:
         with self._wake:
             self._updates.append((apply_from, state, version))
 
+    def schedule_shape(self, first: int, temporal: int, plain: bool, size: tuple[int, int]) -> None:
+        """An adaptive stream's next shape, from key `first` on (the session checked it)."""
+        with self._wake:
+            self._pending_shapes.append((first, temporal, plain, tuple(size)))
+            self._wake.notify_all()
+
+    @property
+    def pending_shapes(self) -> int:
+        return len(self._pending_shapes)
+
     def set_model(self, codec: Codec) -> None:
         """The verified model of an early-started call: rebuild with it from the next key on."""
         with self._wake:
@@ -205,12 +247,16 @@ class ReconstructWorker:
                 began = time.perf_counter()
                 index, rgb = item
                 frame = to_tensor(rgb[None])[0]
+                if self.info.adaptive:
+                    began += self._follow_shape(index, rgb.shape[:2])  # waiting for the sender is not work
                 self._adopt_model(index)
                 if self.reconstructor is not None:
                     self._next_update(index)
-                outputs = self.reconstructor.push(index, frame) if self.reconstructor is not None else []
+                outputs = self._rebuild(index, frame)
                 self.reconstruct_s += time.perf_counter() - began
                 baseline = self.baseline.push(index, frame) if self.baseline else []
+                if self._temporal_after is not None and self._temporal_after[0] == index:
+                    self._set_temporal(self._temporal_after[1])
                 outputs = self._shown(outputs, baseline)
                 waited = self.modes_wait_s
                 self._emit(outputs, baseline)
@@ -235,6 +281,62 @@ class ReconstructWorker:
             if self.bicubic_writer:
                 self.bicubic_writer.close()
 
+    def _follow_shape(self, index: int, size: tuple[int, int]) -> float:
+        """Before key `index` (of frame size `size`): take up the shapes announced up to it, waiting up to
+        SHAPE_WAIT_S for the message when the size says the shape changed. Returns the seconds waited (not work)."""
+        waited = 0.0
+        with self._wake:
+            announced = lambda: self._pending_shapes and self._pending_shapes[0][0] <= index  # noqa: E731
+            if tuple(size) != self.expected_size and not announced():
+                began = time.monotonic()
+                deadline = began + SHAPE_WAIT_S
+                while not announced() and not self._closing and time.monotonic() < deadline:
+                    self._wake.wait(deadline - time.monotonic())
+                waited = time.monotonic() - began
+                self.shape_waits += 1
+                if not announced():
+                    self.shape_unannounced += 1
+                    self.expected_size = tuple(size)  # rebuilt as the shape it has; counted once
+            while announced():
+                first, temporal, plain, expected = self._pending_shapes.popleft()
+                self.plain, self.expected_size = plain, expected
+                self._temporal_after = (index, temporal)  # the gap before this key is the old shape's
+                self._runs.append((index, plain))
+                if len(self.shape_runs) < MAX_SHAPE_RUNS:
+                    self.shape_runs.append([index, temporal, plain])
+        return waited
+
+    def _set_temporal(self, temporal: int) -> None:
+        self.temporal = temporal
+        self._temporal_after = None
+        for rebuild in (self.reconstructor, self.baseline):
+            if rebuild is not None:
+                rebuild.temporal = temporal
+
+    def _rebuild(self, index: int, frame) -> list[OutputFrame]:
+        """The model's frames from key `index`. Across a plain run it rests: the key that starts the run still
+        closes the model's in-betweens before it, and the first key after the run starts it again from there."""
+        if self.reconstructor is None:
+            return []
+        if self.plain:
+            if not self._model_open:
+                return []
+            self._model_open = False
+            return [o for o in self.reconstructor.push(index, frame) if o.index < index]
+        if not self._model_open:
+            self.reconstructor.restart_at(index)
+            self._model_open = True
+        return self.reconstructor.push(index, frame)
+
+    def _plain_at(self, index: int) -> bool:
+        """Whether output frame `index` is in a plain run (the runs start at their first key)."""
+        plain = False
+        for first, run_plain in self._runs:
+            if first > index:
+                break
+            plain = run_plain
+        return plain
+
     def _adopt_model(self, index: int) -> None:
         """An early start's model, once verified: the reconstructor starts at key `index` (nothing before it)."""
         if self.reconstructor is not None:
@@ -245,14 +347,19 @@ class ReconstructWorker:
             return
         self.codec = codec
         rung = self.ladder.rung
-        self.reconstructor = Reconstructor(codec, self.info.size, self.info.temporal, rung.iterations, rung.method)
+        self.reconstructor = Reconstructor(codec, self.info.size, self.temporal, rung.iterations, rung.method)
         self.reconstructor.next_index = index
         self.model_from = index
+        self._model_open = not self.plain
 
     def _shown(self, outputs: list[OutputFrame], baseline: list[OutputFrame]) -> list[OutputFrame]:
         """The frames to show, aligned with `baseline`: the baseline's before the model's first frame."""
         if self.model_from is None:
             return list(baseline)
+        if self.info.adaptive:  # by index: the model's frames where it rebuilt them, the baseline's in plain runs
+            rebuilt = {o.index: o for o in outputs}
+            return [rebuilt.get(b.index, b) if b.index >= self.model_from and not self._plain_at(b.index) else b
+                    for b in baseline]
         return [b for b in baseline if b.index < self.model_from] + outputs if self.model_from > 0 else outputs
 
     def _next_update(self, index: int) -> None:
@@ -306,6 +413,9 @@ class ReconstructWorker:
             before_model = self.model_from is None or out.index < self.model_from
             if before_model and out.concealed:
                 self.concealed_before_model += 1
+            elif self.info.adaptive and self._plain_at(out.index):
+                self.frames_plain += 1
+                self.concealed_plain += out.concealed
             image = to_uint8(frame[None])[0]
             self.writer.write(image)
             self.frames_out += 1
@@ -338,7 +448,8 @@ class ReconstructWorker:
     @property
     def frames_concealed(self) -> int:
         """Concealed so far: before an early start's model arrived, and by the reconstructor since."""
-        return (self.reconstructor.concealed if self.reconstructor is not None else 0) + self.concealed_before_model
+        return ((self.reconstructor.concealed if self.reconstructor is not None else 0) + self.concealed_before_model
+                + self.concealed_plain)
 
     def stats(self) -> dict:
         def mean(values: RunningMean, digits: int = 3) -> float | None:
@@ -367,6 +478,8 @@ class ReconstructWorker:
             "psnr_after_model": mean(self.psnr_after_model),
             "first_output_time": self.first_output_time,
             "last_output_time": self.last_output_time,
+            **({"shape_runs": self.shape_runs, "frames_plain": self.frames_plain, "shape_waits": self.shape_waits,
+                "shape_unannounced": self.shape_unannounced} if self.info.adaptive else {}),
             **({"psnr_vsae": mean(self.psnr_vsae), "frames_unguarded": self.frames_unguarded, "updates_late": self.updates_late,
                 "modes_wait_s": round(self.modes_wait_s, 3),
                 "modes": {str(k): v for k, v in sorted(self.mode_counts.items())}} if self.guard else {}),

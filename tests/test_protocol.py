@@ -44,6 +44,7 @@ from protocol.messages import (
     ModelDone,
     Modes,
     ProtocolError,
+    Shape,
     Update,
     UpdateAck,
     decode,
@@ -84,6 +85,9 @@ VALID: list[Message] = [
     Config(**CONFIG, guard=True),
     Modes(first=0, data=b"\x00\x01"),
     Modes(first=1_000, data=b"\x0b\x03\x02"),
+    Config(**CONFIG, shapes=True),
+    Shape(first=40, scale=8, temporal=4, low_width=22, low_height=18),
+    Shape(first=41, scale=1, temporal=1, low_width=176, low_height=144, plain=True),
     Update(version=1, part=0, parts=1, data=b"\x89VSUP"),
     Update(version=7, part=3, parts=4, data=CHUNK),
     UpdateAck(version=1, applied=True),
@@ -132,7 +136,7 @@ def wire_fields(message: Message) -> dict:
 def test_valid_set_covers_every_kind():
     assert {type(m) for m in VALID} == set(KINDS.values())
     assert all(KINDS[cls.kind] is cls for cls in KINDS.values())
-    assert len(set(KINDS)) == len(KINDS) == 12
+    assert len(set(KINDS)) == len(KINDS) == 13
 
 
 @pytest.mark.parametrize("message", VALID, ids=lambda m: type(m).__name__)
@@ -744,3 +748,8 @@ def test_config_chunk_size_is_zero_or_between_the_minimum_and_a_whole_chunk():
     assert refused(pack("config", **CONFIG, chunk_size=MIN_CHUNK_BYTES - 1)) == "bad_value"
     assert refused(pack("config", **CONFIG, chunk_size=CHUNK_BYTES + 1)) == "bad_value"
     assert refused(pack("config", **CONFIG, chunk_size=-1)) == "bad_value"
+
+
+def test_a_plain_shape_is_full_size():
+    """A plain shape is the codec's own frames, shown as decoded: scale 1 only."""
+    assert refused(pack("shape", first=0, scale=4, temporal=1, low_width=44, low_height=36, plain=True)) == "bad_value"
