@@ -33,6 +33,7 @@ from protocol.peer import install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
 from .session import DEFAULT_RETRIES, MODEL_PACES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
+from .shapes import load_table
 
 
 LIVE_SENDER_THREADS = 1
@@ -51,7 +52,15 @@ def _summary(result: SendResult, loop: int) -> dict:
 def _done_line(result: SendResult, kbps: float) -> str:
     return (f"done, {result.frames_sent} low-res frames at {result.video_kbps:.1f} kbps measured "
             f"(target {kbps:g}), model {'sent' if result.model_bytes_sent else 'already at the receiver'}, "
-            f"receiver output {result.receiver_frames_out} frames" + _live_line(result.extra.get("live")))
+            f"receiver output {result.receiver_frames_out} frames" + _live_line(result.extra.get("live"))
+            + _shape_line(result.extra.get("shape_log")))
+
+
+def _shape_line(shapes: list[dict] | None) -> str:
+    if not shapes:
+        return ""
+    path = " -> ".join(f"{s['shape']}@{s['first']}" for s in shapes if s["first"] is not None)
+    return f"; shapes {path} ({len(shapes) - 1} switch{'es' if len(shapes) != 2 else ''})"
 
 
 def _live_line(live: dict | None) -> str:
@@ -123,6 +132,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     if (args.video is None) == (args.input is None):
         raise VsaeError("give a video file (or clip name) or --input URL for a live source, not both")
     size = codec.meta.get("frame_size")
+    if args.input is not None and args.shapes is not None:
+        raise VsaeError("--shapes: a live source keeps one stream shape (its frames are downsized as they come)")
     if args.input is not None:
         return _send_live(args, model, size, targets, bind, secret)
     if args.input_format or args.input_option or args.stamp_capture_time:
@@ -131,6 +142,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     if isinstance(size, list) and len(size) == 2 and size != [frames.shape[2], frames.shape[1]]:
         raise VsaeError(f"the model was fitted at {size[0]}x{size[1]} but the video is {frames.shape[2]}x{frames.shape[1]}")
     loop = loop_count(args.loop, args.duration, len(frames), args.fps or fps)
+    table = None
+    if args.shapes is not None:
+        if args.guard or args.refresh:
+            raise VsaeError("--shapes: the guard's closed loop keeps one stream shape")
+        table = load_table(args.shapes, args.codec, args.fps or fps)  # ShapeTableError is a VsaeError
     refresh = None
     if args.refresh:
         refresh = RefreshOptions(form=args.update_form, model_kbps=args.model_kbps, steps_per_s=args.refresh_steps)
@@ -138,7 +154,8 @@ def cmd_send(args: argparse.Namespace) -> int:
                            start_kbps=args.start_kbps, codec=args.codec, fps=args.fps,
                            connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop, guard=args.guard or args.refresh,
-                           refresh=refresh, early_start=not args.wait_for_model, model_pace=args.model_pace)
+                           refresh=refresh, early_start=not args.wait_for_model, model_pace=args.model_pace,
+                           shape_table=table)
                for host, port in targets]
     try:
         stream_config(frames.shape, fps, options[0])  # e.g. a frame rate the protocol cannot carry: refused before connecting
@@ -156,8 +173,10 @@ def cmd_send(args: argparse.Namespace) -> int:
         looped += f", live: guard + refresh ({refresh.form}, {refresh.model_kbps:g} kbps model stream)"
     elif args.guard:
         looped += ", live: guard"
+    shape = (f"shape by the estimate from {args.shapes} ({len(table.curves)} shapes)" if table is not None
+             else f"÷{args.scale} every {args.temporal} frame(s)")
     print(f"vsae send: {len(frames)} frames{looped} {frames.shape[2]}x{frames.shape[1]} -> {where}, "
-          f"÷{args.scale} every {args.temporal} frame(s), {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
+          f"{shape}, {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
     if len(options) == 1:
         try:
             result = asyncio.run(send(frames, fps, model, options[0]))
@@ -314,5 +333,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how updates are coded (codec/refresh.py; default sparse-grad)")
     p.add_argument("--refresh-steps", type=positive_float, default=50.0,
                    help="fine-tuning steps per second of call at most (default 50; a slow CPU does fewer, reported)")
+    p.add_argument("--shapes", default=None, metavar="RESULTS.json",
+                   help="adapt the stream's shape (S, T, or the plain codec at full size) to the bandwidth estimate, by "
+                        "this rate-quality table: a `vsae bench rd --setting insample --model M` results.json measured on "
+                        "prior footage at the call's frame rate (--scale and --temporal are then only the fallback)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)

@@ -42,6 +42,7 @@ from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
 from .pacer import BackgroundPacer
 from .rtx import RetransmissionGate
+from .shapes import Shape, ShapeTable
 
 log = logging.getLogger("vsae.sender")
 
@@ -159,6 +160,9 @@ class SendOptions:
     # receiver on this machine (loopback: no bottleneck to share, and the model arrives in ~0.2 s instead of the
     # several seconds the estimate's climb takes), "estimate" to any other.
     model_pace: str | float = "auto"
+    # Adapt the stream's shape (S, T, or the plain codec at full size) to the estimate with this rate-quality table
+    # (sender/shapes.py, from `vsae bench rd` on prior footage); None: the fixed `scale` and `temporal`.
+    shape_table: ShapeTable | None = None
     # Fault injection (tests, the fault lab): called with (version, wire bytes) of each update, returns the
     # bytes to send instead; the closed loop still mirrors the update as made.
     update_filter: Callable[[int, bytes], bytes] | None = None
@@ -336,15 +340,16 @@ class LowResTrack(MediaStreamTrack):
     def _count_sent(self, packet) -> None:
         self.nack_loss.on_sent(self._clock(), max(1, -(-packet.size // PACKET_PAYLOAD_BYTES)))
 
-    def wire_kbps(self, video_kbps: float) -> float:
-        """What a video target costs on the link: the frames, each packet's headers, the data channels."""
-        fps = self.fps / self.temporal
+    def wire_kbps(self, video_kbps: float, temporal: int | None = None) -> float:
+        """What a video target costs on the link: the frames, each packet's headers, the data channels (for every
+        `temporal`-th frame sent, default the stream's)."""
+        fps = self.fps / (temporal or self.temporal)
         packets = fps * max(1.0, video_kbps * 125 / fps / PACKET_PAYLOAD_BYTES)
         return video_kbps + packets * PACKET_OVERHEAD_BYTES * 8 / 1000 + DATA_HEADROOM_KBPS
 
-    def video_kbps(self, wire_kbps: float) -> float:
+    def video_kbps(self, wire_kbps: float, temporal: int | None = None) -> float:
         """The video target a link rate leaves (the inverse of `wire_kbps`)."""
-        fps = self.fps / self.temporal
+        fps = self.fps / (temporal or self.temporal)
         left = wire_kbps - DATA_HEADROOM_KBPS
         return min(left - fps * PACKET_OVERHEAD_BYTES * 8 / 1000, left / (1 + PACKET_OVERHEAD_BYTES / PACKET_PAYLOAD_BYTES))
 
@@ -358,11 +363,15 @@ class LowResTrack(MediaStreamTrack):
             return
         self._set_kbps(target, now, self.estimator.reason)
 
-    def _target_for(self, estimate: float) -> float:
+    def _target_for(self, estimate: float, temporal: int | None = None) -> float:
         """The video target an estimate (wire kbps) leaves, between the floor and the request."""
-        if estimate >= self.wire_kbps(self.target_kbps):
+        if estimate >= self.wire_kbps(self.target_kbps, temporal):
             return self.target_kbps  # the link carries the request
-        return min(self.target_kbps, max(self.min_kbps, self.video_kbps(estimate)))
+        return min(self.target_kbps, max(self.min_kbps, self.video_kbps(estimate, temporal)))
+
+    def encoder_size(self) -> tuple[int, int]:
+        """The (h, w) of the frames the video encoder takes."""
+        return self.low.shape[1:3]
 
     def estimate_log(self) -> list[dict]:
         """The estimate's changes, timed from the first real frame like `rate_log`."""
@@ -372,7 +381,7 @@ class LowResTrack(MediaStreamTrack):
     def _set_kbps(self, kbps: float, now: float, why: str) -> None:
         # libvpx and x264 take no new target once open (through FFmpeg): a new encoder, from a keyframe.
         self.encoded_bytes += self.encoder.bytes
-        h, w = self.low.shape[1:3]
+        h, w = self.encoder_size()
         self.encoder = RealtimeEncoder(self.codec, w, h, kbps, self.fps / self.temporal)
         if kbps < self.kbps:
             self._lowered_at = now
@@ -413,6 +422,128 @@ class LowResTrack(MediaStreamTrack):
         self.follow_estimate()
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
+        self._count_sent(packet)
+        if self.on_packet is not None:
+            self.on_packet(index, bytes(packet))
+        if self.on_frame is not None:
+            self.on_frame(index, capture_time)
+        return packet
+
+
+class AdaptiveLowResTrack(LowResTrack):
+    """LowResTrack whose shape follows the estimate (sender/shapes.py): each time the target moves, the shape with
+    the best predicted quality at the new target takes over from that frame, a keyframe, announced just before it
+    by `on_shape(first, shape, (h, w))` (a `shape` message). The keys are picked as the stream goes (the next is
+    `temporal` of the current shape after the last) and downsized from the source frames one at a time.
+
+    `clip`: the source frames (N, H, W, 3); `count`: the source frames the stream covers (a looped clip runs on
+    past N: frame j is clip[j % N])."""
+
+    def __init__(self, clip: np.ndarray, count: int, fps: float, ticks: int, codec: str, kbps: float, table: ShapeTable,
+                 clock=time.monotonic, start_kbps: float | None = None):
+        self.clip, self.count, self.table = clip, count, table
+        self.source_size = tuple(int(v) for v in clip.shape[1:3])
+        # A plain stream is the source frames as they are: only for sizes yuv420p takes.
+        self.shapes = [c.shape for c in table.curves if not c.shape.plain or not (self.source_size[0] % 2 or self.source_size[1] % 2)]
+        if not self.shapes:
+            raise SessionError(f"the shape table {table.source} has no shape for {self.source_size[1]}x{self.source_size[0]} frames")
+        first = max(self.shapes, key=lambda s: (s.plain, -s.scale))  # a placeholder until the start target is known
+        super().__init__(np.zeros((1, *self.shape_size(first), 3), np.uint8), [], fps, ticks, codec, kbps, first.temporal,
+                         clock=clock, start_kbps=start_kbps)
+        self.shape = first
+        self.shape_log: list[dict] = []
+        self.on_shape = None
+        self._announce = True  # the first real frame says its shape
+        self._next_index = 0
+        self._trailer_sent = False
+        estimate = self.estimator.estimate(clock())
+        shape, psnr = self.table.best(lambda s: self._target_for(estimate, s.temporal) if s in self.shapes else -1.0)
+        self._use_shape(shape)
+        self.kbps = self.start_kbps = self._target_for(estimate)
+        h, w = self.encoder_size()
+        self.low = np.zeros((1, h, w, 3), np.uint8)  # the sync frames' size
+        self.encoder = RealtimeEncoder(codec, w, h, self.kbps, fps / self.temporal)
+        self._sync_encoder = RealtimeEncoder(codec, w, h, kbps, fps / self.temporal)
+        self._log_shape(0.0, shape, psnr, None, "start")
+
+    def shape_size(self, shape: Shape) -> tuple[int, int]:
+        """The (h, w) of a shape's frames on the track."""
+        height, width = self.source_size
+        return (height, width) if shape.plain else low_res_size(height, width, shape.scale)
+
+    def encoder_size(self) -> tuple[int, int]:
+        return self.shape_size(self.shape)
+
+    def _use_shape(self, shape: Shape) -> None:
+        self.shape, self.temporal = shape, shape.temporal
+        # Fewer frames cost fewer packet headers: the floor's and the request's wire costs move.
+        self.estimator.min_kbps = self.wire_kbps(self.min_kbps)
+        if self.background is None:
+            self.estimator.max_kbps = self.wire_kbps(self.target_kbps)
+
+    def _log_shape(self, at: float, shape: Shape, psnr: float | None, was: float | None, why: str) -> None:
+        self.shape_log.append({"t": at, "first": None, "shape": shape.name, "scale": shape.scale, "temporal": shape.temporal,
+                               "plain": shape.plain, "kbps": round(self.kbps, 2),
+                               "psnr_predicted": None if psnr is None else round(psnr, 2),
+                               "psnr_before": None if was is None else round(was, 2), "reason": why})
+
+    def _set_kbps(self, kbps: float, now: float, why: str) -> None:
+        """A new target is a new encoder from a keyframe anyway: the shape may change with it."""
+        estimate = self.estimator.estimate(now)
+        shape, psnr, was = self.table.choose(
+            self.shape, lambda s: self._target_for(estimate, s.temporal) if s in self.shapes else -1.0)
+        old = self.shape
+        if shape != old:
+            self._use_shape(shape)
+            kbps = self._target_for(estimate)
+        super()._set_kbps(kbps, now, why)
+        if shape != old:
+            self._announce = True
+            self._log_shape(self.rate_log[-1]["t"], shape, psnr, was, why)
+            log.warning("vsae send: %s: shape %s -> %s at %.1f kbps (predicted %s dB, was %s)", why, old.name, shape.name,
+                        kbps, "?" if psnr is None else f"{psnr:.2f}", "?" if was is None else f"{was:.2f}")
+
+    def _low_of(self, index: int, shape: Shape) -> np.ndarray:
+        """Source frame `index` in `shape` (uint8, h x w x 3)."""
+        rgb = self.clip[index % len(self.clip)]
+        if shape.plain:
+            return np.ascontiguousarray(rgb)
+        return to_uint8(resize(to_tensor(rgb[None]), self.shape_size(shape)))[0]
+
+    async def recv(self):
+        await self.start.wait()
+        if self._sync < SYNC_FRAMES:
+            return await super().recv()
+        loop = asyncio.get_running_loop()
+        if self._next_index >= self.count:
+            if self._trailer_sent:
+                self.finished.set()
+                self.stop()
+                raise MediaStreamError
+            # As LowResTrack's: one frame stamped past the stream's end pushes the last real one out.
+            self._trailer_sent = True
+            await asyncio.sleep(self.temporal / self.fps)
+            low = await loop.run_in_executor(None, self._low_of, self.indices[-1], self.shape)
+            return await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(self._next_index, self.ticks), False)
+        index = self._next_index
+        if not self.indices:
+            self.start_time = time.time()
+        capture_time = self.start_time + index / self.fps
+        await asyncio.sleep(max(0.0, capture_time - time.time()))
+        if self._started_at is None:
+            self._started_at = self._clock()
+        self.follow_estimate()
+        shape = self.shape
+        if self._announce:
+            self._announce = False
+            self.shape_log[-1]["first"] = index
+            if self.on_shape is not None:
+                self.on_shape(index, shape, self.encoder_size())
+        keyframe, self.keyframe_wanted = self.keyframe_wanted, False
+        low = await loop.run_in_executor(None, self._low_of, index, shape)
+        packet = await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(index, self.ticks), keyframe)
+        self.indices.append(index)
+        self._next_index = index + self.temporal
         self._count_sent(packet)
         if self.on_packet is not None:
             self.on_packet(index, bytes(packet))
@@ -573,6 +704,12 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
     if options.refresh is not None and not options.guard:
         raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
     live = isinstance(frames, LiveFrames)
+    if options.shape_table is not None:
+        if options.guard or live:
+            raise SessionError("an adaptive stream shape (--shapes) works with a clip and without the guard: the closed loop "
+                               "and a live source keep one shape")
+        if options.shape_table.codec != options.codec:
+            raise SessionError(f"the shape table is of {options.shape_table.codec}, the call uses {options.codec}")
     if live and (options.loop > 1 or options.guard):
         raise SessionError("a live source streams once and without the guard's closed loop (it needs the whole clip)")
     if live and options.fps is None:
@@ -581,11 +718,11 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"{options.loop} passes of {len(frames)} frames exceed the protocol's {msg.MAX_FRAMES:,} frames a stream")
     stream_config(frames.shape, source_fps, options)  # refuse what the receiver would, before connecting
     began = time.monotonic()
-    if live:
-        indices, low = [], None  # taken from the source as the stream runs (LiveLowResTrack)
+    if live or options.shape_table is not None:
+        indices, low = [], None  # taken from the source as the stream runs (LiveLowResTrack, AdaptiveLowResTrack)
     else:
         indices, low = prepared if prepared is not None else prepare_low_res(frames, options.scale, options.temporal)
-    if options.loop > 1:  # the clip's low-res frames once, indexed lazily (also when several sessions share them)
+    if options.loop > 1 and low is not None:  # the clip's low-res frames once, indexed lazily (also when several sessions share them)
         indices, low = Looped(indices, options.loop, len(frames)), Looped(low, options.loop)
     model_sent = [0]  # across attempts
     # The closed loop mirrors the receiver's model: the same bundle bytes, loaded the same way.
@@ -618,6 +755,10 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     if isinstance(frames, LiveFrames):
         track = LiveLowResTrack(frames, fps, ticks, options.codec, options.kbps, options.temporal, options.scale,
                                 start_kbps=resolved_start_kbps(options))
+        low, indices = track.low, track.indices
+    elif options.shape_table is not None:
+        track = AdaptiveLowResTrack(frames, total, fps, ticks, options.codec, options.kbps, options.shape_table,
+                                    start_kbps=resolved_start_kbps(options))
         low, indices = track.low, track.indices
     else:
         track = LowResTrack(low, indices, fps, ticks, options.codec, options.kbps, options.temporal,
@@ -693,6 +834,16 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
 
     track.on_frame = on_frame
 
+    def on_shape(first: int, shape: Shape, size: tuple[int, int]) -> None:
+        # Straight onto the reliable control channel, ahead of the keyframe it announces (the receiver also tells
+        # a new shape by the decoded frame's size, and waits a moment for this message).
+        if control.readyState == "open":
+            control.send(msg.encode(msg.Shape(first=first, scale=shape.scale, temporal=shape.temporal, low_width=size[1],
+                                              low_height=size[0], plain=shape.plain)))
+
+    if isinstance(track, AdaptiveLowResTrack):
+        track.on_shape = on_shape
+
     async def expect(kind: type, timeout: float):
         getter = asyncio.ensure_future(inbox.get())
         done, _ = await asyncio.wait({getter, failure}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -728,6 +879,10 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         await send_message(control, own_hello)
         hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
         config = stream_config(frames.shape, source_fps, options)
+        if isinstance(track, AdaptiveLowResTrack):  # the first shape; `shape` messages announce the next
+            h, w = track.encoder_size()
+            config = dataclasses.replace(config, shapes=True, scale=track.shape.scale, temporal=track.shape.temporal,
+                                         low_width=w, low_height=h)
         start["early"] = options.early_start and not hello.have_model and not options.guard
         paced = start["early"] and resolved_model_pace(options) == "estimate"
         chunk_size = transfer_chunk_bytes(track.wire_kbps(options.kbps)) if paced else 0
@@ -819,6 +974,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                "ice_states": ice_states, **_start_stats(start, shipping),
                "background": track.background.summary() if track.background is not None else track.background_stats,
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
+               **({"shape_log": track.shape_log, "shape_table": track.table.source}
+                  if isinstance(track, AdaptiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )
 

@@ -1,0 +1,165 @@
+"""Stream shapes and the rate–quality table that picks one for the bandwidth the estimate leaves the video.
+
+A shape is what the video track carries: every T-th source frame ÷S, rebuilt by the model at the receiver, or
+the codec's own frames at full size ("plain": scale 1, every frame, shown as decoded). Which is best depends on
+the rate: at a few kbps a small, sparse stream rebuilt by the model wins; as the rate grows, more keys and more
+pixels pay; at high rates the plain codec beats anything the model's manifold can show (the RD bench's
+envelope switches configurations, `vsae bench rd`).
+
+The table is a `vsae bench rd` result (its results.json) measured on the sender's prior footage with its own
+model, in the setting a call is in: every frame (`--setting insample --model M`). A table measured at another frame
+rate than the call's is scaled to it by bits per frame (kbps x call fps / table fps): exact for the same frames
+played at another rate (the fault lab plays carphone's 30 frames/s at 15), approximate for footage captured at
+another rate (its frames differ more or less from one to the next). Each
+shape's curve is its measured (kbps, PSNR) points; a shape is a candidate at a rate only from its lowest
+measured rate on (below it the encoder cannot hold the rate: VP8 overshoots a small target by 2-3x), and above
+its highest it stays at its best PSNR (the encoder has nothing more to spend bits on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from codec.errors import VsaeError
+
+# A new shape costs a keyframe and a few frames of the new encoder settling, and the table's differences under
+# ~0.3 dB are within what the same shape scores across clips: switch only for a predicted gain of this much.
+SWITCH_GAIN_DB = 0.3
+# A table measured at a frame rate this far from the call's is scaled to it (below).
+FPS_TOLERANCE = 0.01
+
+
+class ShapeTableError(VsaeError):
+    """A shape table that cannot be read or has nothing for the call's codec."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    scale: int
+    temporal: int
+    plain: bool = False
+
+    @property
+    def name(self) -> str:
+        return "plain" if self.plain else f"s{self.scale}t{self.temporal}"
+
+
+@dataclass(frozen=True)
+class ShapeCurve:
+    shape: Shape
+    points: tuple[tuple[float, float], ...]  # (measured kbps, PSNR dB), increasing kbps, PSNR non-decreasing
+
+    def psnr_at(self, kbps: float) -> float | None:
+        """The PSNR this shape gives at `kbps` of video (linear in log rate between measured points), None below
+        its lowest measured rate."""
+        rates = [r for r, _ in self.points]
+        if kbps < rates[0] or kbps <= 0:
+            return None
+        if kbps >= rates[-1]:
+            return self.points[-1][1]
+        for (r0, p0), (r1, p1) in zip(self.points, self.points[1:]):
+            if r0 <= kbps <= r1:
+                share = 0.0 if r1 == r0 else (math.log(kbps) - math.log(r0)) / (math.log(r1) - math.log(r0))
+                return p0 + share * (p1 - p0)
+        return self.points[-1][1]
+
+
+@dataclass(frozen=True)
+class ShapeTable:
+    codec: str
+    fps: float
+    curves: tuple[ShapeCurve, ...]  # rates at `fps`
+    source: str = ""
+    measured_fps: float = 0.0  # the frame rate the table was measured at (its rates scaled to `fps`)
+
+    def predict(self, shape: Shape, kbps: float) -> float | None:
+        curve = next((c for c in self.curves if c.shape == shape), None)
+        return curve.psnr_at(kbps) if curve is not None else None
+
+    def best(self, video_kbps_for: Callable[[Shape], float]) -> tuple[Shape, float | None]:
+        """The shape with the highest predicted PSNR at the video rate `video_kbps_for(shape)` leaves it (the rate
+        depends on the shape: fewer frames carry fewer packet headers). When no shape can hold its rate, the one
+        whose lowest measured rate is the smallest."""
+        scored = [(c.psnr_at(video_kbps_for(c.shape)), c) for c in self.curves]
+        held = [(p, c) for p, c in scored if p is not None]
+        if not held:
+            cheapest = min(self.curves, key=lambda c: c.points[0][0])
+            return cheapest.shape, None
+        psnr, curve = max(held, key=lambda pc: pc[0])
+        return curve.shape, psnr
+
+    def choose(self, current: Shape, video_kbps_for: Callable[[Shape], float]) -> tuple[Shape, float | None, float | None]:
+        """(shape, its predicted PSNR, the current shape's): the best shape, unless the current one is within
+        SWITCH_GAIN_DB of it (and can hold its rate)."""
+        best, best_psnr = self.best(video_kbps_for)
+        now = self.predict(current, video_kbps_for(current))
+        if best == current or (now is not None and best_psnr is not None and best_psnr - now < SWITCH_GAIN_DB):
+            return current, now, now
+        return best, best_psnr, now
+
+
+def load_table(path: str | Path, codec: str, fps: float | None = None, plain_codec: bool = True) -> ShapeTable:
+    """The shapes `vsae bench rd` measured for `codec` (results.json: one clip's result or a list of them, the
+    first clip used). `fps`: the call's frame rate, the rates scaled to it. `plain_codec`: include the
+    codec's own full-size stream."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShapeTableError(f"{path}: no such shape table") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShapeTableError(f"{path}: not a shape table (a `vsae bench rd` results.json): {exc}") from None
+    result = data[0] if isinstance(data, list) and data else data
+    if not isinstance(result, dict) or not isinstance(result.get("methods"), list):
+        raise ShapeTableError(f"{path}: not a shape table (a `vsae bench rd` results.json with `methods`)")
+    table_fps = result.get("fps")
+    if not isinstance(table_fps, (int, float)) or not table_fps > 0:
+        raise ShapeTableError(f"{path}: the table names no frame rate")
+    rate_scale = 1.0
+    if fps is not None and abs(table_fps - fps) > FPS_TOLERANCE * fps:
+        rate_scale = fps / table_fps  # the same bits per frame at the call's rate
+    curves = []
+    for method in result["methods"]:
+        if not isinstance(method, dict) or method.get("codec") != _table_codec(codec):
+            continue
+        name, scale, temporal = method.get("name", ""), method.get("scale"), method.get("temporal")
+        if not (isinstance(scale, int) and isinstance(temporal, int) and scale >= 1 and temporal >= 1):
+            continue  # the envelopes and the bicubic baselines
+        plain = not str(name).startswith("vsae-")
+        if plain and (not plain_codec or (scale, temporal) != (1, 1)):
+            continue
+        points = tuple((kbps * rate_scale, psnr) for kbps, psnr in _points(method.get("points"), path, name))
+        if points:
+            curves.append(ShapeCurve(Shape(scale, temporal, plain), points))
+    if not curves:
+        raise ShapeTableError(f"{path}: no shape measured with {codec} (run `vsae bench rd --codecs {codec}`)")
+    return ShapeTable(codec, float(fps or table_fps), tuple(curves), str(path), float(table_fps))
+
+
+def _table_codec(codec: str) -> str:
+    """The name `vsae bench rd` gives the call's codec."""
+    return {"h264": "x264"}.get(codec, codec)
+
+
+def _points(raw: object, path: Path, name: str) -> tuple[tuple[float, float], ...]:
+    """A method's measured points, by rate, made non-decreasing in PSNR: a higher rate is never predicted worse
+    (the measured points wobble where the encoder saturates)."""
+    if not isinstance(raw, list):
+        raise ShapeTableError(f"{path}: method {name!r} has no points")
+    pairs = []
+    for p in raw:
+        kbps, psnr = (p.get("kbps"), p.get("psnr")) if isinstance(p, dict) else (None, None)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (kbps, psnr)) or kbps <= 0:
+            raise ShapeTableError(f"{path}: method {name!r} has a point without a positive kbps and a PSNR")
+        pairs.append((float(kbps), float(psnr)))
+    out: list[tuple[float, float]] = []
+    for kbps, psnr in sorted(pairs):
+        if out and kbps == out[-1][0]:
+            out[-1] = (kbps, max(psnr, out[-1][1]))
+        else:
+            out.append((kbps, max(psnr, out[-1][1]) if out else psnr))
+    return tuple(out)
