@@ -55,6 +55,10 @@ TCP_PORT = 5201
 # The in-call model transfer: the video starts at once under a cap of this many kbps from the first packet, and
 # the model (930 KB: minutes at this rate) travels beside it, paced inside the estimate or not at all.
 TRANSFER_CAP_KBPS = 30.0
+# The stepped cap again with the stream's shape adapting (`vsae send --shapes`), by this rate-quality table: carphone's
+# first 120 frames, every shape of VP8 with the demo's cached fit (the lab's model), `vsae bench rd --setting
+# insample`; the commands are in the README. A fresh machine fits its own model, which the table describes less exactly.
+SHAPE_TABLE = Path(__file__).resolve().parent / "results" / "shapes-carphone" / "results.json"
 # The per-second plot draws the data channels when they carry more than their control traffic (~3 kbps).
 DATA_PLOT_KBPS = 5.0
 
@@ -202,7 +206,7 @@ class Scenario:
     send_args: tuple[str, ...] = ()  # more `vsae send` options
 
 
-def scenarios(kbps: float) -> list[Scenario]:
+def scenarios(kbps: float, shape_table: Path | str = SHAPE_TABLE) -> list[Scenario]:
     """The issue's scenarios. Loss and delay apply both ways (media one way, feedback the other)."""
 
     def both(name: str, note: str = "", **kw) -> Scenario:
@@ -224,6 +228,10 @@ def scenarios(kbps: float) -> list[Scenario]:
                  Impairment(rate_kbps=STEP_KBPS[0], rate_steps=[[STEP_DOWN_S, STEP_KBPS[1]], [STEP_UP_S, STEP_KBPS[2]]]),
                  note=f"requested {STEP_KBPS[0]:g} kbps; the cap drops at {STEP_DOWN_S:g} s and comes back at {STEP_UP_S:g} s",
                  kbps=STEP_KBPS[0], loops=STEP_LOOPS),
+        Scenario("cap steps 60-15-60 kbps + shapes",
+                 Impairment(rate_kbps=STEP_KBPS[0], rate_steps=[[STEP_DOWN_S, STEP_KBPS[1]], [STEP_UP_S, STEP_KBPS[2]]]),
+                 note="the same, the stream's shape (S, T, plain) following the estimate by a rate-quality table",
+                 kbps=STEP_KBPS[0], loops=STEP_LOOPS, send_args=("--shapes", str(shape_table))),
         Scenario(f"cap {TCP_CAP_KBPS:g} kbps + TCP", Impairment(rate_kbps=TCP_CAP_KBPS),
                  note="a bulk TCP flow (Cubic) shares the capped link from the start", competing_tcp=True),
         *(Scenario(f"model transfer cap {TRANSFER_CAP_KBPS:g} kbps {label}", Impairment(rate_kbps=TRANSFER_CAP_KBPS, rate_from_start=True),
@@ -292,7 +300,8 @@ def per_second(row: dict) -> list[dict]:
             if change["t"] < t + 1:
                 target = change["kbps"]
         kbps = {k: round(sec.get(k, 0) * 8 / 1000, 2) for k in ("rtp", "rtcp", "dtls", "tcp")}
-        out.append({"t": t, "cap_kbps": cap_at(forward.get("impairment") or {}, t), "target_kbps": target,
+        shape = next((x["shape"] for x in reversed(sender.get("shape_log") or []) if x["t"] < t + 1), None)
+        out.append({"t": t, "cap_kbps": cap_at(forward.get("impairment") or {}, t), "target_kbps": target, "shape": shape,
                     "video_kbps": kbps["rtp"], "rtcp_kbps": kbps["rtcp"], "data_kbps": kbps["dtls"], "tcp_kbps": kbps["tcp"],
                     "dropped": sec.get("dropped", 0)})
     return out
@@ -340,6 +349,11 @@ def plot_per_second(row: dict, seconds: list[dict], path: Path) -> Path:
         ax.plot(t, [s["data_kbps"] for s in seconds], "d-", color="tab:purple", label="data channels (wire)")
     if any(s["tcp_kbps"] for s in seconds):
         ax.plot(t, [s["tcp_kbps"] for s in seconds], "^-", color="tab:green", label="competing TCP")
+    shapes = (row.get("stats") or {}).get("sender", {}).get("shape_log") or []
+    for change in shapes:  # where the stream's shape changed, and to what
+        ax.axvline(change["t"], color="tab:gray", lw=0.8, ls=":")
+        ax.annotate(change["shape"], (change["t"], 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", fontsize=8, color="tab:gray")
     dropped = [s for s in seconds if s["dropped"]]
     if dropped:
         ax.scatter([s["t"] + 0.5 for s in dropped], [0] * len(dropped), marker="x", color="tab:red", label="packets dropped")
@@ -376,8 +390,16 @@ def summarize_row(row: dict, clean_psnr: float | None) -> dict:
         "stalls": stall_seconds(seconds) if seconds else None,
         "settle_s": " / ".join("—" if x["settle_s"] is None else f"{x['settle_s']:g}" for x in settle) or None,
         "tcp_kbps": tcp[len(tcp) // 2] if tcp and tcp[-1] else None,
+        "shapes": shape_path((s.get("sender") or {}).get("shape_log")),
         "note": row.get("note", ""),
     }
+
+
+def shape_path(log: list[dict] | None) -> str | None:
+    """An adaptive stream's shapes in order, each with the second it took over (None: one fixed shape)."""
+    if not log:
+        return None
+    return " → ".join(f"{x['shape']}" + (f" ({x['t']:g} s)" if x["t"] else "") for x in log)
 
 
 def _model_outcome(row: dict) -> str:
@@ -402,7 +424,7 @@ def _model_outcome(row: dict) -> str:
 
 def write_table(rows: list[dict], out: Path) -> Path:
     cols = ["scenario", "outcome", "model", "frames_out", "concealed", "keyframe_requests", "recovery_ms", "latency_ms",
-            "psnr", "psnr_drop", "psnr_bicubic", "video_kbps", "forward_lost", "stalls", "settle_s", "tcp_kbps", "wall_s", "note"]
+            "psnr", "psnr_drop", "psnr_bicubic", "video_kbps", "forward_lost", "stalls", "settle_s", "tcp_kbps", "shapes", "wall_s", "note"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
@@ -420,6 +442,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=FAULT_FPS)
     p.add_argument("--frames", default=None)
     p.add_argument("--loops", type=positive, default=FAULT_LOOPS, help=f"passes of the clip per stream (default {FAULT_LOOPS})")
+    p.add_argument("--shapes", default=str(SHAPE_TABLE), metavar="RESULTS.json",
+                   help="the rate-quality table of the adaptive-shape scenario (default: the committed carphone table)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -433,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
     video = resolve_video(args.video)
     model = args.model or str(cached_fit(video, "even", 4.0)[0])
     out = Path(args.out)
-    chosen = scenarios(args.kbps)
+    chosen = scenarios(args.kbps, args.shapes)
     if args.only:
         names = [n.strip() for n in args.only.split(",")]
         chosen = [s for s in chosen if s.name in names]
