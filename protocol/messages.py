@@ -21,6 +21,8 @@ Session (sender -> receiver unless marked <-):
   Shape(first, scale, temporal, low_width, low_height, plain)  -- an adaptive stream (Config.shapes): from the
       keyframe of source frame `first` on, the video is every `temporal`-th frame ÷`scale` (plain: the codec's
       own frames at full size, shown as decoded, no model) (sender/shapes.py)
+  Probe(cluster, seq, count, data) x count  -- padding of a bandwidth probe (Config.probes), paced on the meta channel
+  <- ProbeResult(cluster, received, span_us)  -- how many of them arrived, between the first and the last (sender/probe.py)
   <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
   Error(code, message) either way, then close.
@@ -34,7 +36,8 @@ transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild;
 `update` messages may); `Config.early` with `Ack.pending`, a call whose video starts before the model
 has arrived (the model chunks then travel during the stream); `Config.chunk_size`, model chunks smaller than
 CHUNK_BYTES (an in-call transfer over a narrow link); `Config.shapes`, a stream whose shape may change at
-keyframes (`shape` messages). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
+keyframes (`shape` messages); `Config.probes`, a sender that probes the link with padding (`probe` messages on
+the meta channel, each cluster answered by a `probe_result`). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
 
@@ -69,6 +72,11 @@ MAX_MODES_BYTES = 1024
 MAX_UPDATES = 1_000_000
 MAX_UPDATE_PARTS = 512
 TAG_HEX = 64  # Config.auth: an HMAC-SHA256, hex
+# Bandwidth probes (Config.probes): clusters a session may send, messages in one, padding bytes in one message
+# (one SCTP packet's user data).
+MAX_PROBES = 1_000_000
+MAX_PROBE_MESSAGES = 64
+MAX_PROBE_BYTES = 1200
 
 
 class ProtocolError(Exception):
@@ -139,12 +147,15 @@ class Config(Message):
     # The stream's shape (scale, temporal, plain) may change at keyframes as the link's rate moves; each change is
     # announced by a `shape` message naming the first source frame of the new shape (sender/shapes.py).
     shapes: bool = False
+    # The sender probes the link with padding on the meta channel (`probe` messages) and the receiver times them
+    # (`probe_result`): how a sender held low by a narrow spell finds out the link widened (sender/probe.py).
+    probes: bool = False
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
         "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX, "chunk_size": (0, CHUNK_BYTES),
     }
-    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size", "shapes")
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size", "shapes", "probes")
 
     @property
     def model_chunk_bytes(self) -> int:
@@ -216,6 +227,32 @@ class Shape(Message):
 
 
 @dataclass(frozen=True)
+class Probe(Message):
+    """Padding message `seq` of the `count` in bandwidth probe `cluster` (Config.probes): sent evenly spaced on the
+    unordered, unretransmitted meta channel, equal in size, timed at the receiver."""
+
+    kind: ClassVar[str] = "probe"
+    cluster: int
+    seq: int
+    count: int
+    data: bytes
+    limits: ClassVar[dict] = {"cluster": (0, MAX_PROBES), "seq": (0, MAX_PROBE_MESSAGES - 1), "count": (2, MAX_PROBE_MESSAGES),
+                              "data": MAX_PROBE_BYTES}
+
+
+@dataclass(frozen=True)
+class ProbeResult(Message):
+    """The receiver's timing of probe `cluster`: `received` of its messages arrived, the first and the last
+    `span_us` microseconds apart (0 when fewer than two came)."""
+
+    kind: ClassVar[str] = "probe_result"
+    cluster: int
+    received: int
+    span_us: int
+    limits: ClassVar[dict] = {"cluster": (0, MAX_PROBES), "received": (0, MAX_PROBE_MESSAGES), "span_us": (0, 60_000_000)}
+
+
+@dataclass(frozen=True)
 class Update(Message):
     """One part of a live model update (codec.refresh wire bytes, verified whole by the receiver)."""
 
@@ -261,7 +298,7 @@ class Bye(Message):
 
 
 KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Hello, Config, ModelChunk, ModelDone, Ack, Frame, Modes, Shape,
-                                                                Update, UpdateAck, Keyframe, Error, Bye)}
+                                                                Probe, ProbeResult, Update, UpdateAck, Keyframe, Error, Bye)}
 ROLES = ("sender", "receiver")
 CODECS = ("vp8", "h264")
 
@@ -322,6 +359,8 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", f"update.part: {message.part} of {message.parts} parts")
     if isinstance(message, Config) and 0 < message.chunk_size < MIN_CHUNK_BYTES:
         raise ProtocolError("bad_value", f"config.chunk_size: {message.chunk_size} under {MIN_CHUNK_BYTES} bytes")
+    if isinstance(message, Probe) and message.seq >= message.count:
+        raise ProtocolError("bad_value", f"probe.seq: {message.seq} of {message.count} messages")
     if isinstance(message, Shape) and message.plain and message.scale != 1:
         raise ProtocolError("bad_value", f"shape.plain: a plain shape is full size (scale 1), got scale {message.scale}")
     if isinstance(message, Config) and message.codec not in CODECS:

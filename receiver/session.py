@@ -40,6 +40,7 @@ from protocol.signaling import Busy, serve
 from protocol.timing import IndexMapper
 
 from . import jitter
+from .probes import CLUSTER_WAIT_S, ProbeTimer
 from .sampler import Sampler, worker_counters
 from .worker import MAX_PENDING_SHAPES, ReconstructWorker, StreamInfo
 
@@ -125,6 +126,8 @@ class Session:
         self.update_bytes = 0
         self.modes_bytes = 0
         self.last_shape_first = 0  # an adaptive stream: the first frame of the latest shape announced
+        self.probes = ProbeTimer()  # the sender's bandwidth probes (Config.probes), timed as they arrive
+        self._probe_check_pending = False
         # An early start (Config.early): the model arrives during the stream.
         self.awaiting_model = False
         self.began_wall = time.time()  # time to first frame / to the model count from the offer's answer
@@ -163,12 +166,29 @@ class Session:
         except msg.ProtocolError as exc:
             self._spawn(self.refuse(exc.code, f"meta channel: {exc}"))
             return
-        if not isinstance(message, msg.Frame):
-            self._spawn(self.refuse("unexpected", f"meta channel carries frame messages, got {message.kind}"))
+        if isinstance(message, msg.Probe) and self.config is not None and self.config.probes and self.state == "streaming":
+            self._answer_probes(self.probes.on_probe(message, time.monotonic()))
+        elif not isinstance(message, msg.Frame):
+            self._spawn(self.refuse("unexpected", f"meta channel carries frame messages (and probes when the config "
+                                                  f"says so), got {message.kind}"))
         elif self.worker is None:  # the sender sends frame metadata only after our ack
             self._spawn(self.refuse("unexpected", "frame metadata arrived before the model was acknowledged"))
         else:
             self.worker.note_capture(message.index, message.capture_time)
+
+    def _answer_probes(self, results: list[msg.ProbeResult]) -> None:
+        """Answer the probe clusters that are due, and look again once the oldest still open has waited long enough."""
+        for result in results:
+            self._spawn(self.send(result))
+        if self.probes.open and not self._probe_check_pending:
+            self._probe_check_pending = True
+
+            def check() -> None:
+                self._probe_check_pending = False
+                if not self.done.done():
+                    self._answer_probes(self.probes.expire(time.monotonic()))
+
+            asyncio.get_running_loop().call_later(CLUSTER_WAIT_S, check)
 
     async def send(self, message: msg.Message) -> None:
         if self.control is not None and self.control.readyState == "open":
@@ -575,6 +595,7 @@ class Session:
             "model_sha256": self.hello.model_sha256 if self.hello else None,
             # Keyframe requests are RTCP PLIs from the jitter buffer when it gives up on lost packets.
             "keyframe_requests": sum(b.plis for b in self.jitter_buffers),
+            "probe_results": self.probes.results,
             **self._jitter_stats(),
             "timestamps_anchored": self.mapper.anchored if self.mapper else None,
             "session_s": round(time.monotonic() - self.began, 2),

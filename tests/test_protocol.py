@@ -43,6 +43,8 @@ from protocol.messages import (
     ModelChunk,
     ModelDone,
     Modes,
+    Probe,
+    ProbeResult,
     ProtocolError,
     Shape,
     Update,
@@ -88,6 +90,10 @@ VALID: list[Message] = [
     Config(**CONFIG, shapes=True),
     Shape(first=40, scale=8, temporal=4, low_width=22, low_height=18),
     Shape(first=41, scale=1, temporal=1, low_width=176, low_height=144, plain=True),
+    Config(**CONFIG, probes=True),
+    Probe(cluster=0, seq=0, count=5, data=bytes(400)),
+    Probe(cluster=7, seq=4, count=5, data=b""),
+    ProbeResult(cluster=7, received=5, span_us=412_000),
     Update(version=1, part=0, parts=1, data=b"\x89VSUP"),
     Update(version=7, part=3, parts=4, data=CHUNK),
     UpdateAck(version=1, applied=True),
@@ -136,7 +142,7 @@ def wire_fields(message: Message) -> dict:
 def test_valid_set_covers_every_kind():
     assert {type(m) for m in VALID} == set(KINDS.values())
     assert all(KINDS[cls.kind] is cls for cls in KINDS.values())
-    assert len(set(KINDS)) == len(KINDS) == 13
+    assert len(set(KINDS)) == len(KINDS) == 15
 
 
 @pytest.mark.parametrize("message", VALID, ids=lambda m: type(m).__name__)
@@ -753,3 +759,8 @@ def test_config_chunk_size_is_zero_or_between_the_minimum_and_a_whole_chunk():
 def test_a_plain_shape_is_full_size():
     """A plain shape is the codec's own frames, shown as decoded: scale 1 only."""
     assert refused(pack("shape", first=0, scale=4, temporal=1, low_width=44, low_height=36, plain=True)) == "bad_value"
+
+
+def test_a_probe_message_lies_within_its_cluster():
+    assert refused(pack("probe", cluster=1, seq=5, count=5, data=b"")) == "bad_value"
+    assert refused(pack("probe", cluster=1, seq=0, count=1, data=b"")) == "bad_value"  # one message times nothing
