@@ -178,6 +178,7 @@ class BandwidthEstimator:
     report_at: float | None = field(default=None, init=False)  # the last receiver report
     outage_ended_at: float = field(default=-math.inf, init=False)  # the report that ended a silence
     history: list[Change] = field(default_factory=list, init=False)
+    lowered_at: float = field(default=-math.inf, init=False)  # the last time the estimate went down, for any reason
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -296,6 +297,17 @@ class BandwidthEstimator:
         self._cut_loss(now, 1 - 0.5 * fraction, sending_kbps * (1 - fraction), at_kbps=sending_kbps)
         return self._note(now, before, why)
 
+    def on_probe(self, now: float, kbps: float) -> float:
+        """A bandwidth probe got through at `kbps` (the video and the padding together, sender/probe.py): the link
+        carries that much now, whatever the reports' slow climb and an older, lower REMB said."""
+        before = self.estimate(now)
+        if kbps <= before:
+            return before
+        self.loss_kbps = self._clamp(max(self.loss_kbps, kbps))
+        self.remb_kbps = None  # older news than the probe
+        self.delay_kbps = None  # no queue held it back
+        return self._note(now, before, f"probe: {kbps:.1f} kbps got through")
+
     def on_keyframe_storm(self, now: float, requests: int) -> float:
         """The receiver gave up on lost packets `requests` times in a short while."""
         before = self.estimate(now)
@@ -356,6 +368,11 @@ class BandwidthEstimator:
         """When the last congestion signal came: a loss or delay cut, or a queue in the RTT."""
         return max(self.loss_cut_at, self.delay_cut_at, self.queue_at)
 
+    def quiet_since(self) -> float:
+        """When the estimate last went down for any reason (a believed REMB, the end of the start, a cut) or a
+        queue showed: a link quiet since then is worth probing (sender/probe.py)."""
+        return max(self.congested_at(), self.lowered_at)
+
     @property
     def starting(self) -> bool:
         """In the slow start: no congestion signal yet."""
@@ -379,6 +396,8 @@ class BandwidthEstimator:
 
     def _note(self, now: float, before: float, why: str) -> float:
         after = self.estimate(now)
+        if after < before:
+            self.lowered_at = now
         if after != before:
             self.reason = why
             if len(self.history) < MAX_HISTORY:

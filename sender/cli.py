@@ -32,7 +32,7 @@ from protocol.messages import CODECS, MAX_FRAMES
 from protocol.peer import install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
-from .session import DEFAULT_RETRIES, MODEL_PACES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
+from .session import DEFAULT_RETRIES, MODEL_PACES, PROBE_MODES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
 from .shapes import load_table
 
 
@@ -155,7 +155,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                            connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop, guard=args.guard or args.refresh,
                            refresh=refresh, early_start=not args.wait_for_model, model_pace=args.model_pace,
-                           shape_table=table)
+                           shape_table=table, probe=args.probe)
                for host, port in targets]
     try:
         stream_config(frames.shape, fps, options[0])  # e.g. a frame rate the protocol cannot carry: refused before connecting
@@ -224,7 +224,7 @@ def _send_live(args: argparse.Namespace, model: bytes, size, targets: list, bind
         options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                               start_kbps=args.start_kbps, codec=args.codec, fps=capture.fps,
                               connect_timeout=args.connect_timeout, bind=bind,
-                              secret=secret, retries=args.retries)
+                              secret=secret, retries=args.retries, probe=args.probe)
         live = LiveFrames(capture, min(cap, MAX_FRAMES))
         try:
             stream_config(live.shape, capture.fps, options)
@@ -337,5 +337,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adapt the stream's shape (S, T, or the plain codec at full size) to the bandwidth estimate, by "
                         "this rate-quality table: a `vsae bench rd --setting insample --model M` results.json measured on "
                         "prior footage at the call's frame rate (--scale and --temporal are then only the fallback)")
+    p.add_argument("--probe", choices=PROBE_MODES, default="auto",
+                   help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
+                        "(auto: on unless the receiver is on this machine)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)

@@ -41,6 +41,7 @@ from .bwe import NACK_WINDOW_S, BandwidthEstimator, NackLoss
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
 from .pacer import BackgroundPacer
+from .probe import Prober
 from .rtx import RetransmissionGate
 from .shapes import Shape, ShapeTable
 
@@ -102,6 +103,7 @@ BACKGROUND_PAUSE_S = 2.0
 BACKGROUND_MAX_KBPS = 20_000.0
 # How an in-call model transfer is paced (SendOptions.model_pace), besides a fixed kbps.
 MODEL_PACES = ("auto", "estimate", "off")
+PROBE_MODES = ("auto", "on", "off")
 # Model chunks of an in-call transfer paced in the estimate are this long of the request's wire rate (between
 # MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
 # queue holds 0.3 s.
@@ -163,6 +165,9 @@ class SendOptions:
     # Adapt the stream's shape (S, T, or the plain codec at full size) to the estimate with this rate-quality table
     # (sender/shapes.py, from `vsae bench rd` on prior footage); None: the fixed `scale` and `temporal`.
     shape_table: ShapeTable | None = None
+    # Probe the link with padding when the estimate is under the request (sender/probe.py): "on", "off", or "auto"
+    # ("off" to a receiver on this machine, where nothing narrows; "on" to any other).
+    probe: str = "auto"
     # Fault injection (tests, the fault lab): called with (version, wire bytes) of each update, returns the
     # bytes to send instead; the closed loop still mirrors the update as made.
     update_filter: Callable[[int, bytes], bytes] | None = None
@@ -291,6 +296,16 @@ class LowResTrack(MediaStreamTrack):
     def sending_kbps(self) -> float:
         """What this side puts on the link now (wire kbps): the video's target, and the background flow's rate."""
         return self.wire_kbps(self.kbps) + (self.background.kbps() if self.background is not None else 0.0)
+
+    def request_wire_kbps(self) -> float:
+        """What the video's request costs on the link."""
+        return self.wire_kbps(self.target_kbps)
+
+    def on_probe_success(self, kbps: float) -> None:
+        """A bandwidth probe got through at `kbps` on the wire (sender/probe.py): the estimate jumps there, and the
+        target may follow at the next frame (no wait since the last move up: the probe is the evidence)."""
+        self.estimator.on_probe(self._clock(), kbps)
+        self._rate_changed = -math.inf
 
     def request_keyframe(self) -> None:
         """A PLI/FIR (RTCP) or a `keyframe` message: the next frame is a keyframe; a storm of them, while packets
@@ -703,6 +718,8 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"model_pace must be one of {', '.join(MODEL_PACES)} or a positive kbps, got {options.model_pace!r}")
     if options.refresh is not None and not options.guard:
         raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
+    if options.probe not in PROBE_MODES:
+        raise SessionError(f"probe must be one of {', '.join(PROBE_MODES)}, got {options.probe!r}")
     live = isinstance(frames, LiveFrames)
     if options.shape_table is not None:
         if options.guard or live:
@@ -785,6 +802,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     start = {"early": False, "video_at": None, "model_at": None, "chunk_bytes": msg.CHUNK_BYTES}
     shipping: asyncio.Task | None = None
     outbox: asyncio.Queue = asyncio.Queue()  # the closed loop's messages, sent in order by one task
+    prober: Prober | None = None  # bandwidth probes on the meta channel (sender/probe.py), once the video runs
+    probing: asyncio.Task | None = None
 
     def fail(reason: str, lost_connection: bool = False) -> None:
         if not failure.done():
@@ -808,6 +827,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             elif start["model_at"] is None:
                 start["model_at"] = time.monotonic()
                 log.info("the receiver rebuilds with the model %.2f s into the video", start["model_at"] - start["video_at"])
+        elif isinstance(message, msg.ProbeResult) and prober is not None:
+            prober.on_result(message)
         elif isinstance(message, msg.UpdateAck) and closed_loop is not None:
             live["acks"].append(message)
             if not message.applied:
@@ -879,6 +900,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         await send_message(control, own_hello)
         hello = await expect(msg.Hello, HANDSHAKE_TIMEOUT_S)
         config = stream_config(frames.shape, source_fps, options)
+        if resolved_probe(options):
+            config = dataclasses.replace(config, probes=True)
         if isinstance(track, AdaptiveLowResTrack):  # the first shape; `shape` messages announce the next
             h, w = track.encoder_size()
             config = dataclasses.replace(config, shapes=True, scale=track.shape.scale, temporal=track.shape.temporal,
@@ -930,12 +953,18 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
             sending = asyncio.ensure_future(_drain_outbox(control, outbox, live))
         streaming = True
         track.start.set()
+        if config.probes:
+            prober = Prober(track, lambda data: meta.send(data) if meta.readyState == "open" else None)
+            probing = asyncio.ensure_future(prober.run())
         finished = asyncio.ensure_future(track.finished.wait())
         stream_s = total / fps + 60.0
         done, _ = await asyncio.wait({finished, failure}, timeout=stream_s, return_when=asyncio.FIRST_COMPLETED)
         if finished not in done:
             finished.cancel()
             raise failure.result() if failure.done() else SessionError("timed out streaming")
+        if probing is not None:
+            probing.cancel()
+            await asyncio.gather(probing, return_exceptions=True)
         if closed_loop is not None:
             # The trailing frames' modes, then everything queued, before the bye.
             await asyncio.get_running_loop().run_in_executor(None, closed_loop.finish, total)
@@ -958,6 +987,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     except ConnectionError as exc:  # a data channel closed under a send
         raise SessionError(str(exc), retryable=not streaming) from None
     finally:
+        if probing is not None and not probing.done():
+            probing.cancel()
         if closed_loop is not None:
             await asyncio.get_running_loop().run_in_executor(None, closed_loop.finish, None, 5.0)
         if shipping is not None and not shipping.done():
@@ -974,6 +1005,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                "ice_states": ice_states, **_start_stats(start, shipping),
                "background": track.background.summary() if track.background is not None else track.background_stats,
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
+               **({"probes": prober.summary(track._started_at or 0.0)} if prober is not None else {}),
                **({"shape_log": track.shape_log, "shape_table": track.table.source}
                   if isinstance(track, AdaptiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
@@ -1046,6 +1078,13 @@ def resolved_model_pace(options: SendOptions) -> str | float:
     if options.model_pace != "auto":
         return options.model_pace
     return "off" if receiver_on_this_machine(options) else "estimate"
+
+
+def resolved_probe(options: SendOptions) -> bool:
+    """Whether the sender probes the link (sender/probe.py): as asked, "auto" by where the receiver is."""
+    if options.probe == "auto":
+        return not receiver_on_this_machine(options)
+    return options.probe == "on"
 
 
 def resolved_start_kbps(options: SendOptions) -> float | None:

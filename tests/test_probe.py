@@ -1,0 +1,232 @@
+"""Bandwidth probes (sender/probe.py, receiver/probes.py): when one is due, what its answer means, and a probed call."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from protocol import messages as msg
+from receiver.probes import CLUSTER_WAIT_S, MAX_OPEN_CLUSTERS, ProbeTimer
+from sender import probe as probe_module
+from sender.bwe import BandwidthEstimator
+from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_S, NEXT_GAIN, PROBE_GAIN, PROBE_MESSAGES, PROBE_S, QUIET_S,
+                          Prober)
+
+
+class Link:
+    """The track's side of a probe: an estimator, what is sent, the request."""
+
+    def __init__(self, estimate: float = 14.0, request: float = 66.0):
+        self.estimator = BandwidthEstimator(start_kbps=estimate, min_kbps=5.0, max_kbps=request)
+        self.estimator.capacity_kbps = estimate  # past the slow start: a narrow spell happened
+        self.estimator.loss_cut_at = -100.0
+        self.sending = estimate
+        self.request = request
+        self.background = None
+        self.successes: list[float] = []
+
+    def sending_kbps(self) -> float:
+        return self.sending
+
+    def request_wire_kbps(self) -> float:
+        return self.request
+
+    def on_probe_success(self, kbps: float) -> None:
+        self.successes.append(kbps)
+        self.estimator.on_probe(0.0, kbps)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, s: float) -> None:
+        self.t += s
+        await asyncio.sleep(0)
+
+
+def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None = None) -> tuple[Prober, list[bytes]]:
+    """One probe through a link carrying `link_kbps` in all (the video's part of it first): the receiver sees the
+    padding spread at what is left of the link when that is less than it was sent at."""
+    clock = clock or Clock()
+    sent: list[bytes] = []
+    prober = Prober(link, sent.append, clock=clock, sleep=clock.sleep)
+
+    async def go():
+        task = asyncio.ensure_future(prober.probe())
+        while len(sent) < PROBE_MESSAGES:
+            await asyncio.sleep(0)
+        message_wire = probe_module.wire_bytes(len(sent[0]))
+        gap = prober.plan(clock())[3]
+        sent_kbps = message_wire * 8 / 1000 / gap
+        room = max(0.1, link_kbps - link.sending)
+        span = gap * (PROBE_MESSAGES - 1) * max(1.0, sent_kbps / room)
+        received = PROBE_MESSAGES - lost
+        prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=received,
+                                         span_us=round(span * (received - 1) / (PROBE_MESSAGES - 1) * 1e6)))
+        return await task
+
+    asyncio.run(go())
+    return prober, sent
+
+
+def test_a_probe_over_a_wide_link_lifts_the_estimate_to_what_got_through():
+    link = Link(estimate=14.0)
+    prober, sent = run_probe(link, link_kbps=60.0)
+    assert len(sent) == PROBE_MESSAGES and all(msg.decode(d).cluster == 1 for d in sent)
+    outcome = prober.outcomes[-1]
+    assert outcome.ok and outcome.planned_kbps == pytest.approx(PROBE_GAIN * 14.0)
+    assert link.successes and link.successes[0] == pytest.approx(ACCEPT_SHARE * PROBE_GAIN * 14.0, rel=0.15)
+    assert link.estimator.estimate(0.0) == pytest.approx(link.successes[0])
+    assert prober.wait_s == AFTER_SUCCESS_S  # the next probe goes higher soon
+    link.sending = link.successes[0]
+    assert prober.plan(prober.last_probe_at + AFTER_SUCCESS_S)[0] == pytest.approx(NEXT_GAIN * link.successes[0])
+    assert prober.plan(prober.last_probe_at + 10)[0] == pytest.approx(PROBE_GAIN * link.successes[0])  # a while later
+
+
+def test_a_probe_over_a_narrow_link_fails_and_backs_off():
+    link = Link(estimate=14.0)
+    prober, _ = run_probe(link, link_kbps=15.0)
+    assert not prober.outcomes[-1].ok and not link.successes
+    assert link.estimator.estimate(0.0) == pytest.approx(14.0)
+    assert prober.wait_s == BACKOFF_S[0]
+    run_probe(link, link_kbps=15.0)  # a fresh prober: the backoff is its own
+    prober.failures_in_a_row = 3
+    prober.wait_s = 0
+    asyncio.run(_fail_once(prober, link))
+    assert prober.wait_s == min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** 3)
+
+
+async def _fail_once(prober: Prober, link: Link) -> None:
+    task = asyncio.ensure_future(prober.probe())
+    await asyncio.sleep(0)
+    prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=2, span_us=400_000))
+    await task
+
+
+def test_a_lost_padding_message_is_a_failed_probe():
+    link = Link()
+    prober, _ = run_probe(link, link_kbps=200.0, lost=1)
+    assert not prober.outcomes[-1].ok and not link.successes
+
+
+def test_no_answer_is_a_failed_probe(monkeypatch):
+    monkeypatch.setattr(probe_module, "RESULT_TIMEOUT_S", 0.01)
+    link = Link()
+    clock = Clock()
+    prober = Prober(link, lambda data: None, clock=clock, sleep=clock.sleep)
+    outcome = asyncio.run(prober.probe())
+    assert not outcome.ok and outcome.received == 0
+
+
+def test_probes_wait_for_a_quiet_link_below_the_request_without_a_background_flow():
+    link = Link(estimate=14.0)
+    prober = Prober(link, lambda data: None)
+    assert prober.due(10.0)
+    link.estimator.capacity_kbps = None
+    assert not prober.due(10.0)  # the slow start probes by itself
+    link.estimator.capacity_kbps = 14.0
+    link.estimator.loss_cut_at = 9.0  # congestion a second ago
+    assert not prober.due(10.0) and prober.due(9.0 + QUIET_S)
+    link.estimator.lowered_at = 9.5  # a believed REMB, say
+    assert not prober.due(9.0 + QUIET_S) and prober.due(9.5 + QUIET_S)
+    link.background = object()
+    assert not prober.due(20.0)
+    link.background = None
+    link.estimator.loss_kbps = 0.96 * link.request
+    assert not prober.due(20.0)  # near the request: nothing to find
+    link.estimator.loss_kbps = 14.0
+    prober.last_probe_at, prober.wait_s = 19.0, 4.0
+    assert not prober.due(20.0) and prober.due(23.0)
+
+
+def test_the_probe_is_capped_near_the_request():
+    link = Link(estimate=50.0, request=60.0)
+    total, padding, payload, gap = Prober(link, lambda data: None).plan(0.0)
+    assert total == pytest.approx(66.0) and padding == pytest.approx(16.0)
+    assert 0 < payload <= msg.MAX_PROBE_BYTES and gap == pytest.approx(PROBE_S / (PROBE_MESSAGES - 1))
+
+
+def test_a_small_probe_spreads_its_messages_instead_of_overshooting():
+    """At a few kbps of padding even an empty message is more than a 0.1 s gap allows: the gaps grow."""
+    link = Link(estimate=8.0)
+    prober = Prober(link, lambda data: None)
+    total, padding, payload, gap = prober.plan(0.0)
+    assert payload == 0 and gap > PROBE_S / (PROBE_MESSAGES - 1)
+    wire = probe_module.wire_bytes(len(prober._message(0, b"")))
+    assert wire * 8 / 1000 / gap == pytest.approx(padding)
+
+
+def test_the_receiver_answers_each_cluster_once():
+    timer = ProbeTimer()
+    for seq in range(3):
+        assert timer.on_probe(msg.Probe(cluster=1, seq=seq, count=4, data=b""), 10.0 + 0.1 * seq) == []
+    assert timer.on_probe(msg.Probe(cluster=1, seq=1, count=4, data=b""), 10.25) == []  # a duplicate counts once
+    (result,) = timer.on_probe(msg.Probe(cluster=1, seq=3, count=4, data=b""), 10.3)
+    assert (result.cluster, result.received) == (1, 4) and result.span_us == pytest.approx(300_000, abs=1)
+    assert timer.on_probe(msg.Probe(cluster=1, seq=2, count=4, data=b""), 10.4) == []  # a straggler: answered already
+
+
+def test_the_receiver_answers_an_incomplete_cluster_after_its_wait_and_bounds_what_it_holds():
+    timer = ProbeTimer()
+    timer.on_probe(msg.Probe(cluster=5, seq=0, count=5, data=b""), 1.0)
+    timer.on_probe(msg.Probe(cluster=5, seq=2, count=5, data=b""), 1.2)
+    assert timer.expire(1.0 + CLUSTER_WAIT_S / 2) == []
+    (result,) = timer.expire(1.0 + CLUSTER_WAIT_S)
+    assert result.received == 2 and result.span_us == pytest.approx(200_000, abs=1)
+    answers = []
+    for cluster in range(100, 100 + 10 * MAX_OPEN_CLUSTERS):
+        answers += timer.on_probe(msg.Probe(cluster=cluster, seq=0, count=5, data=b""), 2.0 + cluster)
+    assert len(timer.open) <= MAX_OPEN_CLUSTERS and len(answers) == 10 * MAX_OPEN_CLUSTERS - MAX_OPEN_CLUSTERS
+    assert len(timer.answered) <= 65
+
+
+def test_the_estimator_jumps_on_a_probe_and_forgets_an_older_lower_remb():
+    bwe = BandwidthEstimator(start_kbps=14.0, min_kbps=5.0, max_kbps=66.0)
+    bwe.remb_kbps, bwe.remb_at = 15.0, 0.0
+    assert bwe.on_probe(1.0, 21.0) == 21.0
+    assert bwe.history[-1].reason.startswith("probe")
+    assert bwe.on_probe(1.5, 18.0) == 21.0  # a probe never lowers it
+    assert bwe.on_probe(2.0, 500.0) == 66.0  # within the call's range
+    assert not math.isinf(bwe.estimate(3.0))
+
+
+def test_a_probed_loopback_call_climbs_by_its_probes(model_bytes, tmp_path, monkeypatch):
+    """A call held far under its request after a narrow spell (here: started at 6 of 60 kbps with the slow start
+    over, the capacity noted there), on loopback, probing on: the receiver answers each cluster, the probes get
+    through, and the estimate jumps on them instead of climbing report by report."""
+    from codec.video import read_video
+    from receiver.session import Receiver, ReceiveOptions
+    from sender.session import SendOptions, send
+
+    start = BandwidthEstimator.__post_init__
+
+    def after_a_narrow_spell(self):
+        start(self)
+        self.capacity_kbps = self.start_kbps
+
+    monkeypatch.setattr(BandwidthEstimator, "__post_init__", after_a_narrow_spell)
+
+    frames, _ = read_video("carphone", frames="0:12")
+
+    async def run():
+        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4")))
+        port = await receiver.start()
+        try:
+            result = await send(frames, 8.0, model_bytes, SendOptions(port=port, kbps=60.0, start_kbps=6.0, fps=8.0, loop=4,
+                                                                      model_pace="off", early_start=False, probe="on"))
+            return await receiver.wait(30), result
+        finally:
+            await receiver.stop()
+
+    stats, result = asyncio.run(run())
+    probes = result.extra["probes"]
+    assert probes["probes"] >= 1 and probes["succeeded"] >= 1, probes
+    assert stats["probe_results"] == probes["probes"]
+    assert any(e["reason"].startswith("probe") for e in result.extra["estimate_log"])
+    assert stats["frames_out"] == 48
