@@ -11,9 +11,11 @@ root and iproute2; every step is bounded in time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -442,6 +444,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=FAULT_FPS)
     p.add_argument("--frames", default=None)
     p.add_argument("--loops", type=positive, default=FAULT_LOOPS, help=f"passes of the clip per stream (default {FAULT_LOOPS})")
+    p.add_argument("--send-args", default="", metavar="ARGS",
+                   help="more `vsae send` options for every scenario, e.g. \"--probe off\" (an ablation)")
     p.add_argument("--shapes", default=str(SHAPE_TABLE), metavar="RESULTS.json",
                    help="the rate-quality table of the adaptive-shape scenario (default: the committed carphone table)")
 
@@ -458,6 +462,9 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or str(cached_fit(video, "even", 4.0)[0])
     out = Path(args.out)
     chosen = scenarios(args.kbps, args.shapes)
+    if args.send_args:
+        extra = tuple(shlex.split(args.send_args))
+        chosen = [dataclasses.replace(s, send_args=(*s.send_args, *extra)) for s in chosen]
     if args.only:
         names = [n.strip() for n in args.only.split(",")]
         chosen = [s for s in chosen if s.name in names]
