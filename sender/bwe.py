@@ -178,7 +178,7 @@ class BandwidthEstimator:
     report_at: float | None = field(default=None, init=False)  # the last receiver report
     outage_ended_at: float = field(default=-math.inf, init=False)  # the report that ended a silence
     history: list[Change] = field(default_factory=list, init=False)
-    lowered_at: float = field(default=-math.inf, init=False)  # the last time the estimate went down, for any reason
+    lowered_at: float = field(default=-math.inf, init=False)  # the last time the estimate went down (to under what is sent)
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -277,7 +277,7 @@ class BandwidthEstimator:
         if kbps < before:
             self.capacity_kbps = before
         self.remb_kbps, self.remb_at = max(0.0, kbps), now
-        return self._note(now, before, f"REMB {kbps:.1f} kbps")
+        return self._note(now, before, f"REMB {kbps:.1f} kbps", sending_kbps)
 
     def on_nack(self, now: float) -> None:
         """A packet was NACKed for the first time: loss is happening (evidence for a lower REMB)."""
@@ -369,7 +369,7 @@ class BandwidthEstimator:
         return max(self.loss_cut_at, self.delay_cut_at, self.queue_at)
 
     def quiet_since(self) -> float:
-        """When the estimate last went down for any reason (a believed REMB, the end of the start, a cut) or a
+        """When the estimate last went down to under what is sent (a believed REMB, the end of the start, a cut) or a
         queue showed: a link quiet since then is worth probing (sender/probe.py)."""
         return max(self.congested_at(), self.lowered_at)
 
@@ -394,9 +394,12 @@ class BandwidthEstimator:
     def _clamp(self, kbps: float) -> float:
         return min(self.max_kbps, max(self.min_kbps, kbps))
 
-    def _note(self, now: float, before: float, why: str) -> float:
+    def _note(self, now: float, before: float, why: str, sending_kbps: float | None = None) -> float:
+        """Log a change of the estimate. A decrease to under what is sent (`sending_kbps`, when known) is news of
+        the link (`lowered_at`); one that stays above it (a REMB trimming an estimate that ran ahead: a probe's
+        echo) is not."""
         after = self.estimate(now)
-        if after < before:
+        if after < before and (sending_kbps is None or after < sending_kbps):
             self.lowered_at = now
         if after != before:
             self.reason = why

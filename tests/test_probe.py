@@ -230,3 +230,16 @@ def test_a_probed_loopback_call_climbs_by_its_probes(model_bytes, tmp_path, monk
     assert stats["probe_results"] == probes["probes"]
     assert any(e["reason"].startswith("probe") for e in result.extra["estimate_log"])
     assert stats["frames_out"] == 48
+
+
+def test_a_remb_that_trims_the_estimate_above_what_is_sent_leaves_the_link_quiet():
+    """After a probe the estimate runs ahead of the video; a believed REMB above what is sent is no news of the
+    link (it would stop the next probe), one under it is."""
+    bwe = BandwidthEstimator(start_kbps=14.0, min_kbps=5.0, max_kbps=66.0)
+    bwe.capacity_kbps = 14.0
+    bwe.on_probe(1.0, 30.0)
+    bwe.on_nack(1.5)  # evidence: the REMB is believed
+    bwe.on_remb(2.0, 25.0, sending_kbps=15.0)
+    assert bwe.estimate(2.0) == 25.0 and bwe.quiet_since() < 1.0
+    bwe.on_remb(3.0, 12.0, sending_kbps=15.0)
+    assert bwe.estimate(3.0) == 12.0 and bwe.quiet_since() == 3.0
