@@ -159,6 +159,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"vsae demo: streaming {video.name} over loopback WebRTC: ÷{args.scale}, every {args.temporal} frame(s), "
           f"{args.codec} at {args.kbps:g} kbps", file=sys.stderr)
     live = (("--guard",) if args.guard else ()) + (("--refresh", "--model-kbps", f"{args.model_kbps:g}") if args.refresh else ())
+    if args.shapes:
+        live += ("--shapes", args.shapes)
     stats = run_stream(video, model, out, args.scale, args.temporal, args.kbps, args.codec, args.frames, echo=args.verbose,
                        extra_send=live)
     count = side_by_side(source, out / "bicubic.mp4", out / "vsae.mp4", path=out / "side_by_side.mp4", fps=fps)
@@ -186,5 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a live call: the sender guards every frame from its closed loop (see vsae send --guard)")
     p.add_argument("--refresh", action="store_true", help="a live call with live model updates (vsae send --refresh)")
     p.add_argument("--model-kbps", type=positive_float, default=10.0, help="model-update budget with --refresh (default 10)")
+    p.add_argument("--shapes", default=None, metavar="RESULTS.json",
+                   help="let the stream's shape follow the rate by this rate-quality table (vsae send --shapes)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the receiver's log")
     p.set_defaults(func=cmd_demo)
