@@ -235,6 +235,12 @@ class BandwidthEstimator:
             # Moderate loss with a flat RTT and a REMB above what is sent is a lossy link, not a full queue:
             # cutting would not save a packet.
             why = f"{loss:.0%} lost{span}, no queue: holding"
+        elif clean and self.starting and not judged:
+            # The slow start steps ×1.3 only on a report that covers LOSS_MIN_PACKETS: a report of a few packets says
+            # little, and at the start the bottleneck's queue absorbs an overshoot for a second or two before it
+            # drops anything (the fault lab's 15 kbps cap: its second step, on a report of 2-10 packets, went to
+            # 22.8 kbps; where the REMB that ends the start came 1-2 s after it, 17-36 frames were concealed).
+            why = f"{loss:.0%} lost{span}: starting, too few packets to step up"
         elif clean:
             # Never far above what is being sent: an application-limited sender learns nothing about the link
             # by raising a number it does not use.

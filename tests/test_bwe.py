@@ -278,7 +278,7 @@ def test_loss_is_judged_over_enough_packets_pooled_since_the_last_cut():
     f.on_report(5.0, 0.5, sending_kbps=10.0, expected=8)
     assert f.estimate(5.0) == pytest.approx(10.0)  # the new rate's first eight packets: not yet judged
     clean = estimator()
-    clean.loss_kbps = 10.0
+    clean.loss_kbps, clean.capacity_kbps = 10.0, 5.0  # past the slow start (which waits for enough packets)
     assert clean.on_report(1.0, 0.0, sending_kbps=10.0, expected=8) > 10.0  # no loss at all: a clean report climbs
 
 
@@ -353,3 +353,12 @@ def test_the_hook_fails_loudly_on_an_aiortc_without_its_internals():
 
     with pytest.raises(rtcp.RtcpHookError, match="_send_keyframe"):
         rtcp.observe(Changed(), print, print, print)
+
+
+def test_the_slow_start_steps_only_on_reports_that_cover_enough_packets():
+    """Reports of a few packets hold the start; once the pool covers LOSS_MIN_PACKETS, it steps."""
+    e = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=40.0)
+    assert e.on_report(1.0, 0.0, sending_kbps=10.0, expected=6) == 10.0
+    assert e.on_report(2.0, 0.0, sending_kbps=10.0, expected=8) == 10.0
+    assert e.on_report(3.0, 0.0, sending_kbps=10.0, expected=8) == pytest.approx(10.0 * FAST_INCREASE)  # 22 packets
+    assert e.starting
