@@ -49,7 +49,7 @@ PROBE_MESSAGES = 4
 SUCCESS_SHARE = 0.85
 ACCEPT_SHARE = 0.9
 # Probing waits this long after the estimate last went down (a believed REMB too: under the lab's 15 kbps cap they
-# come every second or three, and a probe right after the slow start's end met a full queue: 3 of 4 lost), and
+# come every second or three, and a probe right after the slow start's end met a full queue: 1 of 5 arrived), and
 # this long after the last probe: after a success
 # (the next probe goes higher at once), after a failure (doubling each time, up to the last: a narrow link is
 # probed every BACKOFF_S[1] at most, a widened one found within that).

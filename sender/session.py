@@ -435,8 +435,14 @@ class LowResTrack(MediaStreamTrack):
         if self._started_at is None:
             self._started_at = self._clock()
         self.follow_estimate()
+        return await self._encode_key(self.low[j], index, capture_time)
+
+    async def _encode_key(self, rgb: np.ndarray, index: int, capture_time: float):
+        """Encode key `index` (a keyframe when one is wanted), count its packets and tell the listeners; returns the
+        packet for aiortc."""
         keyframe, self.keyframe_wanted = self.keyframe_wanted, False
-        packet = await loop.run_in_executor(None, self.encoder.encode, self.low[j], frame_pts(index, self.ticks), keyframe)
+        packet = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode, rgb, frame_pts(index, self.ticks),
+                                                                  keyframe)
         self._count_sent(packet)
         if self.on_packet is not None:
             self.on_packet(index, bytes(packet))
@@ -554,17 +560,10 @@ class AdaptiveLowResTrack(LowResTrack):
             self.shape_log[-1]["first"] = index
             if self.on_shape is not None:
                 self.on_shape(index, shape, self.encoder_size())
-        keyframe, self.keyframe_wanted = self.keyframe_wanted, False
         low = await loop.run_in_executor(None, self._low_of, index, shape)
-        packet = await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(index, self.ticks), keyframe)
         self.indices.append(index)
         self._next_index = index + self.temporal
-        self._count_sent(packet)
-        if self.on_packet is not None:
-            self.on_packet(index, bytes(packet))
-        if self.on_frame is not None:
-            self.on_frame(index, capture_time)
-        return packet
+        return await self._encode_key(low, index, capture_time)
 
 
 class LiveFrames:
@@ -672,14 +671,7 @@ class LiveLowResTrack(LowResTrack):
         if self._started_at is None:
             self._started_at = self._clock()
         self.follow_estimate()
-        keyframe, self.keyframe_wanted = self.keyframe_wanted, False
-        packet = await loop.run_in_executor(None, self.encoder.encode, low, frame_pts(index, self.ticks), keyframe)
-        self._count_sent(packet)
-        if self.on_packet is not None:
-            self.on_packet(index, bytes(packet))
-        if self.on_frame is not None:
-            self.on_frame(index, capture_time)
-        return packet
+        return await self._encode_key(low, index, capture_time)
 
 
 def stream_config(shape: tuple[int, ...], source_fps: float, options: SendOptions) -> msg.Config:
