@@ -6,15 +6,17 @@ again the estimate climbs back one report at a time (the fault lab's 60 -> 15 ->
 8 s at 60). libwebrtc probes instead: a short burst above the estimate, timed at the receiver (TWCC), and a jump
 to what got through. aiortc has no TWCC and no RTP padding path, so vsae probes on its own data channel: a
 cluster of PROBE_MESSAGES equal padding messages spread evenly over PROBE_S on the unordered, unretransmitted
-meta channel, at PROBE_GAIN x the estimate (NEXT_GAIN right after a success) less what the video sends. The receiver times their arrival
-(receiver/probes.py) and answers with how many came and over how long. All of them, at no less than
-SUCCESS_SHARE of the rate they were sent at: the link carries the video and the padding together, and the
-estimate jumps to ACCEPT_SHARE of that. Otherwise the probe failed and the next waits twice as long (BACKOFF_S), so a link that
-really is narrow is probed rarely: each failed probe queues about PROBE_S x (PROBE_GAIN - 1) of the estimate.
+meta channel, at PROBE_GAIN x the estimate (NEXT_GAIN right after a success) less what the video sends.
 
-Probes run only after the slow start (itself a probe), while the estimate is under what the video asks for, the
-link has been quiet (no congestion signal) for QUIET_S, and no background flow shares the link (the model transfer probes by itself, see
-sender/pacer.py).
+The receiver times their arrival (receiver/probes.py) and answers with how many came and over how long. All of
+them, at no less than SUCCESS_SHARE of the rate they were sent at: the link carries the video and the padding
+together, and the estimate jumps to ACCEPT_SHARE of that. Otherwise the probe failed and the next waits twice as
+long (BACKOFF_S), so a link that really is narrow is probed rarely: each failed probe queues about
+PROBE_S x (PROBE_GAIN - 1) of the estimate.
+
+Probes run only after the slow start (itself a probe), while the estimate is under what the video asks for, once
+the estimate has not gone under what is sent (nor a queue shown) for QUIET_S, and while no background flow shares
+the link (a model transfer paced in the estimate climbs by itself, sender/pacer.py).
 """
 
 from __future__ import annotations
