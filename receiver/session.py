@@ -166,8 +166,11 @@ class Session:
         except msg.ProtocolError as exc:
             self._spawn(self.refuse(exc.code, f"meta channel: {exc}"))
             return
-        if isinstance(message, msg.Probe) and self.config is not None and self.config.probes and self.state == "streaming":
-            self._answer_probes(self.probes.on_probe(message, time.monotonic()))
+        if isinstance(message, msg.Probe) and self.config is not None and self.config.probes:
+            # Timed while the video runs; a straggler after the bye (the meta channel is unordered, the bye is not)
+            # has nothing left to tell.
+            if self.state == "streaming":
+                self._answer_probes(self.probes.on_probe(message, time.monotonic()))
         elif not isinstance(message, msg.Frame):
             self._spawn(self.refuse("unexpected", f"meta channel carries frame messages (and probes when the config "
                                                   f"says so), got {message.kind}"))

@@ -68,8 +68,9 @@ MAX_VERSION_RUNS = 1000
 # that announces its shape (sent on the control channel just before the key's RTP packets; a loss there costs an
 # SCTP retransmission, about an RTT).
 SHAPE_WAIT_S = 0.5
-# Shape changes announced and not yet reached (bounds memory if a peer floods them; the session refuses more),
-# and the changes listed in the stats.
+# Shape changes announced and not yet reached (bounds memory if a peer floods them; the session refuses more), also
+# the recent runs kept to tell plain output frames from rebuilt ones (output trails the keys by a few frames), and
+# the changes listed in the stats.
 MAX_PENDING_SHAPES = 64
 MAX_SHAPE_RUNS = 1000
 

@@ -336,7 +336,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shapes", default=None, metavar="RESULTS.json",
                    help="adapt the stream's shape (S, T, or the plain codec at full size) to the bandwidth estimate, by "
                         "this rate-quality table: a `vsae bench rd --setting insample --model M` results.json measured on "
-                        "prior footage at the call's frame rate (--scale and --temporal are then only the fallback)")
+                        "prior footage (scaled to the call's frame rate by bits per frame); --scale and --temporal are "
+                        "then not used")
     p.add_argument("--probe", choices=PROBE_MODES, default="auto",
                    help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
                         "(auto: on unless the receiver is on this machine)")

@@ -103,6 +103,7 @@ BACKGROUND_PAUSE_S = 2.0
 BACKGROUND_MAX_KBPS = 20_000.0
 # How an in-call model transfer is paced (SendOptions.model_pace), besides a fixed kbps.
 MODEL_PACES = ("auto", "estimate", "off")
+# Whether the sender probes the link with padding (SendOptions.probe, sender/probe.py).
 PROBE_MODES = ("auto", "on", "off")
 # Model chunks of an in-call transfer paced in the estimate are this long of the request's wire rate (between
 # MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
