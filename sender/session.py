@@ -37,7 +37,7 @@ from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
 from . import rtcp
-from .bwe import NACK_WINDOW_S, BandwidthEstimator, NackLoss
+from .bwe import NACK_WINDOW_S, BandwidthEstimator, NackLoss, SentRate
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
 from .pacer import BackgroundPacer
@@ -268,6 +268,7 @@ class LowResTrack(MediaStreamTrack):
         self.rate_log: list[dict] = []  # each change with its reason
         self.retransmissions = RetransmissionGate(lambda: self.kbps, lambda: self.estimator.rtt_s, clock)
         self.nack_loss = NackLoss()
+        self.sent_rate = SentRate()
         self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
         self.background_stats: dict | None = None  # its summary, once it has ended
 
@@ -354,7 +355,15 @@ class LowResTrack(MediaStreamTrack):
         return self.retransmissions.allow(seq, size)
 
     def _count_sent(self, packet) -> None:
-        self.nack_loss.on_sent(self._clock(), max(1, -(-packet.size // PACKET_PAYLOAD_BYTES)))
+        packets = max(1, -(-packet.size // PACKET_PAYLOAD_BYTES))
+        self.nack_loss.on_sent(self._clock(), packets)
+        self.sent_rate.on_sent(self._clock(), packet.size + packets * PACKET_OVERHEAD_BYTES)
+
+    def sent_kbps(self) -> float:
+        """What this side put on the link over the last second (wire kbps): the video's packets as sent (not its
+        target), the data channels' usual traffic, and the background flow's rate."""
+        return (self.sent_rate.kbps(self._clock()) + DATA_HEADROOM_KBPS
+                + (self.background.kbps() if self.background is not None else 0.0))
 
     def wire_kbps(self, video_kbps: float, temporal: int | None = None) -> float:
         """What a video target costs on the link: the frames, each packet's headers, the data channels (for every

@@ -11,7 +11,7 @@ from protocol import messages as msg
 from receiver.probes import CLUSTER_WAIT_S, MAX_OPEN_CLUSTERS, ProbeTimer
 from sender import probe as probe_module
 from sender.bwe import BandwidthEstimator
-from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_S, NEXT_GAIN, PROBE_GAIN, PROBE_MESSAGES, PROBE_S, QUIET_S,
+from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_S, PROBE_GAIN, PROBE_MESSAGES, PROBE_S, QUIET_S,
                           Prober)
 
 
@@ -27,7 +27,7 @@ class Link:
         self.background = None
         self.successes: list[float] = []
 
-    def sending_kbps(self) -> float:
+    def sent_kbps(self) -> float:
         return self.sending
 
     def request_wire_kbps(self) -> float:
@@ -85,8 +85,16 @@ def test_a_probe_over_a_wide_link_lifts_the_estimate_to_what_got_through():
     assert link.estimator.estimate(0.0) == pytest.approx(link.successes[0])
     assert prober.wait_s == AFTER_SUCCESS_S  # the next probe goes higher soon
     link.sending = link.successes[0]
-    assert prober.plan(prober.last_probe_at + AFTER_SUCCESS_S)[0] == pytest.approx(NEXT_GAIN * link.successes[0])
-    assert prober.plan(prober.last_probe_at + 10)[0] == pytest.approx(PROBE_GAIN * link.successes[0])  # a while later
+    assert prober.plan(prober.last_probe_at + AFTER_SUCCESS_S)[0] == pytest.approx(PROBE_GAIN * link.successes[0])
+
+
+def test_a_probe_a_little_over_the_link_lifts_the_estimate_only_to_what_got_through():
+    link = Link(estimate=14.0)
+    prober, _ = run_probe(link, link_kbps=26.0)  # 28 planned: every message arrives, at 12/14 of the padding's rate
+    outcome = prober.outcomes[-1]
+    assert outcome.ok and outcome.measured_kbps < outcome.padding_kbps
+    # Not 0.9 x (video + all the padding) = 25.2, over the link: 0.9 x the total x the share that arrived.
+    assert link.successes[0] < ACCEPT_SHARE * 26.0 * 1.02
 
 
 def test_a_probe_over_a_narrow_link_fails_and_backs_off():
@@ -146,14 +154,14 @@ def test_probes_wait_for_a_quiet_link_below_the_request_without_a_background_flo
 
 
 def test_the_probe_is_capped_near_the_request():
-    link = Link(estimate=50.0, request=60.0)
+    link = Link(estimate=40.0, request=60.0)
     total, padding, payload, gap = Prober(link, lambda data: None).plan(0.0)
-    assert total == pytest.approx(66.0) and padding == pytest.approx(16.0)
+    assert total == pytest.approx(66.0) and padding == pytest.approx(26.0)
     assert 0 < payload <= msg.MAX_PROBE_BYTES and gap == pytest.approx(PROBE_S / (PROBE_MESSAGES - 1))
 
 
 def test_a_small_probe_spreads_its_messages_instead_of_overshooting():
-    """At a few kbps of padding even an empty message is more than a 0.1 s gap allows: the gaps grow."""
+    """At a few kbps of padding even an empty message is more than a gap of PROBE_S / 3 allows: the gaps grow."""
     link = Link(estimate=8.0)
     prober = Prober(link, lambda data: None)
     total, padding, payload, gap = prober.plan(0.0)
@@ -243,3 +251,12 @@ def test_a_remb_that_trims_the_estimate_above_what_is_sent_leaves_the_link_quiet
     assert bwe.estimate(2.0) == 25.0 and bwe.quiet_since() < 1.0
     bwe.on_remb(3.0, 12.0, sending_kbps=15.0)
     assert bwe.estimate(3.0) == 12.0 and bwe.quiet_since() == 3.0
+
+
+def test_a_probe_is_planned_from_what_is_sent_not_from_the_target():
+    """An encoder under its target leaves room a probe planned from the target would not fill: the padding makes up
+    the difference, so the total is PROBE_GAIN x the estimate on the link."""
+    link = Link(estimate=14.0)
+    link.sending = 9.0  # the video spends a third less than its 14 kbps
+    total, padding, _, _ = Prober(link, lambda data: None).plan(0.0)
+    assert total == pytest.approx(PROBE_GAIN * 14.0) and padding == pytest.approx(total - 9.0)
