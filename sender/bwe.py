@@ -95,6 +95,11 @@ REMB_EVIDENCE_S = 2.0
 # call). A lower REMB this soon after a probe is the probe's echo, not news of the link: the loss the probe caused
 # is reported up to a report interval (~1 s) later and counts as evidence REMB_EVIDENCE_S after that.
 PROBE_ECHO_S = 3.0
+# A probe's jump is on trial this long: at a narrow link's rates a cluster's timing can pass a probe well over the
+# link (the lab's 15 kbps cap: one at 21.9 kbps arrived at 104 % of its rate), and the loss that follows shows in a
+# receiver report seconds later (3.5 s over the cap, 37 frames concealed). A packet NACKed in that time takes the
+# estimate back to where it was before the jump, at once.
+PROBE_TRIAL_S = 2.0
 
 
 # Fast loss from NACKs. aiortc's receiver reports come about once a second, and a report that straddles the
@@ -210,6 +215,8 @@ class BandwidthEstimator:
     outage_ended_at: float = field(default=-math.inf, init=False)  # the report that ended a silence
     history: list[Change] = field(default_factory=list, init=False)
     probed_at: float = field(default=-math.inf, init=False)  # the last probe's cluster went out
+    trial_until: float = field(default=-math.inf, init=False)  # a probe's jump is on trial until then ...
+    trial_back_kbps: float = field(default=0.0, init=False)  # ... from this estimate
     start_steps: int = field(default=0, init=False)  # the slow start's steps up so far
     lowered_at: float = field(default=-math.inf, init=False)  # the last time the estimate went down (to under what is sent)
 
@@ -338,9 +345,17 @@ class BandwidthEstimator:
         self.remb_kbps, self.remb_at = max(0.0, kbps), now
         return self._note(now, before, f"REMB {kbps:.1f} kbps", sending_kbps)
 
-    def on_nack(self, now: float) -> None:
-        """A packet was NACKed for the first time: loss is happening (evidence for a lower REMB)."""
+    def on_nack(self, now: float) -> float:
+        """A packet was NACKed for the first time: loss is happening (evidence for a lower REMB, and the end of a
+        probe's jump on trial)."""
         self.evidence_at = now
+        before = self.estimate(now)
+        if now < self.trial_until and self.loss_kbps > self.trial_back_kbps:
+            self.trial_until = -math.inf
+            self.loss_kbps = self.capacity_kbps = self.trial_back_kbps
+            self.loss_cut_at = now
+            return self._note(now, before, f"a packet lost right after a probe's jump: back to {self.trial_back_kbps:.1f} kbps")
+        return before
 
     def on_fast_loss(self, now: float, nacked: int, sent: int, sending_kbps: float) -> float:
         """`nacked` of the `sent` packets of a recent window were NACKed (NackLoss): a severe share is a link
@@ -362,6 +377,7 @@ class BandwidthEstimator:
         before = self.estimate(now)
         if kbps <= before:
             return before
+        self.trial_until, self.trial_back_kbps = now + PROBE_TRIAL_S, before
         self.loss_kbps = self._clamp(max(self.loss_kbps, kbps))
         self.remb_kbps = None  # older news than the probe
         self.delay_kbps = None  # no queue held it back
@@ -432,9 +448,11 @@ class BandwidthEstimator:
         return max(self.loss_cut_at, self.delay_cut_at, self.queue_at)
 
     def quiet_since(self) -> float:
-        """When the estimate last went down to under what is sent (a believed REMB, the end of the start, a cut) or a
-        queue showed: a link quiet since then is worth probing (sender/probe.py)."""
-        return max(self.congested_at(), self.lowered_at)
+        """When the estimate last went down to under what is sent (a believed REMB, the end of the start, a cut): a
+        link quiet since then is worth probing (sender/probe.py). Not an RTT a little over its low without a cut: on a
+        2-core machine the busy receiver and relay hold RTCP long enough for that (the lab's stepped cap: 0.1-0.2 s
+        over the low with 8 kbps on a 60 kbps link, and no probe for the 8 s after the link widened)."""
+        return max(self.loss_cut_at, self.delay_cut_at, self.lowered_at)
 
     @property
     def starting(self) -> bool:
