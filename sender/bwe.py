@@ -280,11 +280,6 @@ class BandwidthEstimator:
             # Moderate loss with a flat RTT and a REMB above what is sent is a lossy link, not a full queue:
             # cutting would not save a packet.
             why = f"{loss:.0%} lost{span}, no queue: holding"
-        elif clean and self.starting and self.reports == 1:
-            # Nor on the first report: it comes within half a second of the first packets, before a bottleneck's
-            # queue has filled (the lab's 15 kbps cap: a step at 0.46 s to 17.5 kbps, 16 packets dropped in the next
-            # 4 s, 40 frames concealed).
-            why = f"{loss:.0%} lost{span}: starting, the first report"
         elif clean and self.starting and not judged:
             # The slow start steps ×1.3 only on a report that covers LOSS_MIN_PACKETS: a report of a few packets says
             # little, and at the start the bottleneck's queue absorbs an overshoot for a second or two before it

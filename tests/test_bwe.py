@@ -104,8 +104,6 @@ def test_an_application_limited_sender_does_not_inflate_the_estimate():
 def test_slow_start_climbs_fast_on_clean_reports_until_a_congestion_signal():
     e = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
     assert e.starting and e.estimate(0.0) == 10.0
-    # Not on the first report: it comes within half a second of the first packets, before a queue could fill.
-    assert e.on_report(0.5, 0.0, sending_kbps=10.0) == 10.0
     assert e.on_report(1.0, 0.0, sending_kbps=10.0) == pytest.approx(10.0 * FAST_INCREASE)
     assert "starting up" in e.reason
     # Never more than FAST_INCREASE above what is sent (the sender had not moved yet).
@@ -113,12 +111,10 @@ def test_slow_start_climbs_fast_on_clean_reports_until_a_congestion_signal():
     e.on_report(3.0, 0.05, sending_kbps=13.0)  # loss between the thresholds, no queue: no congestion signal
     assert e.starting and e.estimate(3.0) == pytest.approx(13.0 * FAST_INCREASE)
     done = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
-    done.on_report(0.1, 0.0)  # the first report
     for t in range(1, 6):
         done.on_report(float(t), 0.0, sending_kbps=done.estimate(float(t)))
     assert done.estimate(6.0) == 20.0  # reached the request in three reports
     ahead = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
-    ahead.on_report(0.1, 0.0)  # the first report
     ahead.on_report(1.0, 0.0, sending_kbps=10.0)  # 13: ahead of the 10 still sent
     ahead.on_report(2.0, 0.40, sending_kbps=10.0)  # a cut is from what was sent, never up from it
     assert ahead.estimate(2.0) == pytest.approx(10.0 * (1 - 0.40)) and ahead.capacity_kbps == 10.0
@@ -128,14 +124,12 @@ def test_slow_start_climbs_fast_on_clean_reports_until_a_congestion_signal():
     assert not queued.starting and "queue" in queued.reason  # a queue ends it too
     assert queued.capacity_kbps == pytest.approx(10.0)
     remb = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
-    remb.on_report(0.1, 0.0)  # the first report
     remb.on_report(1.0, 0.0, sending_kbps=10.0)  # 13, ahead of the 10 sent
     # A REMB under what is sent ends the start and takes back its last step; the capacity is noted at its base.
     assert remb.on_remb(1.5, 7.0, sending_kbps=10.0) == pytest.approx(10.0 / FAST_INCREASE)
     assert not remb.starting and remb.capacity_kbps == pytest.approx(10.0 / FAST_INCREASE) and "end of the start" in remb.reason
     # Back to the base even when the REMB is higher (over the lab's 15 kbps cap it read 15.6-17.0 after a step to 17.5).
     over = BandwidthEstimator(start_kbps=13.5, min_kbps=5.0, max_kbps=20.0)
-    over.on_report(0.1, 0.0)  # the first report
     over.on_report(1.0, 0.0, sending_kbps=13.5)
     assert over.on_remb(2.0, 17.0, sending_kbps=17.5) == pytest.approx(17.5 / FAST_INCREASE)
     other = BandwidthEstimator(start_kbps=10.0, min_kbps=5.0, max_kbps=20.0)
