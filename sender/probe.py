@@ -73,8 +73,8 @@ RAISE_MIN_PAYLOAD = 200
 QUIET_S = 3.0
 AFTER_SUCCESS_S = 0.5
 # A failed probe costs the video a tenth of a second of queue; a narrow spell is probed every 6 s at most, so a
-# link that widens again is found within that (with 12 s the fault lab's stepped cap
-# sent its first probe 3.2-4.6 s after the step up).
+# link that widens again is found within that (with 12 s the fault lab's stepped cap sent its first probe 3.2-4.6 s
+# after the step up).
 BACKOFF_S = (3.0, 6.0)
 # The receiver's answer comes within an RTT of the cluster's end; past this it counts as a failure.
 RESULT_TIMEOUT_S = 2.0
@@ -161,8 +161,9 @@ class Prober:
             measured = message_wire * 8 / 1000 * (result.received - 1) / (result.span_us / 1e6)
         whole = result is not None and result.received == PROBE_MESSAGES and measured is not None
         ok = whole and measured >= SUCCESS_SHARE * sent_kbps
-        # What got through: the probe's total rate times the share of it that arrived.
-        got_through = ACCEPT_SHARE * (self.link.sent_kbps() + sent_kbps) * min(1.0, measured / sent_kbps) if whole else None
+        # What got through: the probe's total rate times the share of it that arrived (ACCEPT_SHARE of it).
+        got_through = (ACCEPT_SHARE * (self.link.sent_kbps() + sent_kbps) * min(1.0, measured / sent_kbps)
+                       if whole else None)
         raised = (not ok and got_through is not None and payload >= RAISE_MIN_PAYLOAD
                   and got_through >= FAILED_RAISE * self.link.estimator.estimate(now))
         now = self.clock()
