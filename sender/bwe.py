@@ -5,15 +5,17 @@ it; sender/session.py converts). Two controllers; the lower one is the estimate,
 
 - **Loss-based** (the draft's section 6), on the receiver reports' loss pooled over LOSS_MIN_PACKETS:
   p > LOSS_HIGH: A <- A * (1 - 0.5 p), or down to what got through when p > QUEUE_LOSS, when a delay signal
-  says the loss is a queue's (else only above SEVERE_LOSS); p < LOSS_LOW, or moderate loss without a delay
-  signal (a lossy link): A climbs, FAST_INCREASE away from the last congestion point (the slow start
-  before any), LOSS_INCREASE near it. Severe loss seen in first NACKs (NackLoss) cuts before the next
-  report; a keyframe-request storm counts as heavy loss while packets are being lost.
+  says the loss is a queue's (else only above SEVERE_LOSS); p < LOSS_LOW: A climbs, FAST_INCREASE below the
+  last congestion point (the slow start before any), LOSS_INCREASE from near it on; moderate loss without a
+  delay signal (a lossy link) climbs too, up to near that point. Severe loss seen in first NACKs (NackLoss)
+  cuts before the next report; a keyframe-request storm counts as heavy loss while packets are being lost.
 - **Delay-based**: the receiver's REMB (aiortc's receiver runs the draft's arrival-time filter, overuse
   detector and AIMD over abs-send-time, and reports the result): a lower one is believed only while packets
   are being lost, and any one bounds a climb and ends the slow start when under what is sent. And the RTT
   trend of the receiver reports: an RTT well above the lowest seen means a queue is building at the
   bottleneck before anything is lost, so the delay estimate backs off to DELAY_BACKOFF of what is sent.
+- **Probes** (sender/probe.py): a probe that got through lifts the estimate at once; the lift is on trial for
+  PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe is its echo.
 
 Pure logic, no network and no aiortc: sender/rtcp.py feeds it what the RTCP says, tests feed it synthetic
 report sequences. Times are seconds of a monotonic clock.
