@@ -55,6 +55,15 @@ SEVERE_LOSS = 0.35
 # Reported loss above this is taken for a queue overflowing at a bottleneck rather than random loss (the
 # fault lab's random-loss rows report up to ~12 %, its 15 kbps cap 30-66 %).
 QUEUE_LOSS = 0.20
+# What a full queue lets through is the link's rate: a receiver report says how many packets arrived since the last
+# one (sender/rtcp.py sizes them from the packets sent), and while its loss is heavy the bottleneck was overflowing the
+# whole time, so that rate is the link's, whatever was sent. A heavy-loss cut goes to this share of it (the draft's
+# beta on the incoming rate: under the link, so the queue drains; never up), and notes it as the capacity. Cutting
+# to a share of what was sent left the lab's 60 -> 15 kbps step at 28 kbps after the first cut, and the drops went on
+# 1.6 s until the next. Inside the hold after a cut (DECREASE_HOLD_S) a report whose own loss is still heavy, over at
+# least DELIVERED_MIN_PACKETS, moves the estimate to it too: a measurement, not one more multiplicative step.
+DELIVERED_SHARE = 0.85
+DELIVERED_MIN_PACKETS = 5
 # A storm of keyframe requests: the receiver gave up on packets that NACK did not bring back, a sign as strong
 # as 30 % reported loss (the multiplier is then 1 - 0.5 * 0.3 = 0.85) when loss or a queue was seen within
 # REMB_EVIDENCE_S; alone it is random loss hitting a keyframe (the fault lab's 5 % loss row: a storm in the
@@ -91,6 +100,15 @@ REMB_STALE_S = 5.0
 # while the reports still showed no loss.
 REMB_QUEUE_S = 0.1
 REMB_EVIDENCE_S = 2.0
+# ... and only when it is under this share of what is sent: aiortc's receiver answers overuse with 0.85 of what it
+# measures coming in, and a REMB near what is sent only echoes it (the lab's stepped cap: REMBs of 12.7-14.5 kbps
+# with 13-15 kbps sent, each believed, kept the estimate "just lowered" and held off the probes until 5 s after the
+# link widened again).
+REMB_BELIEVE_SHARE = 0.9
+# A decrease of the estimate is news of the link (the probes wait QUIET_S after it, sender/probe.py) when it takes
+# the estimate under what is sent and by more than this share: the sender retargets only on changes above 10 %
+# (sender/session.py), and a delay cut of 0.4 % at the estimate's floor held off the probes for 3 s.
+LOWERED_SHARE = 0.1
 # A bandwidth probe's own queue (sender/probe.py): aiortc's receiver reads the padding's queue in the video's
 # arrival times as overuse and cuts its REMB, and a failed probe's drops are loss evidence for it (the fault lab's
 # 15 kbps cap: after a failed probe a believed REMB took the estimate from 14.9 to 11.0 kbps for the rest of the
@@ -142,6 +160,10 @@ class NackLoss:
         self.recent.append(seq)
         self.nacked.append(now)
         return True
+
+    def was_nacked(self, seq: int) -> bool:
+        """Whether `seq` is among the recently NACKed sequence numbers."""
+        return seq in self.recent
 
     def window(self, now: float, lag_s: float) -> tuple[int, int]:
         """(packets NACKed in the last NACK_WINDOW_S, packets sent in the window `lag_s` before that)."""
@@ -231,10 +253,12 @@ class BandwidthEstimator:
 
     # -- inputs --------------------------------------------------------------------------------------------
     def on_report(self, now: float, fraction_lost: float, rtt_s: float | None = None,
-                  sending_kbps: float | None = None, expected: int | None = None) -> float:
+                  sending_kbps: float | None = None, expected: int | None = None,
+                  delivered_kbps: float | None = None) -> float:
         """A receiver report: fraction lost since the last one (0..1), the packets it expected in that time
         (None: unknown, judged alone) and, when it could be measured, the RTT. `sending_kbps`: the target the
-        sender holds now (the basis of a heavy-loss or delay cut, and the ceiling of a probe)."""
+        sender holds now (the basis of a heavy-loss or delay cut, and the ceiling of a probe). `delivered_kbps`: the
+        rate (wire) at which what arrived since the last report arrived, when known."""
         self.reports += 1
         before = self.estimate(now)
         if self.report_at is not None and now - self.report_at > OUTAGE_S:
@@ -276,8 +300,19 @@ class BandwidthEstimator:
             # through only (1 - p) of what was sent: cutting to that is the quicker way under the cap.
             heavy = sending_kbps is not None and loss > QUEUE_LOSS
             through = sending_kbps * (1 - loss) if heavy else None
-            if not self._cut_loss(now, 1 - 0.5 * loss, through, at_kbps=sending_kbps):
+            measured = heavy and delivered_kbps is not None and fraction_lost > QUEUE_LOSS
+            if measured:
+                # The link's own measure, not the lost share of what is sent now: the pooled loss may be of a higher
+                # rate before the last cut (the lab's stepped cap: 69 % of a 13.6 kbps target read as 4.2 kbps).
+                through = DELIVERED_SHARE * delivered_kbps
+                why += f", {delivered_kbps:.1f} kbps delivered"
+            if not self._cut_loss(now, 1 - 0.5 * loss, through, at_kbps=sending_kbps,
+                                  capacity_kbps=delivered_kbps if measured else None):
                 why += ": holding after the last cut"
+                if self._queue_output(now, fraction_lost, expected, delivered_kbps):
+                    why = f"{fraction_lost:.0%} lost, {delivered_kbps:.1f} kbps delivered: the queue still overflows"
+        elif self._queue_output(now, fraction_lost, expected, delivered_kbps):
+            why = f"{fraction_lost:.0%} lost, {delivered_kbps:.1f} kbps delivered: the queue still overflows"
         elif judged and loss > LOSS_HIGH:
             # Moderate loss with a flat RTT and a REMB above what is sent is a lossy link, not a full queue:
             # cutting would not save a packet.
@@ -311,8 +346,9 @@ class BandwidthEstimator:
             why = f"{loss:.0%} lost{span}: holding"
         return self._note(now, before, delay_why or why)
 
-    def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None) -> float:
-        """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now."""
+    def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None, sent_kbps: float | None = None) -> float:
+        """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now (its target);
+        `sent_kbps`: what it put on the link over the last second, measured, when known."""
         self.rembs += 1
         self.remb_heard_kbps, self.remb_heard_at = max(0.0, kbps), now
         before = self.estimate(now)
@@ -334,7 +370,11 @@ class BandwidthEstimator:
             # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
             # keyframe: a REMB lower than the estimate then says nothing new.
             return before
-        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S):
+        # Of what is sent, the target or the measured rate, whichever is lower: at a few kbps VP8 spends up to a third
+        # under its target, and the REMB follows what it spends.
+        sent = min(x for x in (sending_kbps, sent_kbps, math.inf) if x is not None)
+        echo = kbps >= REMB_BELIEVE_SHARE * sent
+        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S or echo):
             self.rembs_ignored += 1
             return before
         if kbps < before:
@@ -445,27 +485,48 @@ class BandwidthEstimator:
         return max(self.loss_cut_at, self.delay_cut_at, self.queue_at)
 
     def quiet_since(self) -> float:
-        """When the estimate last went down to under what is sent (a believed REMB, the end of the start, a cut): a
-        link quiet since then is worth probing (sender/probe.py). Not an RTT a little over its low without a cut: on a
-        2-core machine the busy receiver and relay hold RTCP long enough for that (the lab's stepped cap: 0.1-0.2 s
-        over the low with 8 kbps on a 60 kbps link, and no probe for the 8 s after the link widened)."""
-        return max(self.loss_cut_at, self.delay_cut_at, self.lowered_at)
+        """When the estimate last went down to under what is sent, by more than LOWERED_SHARE (a believed REMB, the end
+        of the start, a cut): a link quiet since then is worth probing (sender/probe.py). Not an RTT a little over its
+        low without a cut: on a 2-core machine the busy receiver and relay hold RTCP long enough for that (the lab's
+        stepped cap: 0.1-0.2 s over the low with 8 kbps on a 60 kbps link, and no probe for the 8 s after the link
+        widened)."""
+        return self.lowered_at
 
     @property
     def starting(self) -> bool:
         """In the slow start: no congestion signal yet."""
         return self.capacity_kbps is None
 
-    def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None, at_kbps: float | None = None) -> bool:
+    def _queue_output(self, now: float, fraction_lost: float, expected: int | None, delivered_kbps: float | None) -> bool:
+        """Inside the hold after a loss cut, a report whose own loss is still heavy: the estimate goes to
+        DELIVERED_SHARE of the rate the link delivered (when lower). True if it did."""
+        if (delivered_kbps is None or expected is None or expected < DELIVERED_MIN_PACKETS
+                or fraction_lost <= QUEUE_LOSS or not now - self.loss_cut_at < DECREASE_HOLD_S):
+            return False
+        target = self._clamp(DELIVERED_SHARE * delivered_kbps)
+        if target >= self.loss_kbps:
+            return False
+        self.loss_kbps = target
+        self.capacity_kbps = min(self.capacity_kbps or math.inf, delivered_kbps)
+        return True
+
+    def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None, at_kbps: float | None = None,
+                  capacity_kbps: float | None = None) -> bool:
         """The loss controller's decrease (to `factor` of itself, or to what got through if that is lower),
-        unless the last one is too recent to have shown in the reports. `at_kbps`: the rate the loss came at."""
+        unless the last one is too recent to have shown in the reports. `at_kbps`: the rate the loss came at;
+        `capacity_kbps`: the link's rate, when measured (else taken to be that rate)."""
         if now - self.loss_cut_at < DECREASE_HOLD_S:
             return False
         self.pooled.clear()  # the loss after a cut is the new rate's
         # From what was sent, when the estimate had run ahead of it: a cut never raises the sender's rate.
         basis = min(self.loss_kbps, at_kbps) if at_kbps else self.loss_kbps
-        self.capacity_kbps = basis
-        self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
+        self.capacity_kbps = min(basis, capacity_kbps) if capacity_kbps else basis
+        if capacity_kbps and through_kbps is not None:
+            # The link was measured: to under it, as far as the measurement says and no further (the draft's
+            # multiplier on top took the lab's 15 kbps link from 13.4 kbps to the floor, 11.0).
+            self.loss_kbps = self._clamp(min(basis, through_kbps))
+        else:
+            self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
         self.loss_cut_at = now
         return True
 
@@ -473,11 +534,11 @@ class BandwidthEstimator:
         return min(self.max_kbps, max(self.min_kbps, kbps))
 
     def _note(self, now: float, before: float, why: str, sending_kbps: float | None = None) -> float:
-        """Log a change of the estimate. A decrease to under what is sent (`sending_kbps`, when known) is news of
-        the link (`lowered_at`); one that stays above it (a REMB trimming an estimate that ran ahead: a probe's
-        echo) is not."""
+        """Log a change of the estimate. A decrease by more than LOWERED_SHARE to under what is sent (`sending_kbps`,
+        when known) is news of the link (`lowered_at`); one that stays above it (a REMB trimming an estimate that ran
+        ahead: a probe's echo) is not."""
         after = self.estimate(now)
-        if after < before and (sending_kbps is None or after < sending_kbps):
+        if after < (1 - LOWERED_SHARE) * before and (sending_kbps is None or after < sending_kbps):
             self.lowered_at = now
         if after != before:
             self.reason = why

@@ -71,7 +71,7 @@ RAISE_MIN_PAYLOAD = 200
 # (the next probe goes higher at once), after a failure (doubling each time, up to the last: a narrow link is
 # probed every BACKOFF_S[1] at most, a widened one found within that).
 QUIET_S = 3.0
-AFTER_SUCCESS_S = 0.5
+AFTER_SUCCESS_S = 0.25
 # A failed probe costs the video a tenth of a second of queue; a narrow spell is probed every 6 s at most, so a
 # link that widens again is found within that (with 12 s the fault lab's stepped cap sent its first probe 3.2-4.6 s
 # after the step up).
@@ -161,9 +161,10 @@ class Prober:
             measured = message_wire * 8 / 1000 * (result.received - 1) / (result.span_us / 1e6)
         whole = result is not None and result.received == PROBE_MESSAGES and measured is not None
         ok = whole and measured >= SUCCESS_SHARE * sent_kbps
-        # What got through: the probe's total rate times the share of it that arrived (ACCEPT_SHARE of it).
-        got_through = (ACCEPT_SHARE * (self.link.sent_kbps() + sent_kbps) * min(1.0, measured / sent_kbps)
-                       if whole else None)
+        # What got through: the video as sent and the padding as it arrived (ACCEPT_SHARE of it). A probe over a link
+        # arrives at what the link leaves the video: scaling the video down by the padding's share too made a failed
+        # probe understate the link (the lab's stepped cap: 47 kbps read of a 60 kbps link, under FAILED_RAISE).
+        got_through = ACCEPT_SHARE * (self.link.sent_kbps() + min(measured, sent_kbps)) if whole else None
         raised = (not ok and got_through is not None and payload >= RAISE_MIN_PAYLOAD
                   and got_through >= FAILED_RAISE * self.link.estimator.estimate(now))
         now = self.clock()
@@ -177,6 +178,8 @@ class Prober:
             self.last_probe_at = now
             self.link.on_probe_success(got_through)
         else:
+            if self.link.estimator.quiet_since() > self.last_probe_at:
+                self.failures_in_a_row = 0  # the last probe was of the link before its latest narrowing: news of none
             self.failures_in_a_row += 1
             self.wait_s = min(BACKOFF_S[1], BACKOFF_S[0] * 2 ** (self.failures_in_a_row - 1))
             self.last_probe_at = now

@@ -26,6 +26,12 @@ RTX_BURST_S = 2.0
 # A packet is not resent sooner than this after its last resend, nor sooner than one smoothed RTT (before
 # that the receiver cannot have seen the first one).
 MIN_RESEND_S = 0.1
+# After a loss cut (sender/bwe.py: a queue overflowing at the bottleneck) no packet is resent for this long: the
+# queue that dropped it is still full until the lower rate has drained it (the fault lab's queue holds 0.3 s), and
+# a retransmission sent into it is dropped too and keeps it full (the lab's 60 -> 15 kbps step: six resent
+# packets, 3.2 KB, sent 0.1 s after the cut, all dropped, and the drops went on for a second more). The receiver
+# asks again (vsae's jitter buffer every 0.25 s), and the answer then finds room.
+PAUSE_AFTER_CUT_S = 0.5
 # Sequence numbers remembered for the resend rule (aiortc keeps 128 packets of history).
 REMEMBERED = 256
 
@@ -39,7 +45,8 @@ class RetransmissionGate:
         self.tokens = RTX_SHARE * target_kbps() * 125 * RTX_BURST_S
         self.refilled_at = clock()
         self.resent_at: dict[int, float] = {}
-        self.sent = self.skipped_recent = self.skipped_budget = 0
+        self.sent = self.skipped_recent = self.skipped_budget = self.skipped_paused = 0
+        self.paused_until = -float("inf")
         self.bytes_sent = 0
 
     def allow(self, seq: int, size: int) -> bool:
@@ -48,6 +55,9 @@ class RetransmissionGate:
         rate = RTX_SHARE * self.target_kbps() * 125  # bytes per second
         self.tokens = min(rate * RTX_BURST_S, self.tokens + rate * (now - self.refilled_at))
         self.refilled_at = now
+        if now < self.paused_until:
+            self.skipped_paused += 1
+            return False
         last = self.resent_at.get(seq)
         if last is not None and now - last < max(MIN_RESEND_S, self.rtt_s() or 0.0):
             self.skipped_recent += 1
@@ -63,6 +73,10 @@ class RetransmissionGate:
         self.bytes_sent += size
         return True
 
+    def pause(self) -> None:
+        """The estimate was just cut for loss: resend nothing for PAUSE_AFTER_CUT_S."""
+        self.paused_until = self.clock() + PAUSE_AFTER_CUT_S
+
     def summary(self) -> dict:
         return {"sent": self.sent, "bytes": self.bytes_sent, "skipped_within_rtt": self.skipped_recent,
-                "skipped_over_budget": self.skipped_budget}
+                "skipped_over_budget": self.skipped_budget, "skipped_after_cut": self.skipped_paused}

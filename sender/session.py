@@ -109,6 +109,11 @@ PROBE_MODES = ("auto", "on", "off")
 # MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
 # queue holds 0.3 s.
 CHUNK_S = 0.2
+# A receiver report's interval, for the rate the link delivered in it, is timed by the receiver's clock (sender/rtcp.py)
+# or else by when the reports reach the sender; one shorter than this (aiortc sends one every 0.5-1.5 s) times nothing.
+MIN_REPORT_GAP_S = 0.3
+# The RTP fixed header, counted in the bytes sender/rtcp.py reports received (PACKET_OVERHEAD_BYTES includes it).
+RTP_HEADER_BYTES = 12
 # The packets a NACK answers were sent about an RTT before it (at most this long: a queue-inflated RTT
 # would shift the window past the loss).
 NACK_LAG_MAX_S = 0.5
@@ -269,6 +274,8 @@ class LowResTrack(MediaStreamTrack):
         self.retransmissions = RetransmissionGate(lambda: self.kbps, lambda: self.estimator.rtt_s, clock)
         self.nack_loss = NackLoss()
         self.sent_rate = SentRate()
+        self._report_at: float | None = None  # the last receiver report's arrival
+        self._cut_seen_at = -math.inf  # the estimator's last loss cut, as this track has acted on it
         self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
         self.background_stats: dict | None = None  # its summary, once it has ended
 
@@ -319,11 +326,27 @@ class LowResTrack(MediaStreamTrack):
         self._requests = [t for t in self._requests if now - t < STORM_WINDOW_S and t > self._rate_changed] + [now]
         if len(self._requests) >= STORM_REQUESTS:
             self.estimator.on_keyframe_storm(now, len(self._requests))
+            self._after_estimate()
             self._requests = []
 
-    def on_receiver_report(self, fraction_lost: float, rtt_s: float | None, expected: int | None = None) -> None:
-        """A receiver report block for this stream (sender/rtcp.py)."""
-        self.estimator.on_report(self._clock(), fraction_lost, rtt_s, sending_kbps=self.sending_kbps(), expected=expected)
+    def on_receiver_report(self, fraction_lost: float, rtt_s: float | None, expected: int | None = None,
+                           received: tuple[int, int, float | None] | None = None) -> None:
+        """A receiver report block for this stream (sender/rtcp.py); `received`: the packets that arrived since the
+        last report, their bytes (RTP headers included) and the seconds between the two reports at the receiver (None:
+        timed here, by their arrival), from which the rate the link delivered."""
+        now = self._clock()
+        delivered = None
+        if received is not None:
+            packets, size, interval = received
+            if interval is None and self._report_at is not None:
+                interval = now - self._report_at
+            if interval is not None and interval >= MIN_REPORT_GAP_S:
+                delivered = (size + packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER_BYTES)) * 8 / 1000 / interval
+                delivered += DATA_HEADROOM_KBPS
+        self._report_at = now
+        self.estimator.on_report(now, fraction_lost, rtt_s, sending_kbps=self.sending_kbps(), expected=expected,
+                                 delivered_kbps=delivered)
+        self._after_estimate()
 
     def on_remb(self, kbps: float) -> None:
         """The receiver's REMB (sender/rtcp.py): aiortc's receiver counts RTP payload bytes, as the target does.
@@ -338,7 +361,13 @@ class LowResTrack(MediaStreamTrack):
                 self.estimator.rembs_ignored += 1
                 return
             remb += self.background.kbps()
-        self.estimator.on_remb(self._clock(), remb, sending_kbps=self.sending_kbps())
+        self.estimator.on_remb(self._clock(), remb, sending_kbps=self.sending_kbps(), sent_kbps=self.sent_kbps())
+
+    def _after_estimate(self) -> None:
+        """After the estimate heard something: a new loss cut pauses retransmissions (sender/rtx.py)."""
+        if self.estimator.loss_cut_at > self._cut_seen_at:
+            self._cut_seen_at = self.estimator.loss_cut_at
+            self.retransmissions.pause()
 
     def on_nack(self, seq: int, size: int) -> bool:
         """A NACKed packet still in aiortc's history (sender/rtcp.py): counted as fast loss, and resent if the
@@ -352,6 +381,7 @@ class LowResTrack(MediaStreamTrack):
             # encoder has not yet shown what it costs).
             if now - lag - NACK_WINDOW_S >= self._lowered_at:
                 self.estimator.on_fast_loss(now, nacked, sent, self.sending_kbps())
+            self._after_estimate()
         return self.retransmissions.allow(seq, size)
 
     def _count_sent(self, packet) -> None:
@@ -790,7 +820,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     prefer_codec(transceiver, options.codec)
     # What the receiver says in RTCP (reports, REMB, PLI/FIR) reaches this track's estimate and encoder.
     try:
-        rtcp.observe(transceiver.sender, track.on_receiver_report, track.on_remb, track.request_keyframe)
+        rtcp.observe(transceiver.sender, track.on_receiver_report, track.on_remb, track.request_keyframe,
+                     track.nack_loss.was_nacked)
         rtcp.gate_retransmissions(transceiver.sender, track.on_nack)
     except rtcp.RtcpHookError as exc:
         raise SessionError(str(exc)) from None

@@ -7,11 +7,12 @@ import asyncio
 
 import pytest
 from aiortc import RTCRtpSender
-from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket, pack_remb_fci)
+from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket, RtpPacket,
+                        pack_remb_fci)
 
 from sender import rtcp
 from tests.fakes import FakeTransport
-from sender.bwe import (CAPACITY_NEAR, DECREASE_HOLD_S, DELAY_BACKOFF, FAST_INCREASE, LOSS_INCREASE,
+from sender.bwe import (CAPACITY_NEAR, DECREASE_HOLD_S, DELAY_BACKOFF, DELIVERED_SHARE, FAST_INCREASE, LOSS_INCREASE,
                         OUTAGE_GRACE_S, PROBE_ECHO_S, REMB_EVIDENCE_S, REMB_STALE_S, SENT_WINDOW_S, STORM_LOSS,
                         BandwidthEstimator, NackLoss, SentRate)
 
@@ -332,13 +333,16 @@ def test_the_hook_hands_reports_remb_and_pli_to_the_track_and_passes_packets_on(
             await original(packet)
 
         sender._handle_rtcp_packet = spy
-        rtcp.observe(sender, lambda lost, rtt, expected: seen["reports"].append((lost, rtt, expected)), seen["remb"].append,
-                     lambda: seen.__setitem__("keyframes", seen["keyframes"] + 1))
+        rtcp.observe(sender, lambda lost, rtt, expected, received: seen["reports"].append((lost, rtt, expected, received)),
+                     seen["remb"].append, lambda: seen.__setitem__("keyframes", seen["keyframes"] + 1),
+                     nacked=lambda seq: seq == 1005)
+        for seq in range(1001, 1010):  # what was sent since the first report: 1005 large, and NACKed
+            sender._RTCRtpSender__rtp_history[seq % 128] = RtpPacket(sequence_number=seq, payload=bytes(900 if seq == 1005 else 88))
         ours, other = sender._ssrc, sender._ssrc ^ 1
-        report = lambda ssrc, lost, top=0: RtcpReceiverInfo(ssrc=ssrc, fraction_lost=lost, packets_lost=0,  # noqa: E731
-                                                            highest_sequence=top, jitter=0, lsr=0, dlsr=0)
-        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(other, 200), report(ours, 64, 1000)]))
-        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(ours, 0, 1009)]))
+        report = lambda ssrc, lost, top=0, lsr=0, dlsr=0: RtcpReceiverInfo(  # noqa: E731
+            ssrc=ssrc, fraction_lost=lost, packets_lost=0 if top < 1009 else 1, highest_sequence=top, jitter=0, lsr=lsr, dlsr=dlsr)
+        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(other, 200), report(ours, 64, 1000, 65536, 0)]))
+        await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=9, reports=[report(ours, 0, 1009, 2 * 65536, 65536 // 4)]))
         await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=0,
                                                         fci=pack_remb_fci(15_000, [ours])))
         await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=0,
@@ -347,7 +351,10 @@ def test_the_hook_hands_reports_remb_and_pli_to_the_track_and_passes_packets_on(
         return seen
 
     seen = asyncio.run(scenario())
-    assert seen["reports"] == [(0.25, None, None), (0.0, None, 9)]  # only our SSRC's blocks; packets since the last
+    # Only our SSRC's blocks; since the last: the packets expected, and the 8 that arrived (one lost) with their bytes,
+    # 1.25 s apart on the receiver's clock.
+    assert [r[:3] for r in seen["reports"]] == [(0.25, None, None), (0.0, None, 9)]
+    assert seen["reports"][0][3] is None and seen["reports"][1][3] == (8, 8 * 100, 1.25)
     assert seen["remb"] == [15.0]
     assert seen["keyframes"] == 1
     assert seen["passed"] == ["RtcpRrPacket", "RtcpRrPacket", "RtcpPsfbPacket", "RtcpPsfbPacket", "RtcpPsfbPacket"]
@@ -390,3 +397,56 @@ def test_a_lower_remb_right_after_a_probe_is_its_echo():
     assert e.on_remb(11.0, 11.0, sending_kbps=15.0) == 15.0 and e.rembs_ignored == 1
     e.on_nack(10.0 + PROBE_ECHO_S)  # loss again, long after the probe: a lower REMB is believed again
     assert e.on_remb(10.5 + PROBE_ECHO_S, 11.0, sending_kbps=15.0) == 11.0
+
+
+def test_a_full_queue_is_cut_to_under_what_it_let_through_not_by_the_drafts_multiplier():
+    """Heavy loss with a queue behind it and the link's delivered rate measured: the estimate goes to DELIVERED_SHARE
+    of that rate (under the link, so the queue drains), not further, and the capacity is that rate."""
+    e = BandwidthEstimator(start_kbps=60.0, min_kbps=5.0, max_kbps=60.0)
+    e.on_report(1.0, 0.0, rtt_s=0.05, sending_kbps=60.0, expected=30)
+    e.on_report(2.0, 0.7, rtt_s=0.4, sending_kbps=60.0, expected=30, delivered_kbps=16.0)
+    assert e.estimate(2.0) == pytest.approx(DELIVERED_SHARE * 16.0) and e.capacity_kbps == 16.0
+    f = BandwidthEstimator(start_kbps=20.0, min_kbps=5.0, max_kbps=60.0)
+    f.on_report(1.0, 0.0, rtt_s=0.05, sending_kbps=20.0, expected=30)
+    f.on_report(2.0, 0.7, rtt_s=0.4, sending_kbps=20.0, expected=30, delivered_kbps=16.0)
+    assert f.estimate(2.0) == pytest.approx(DELIVERED_SHARE * 16.0)  # not 70 % lost of the 20 sent now: 6
+    g = BandwidthEstimator(start_kbps=60.0, min_kbps=5.0, max_kbps=60.0)  # unmeasured: the share that got through
+    g.on_report(1.0, 0.0, rtt_s=0.05, sending_kbps=60.0, expected=30)
+    g.on_report(2.0, 0.7, rtt_s=0.4, sending_kbps=60.0, expected=30)
+    assert g.estimate(2.0) == pytest.approx(60.0 * 0.3)
+
+
+def test_inside_the_hold_a_queue_still_overflowing_moves_the_estimate_to_its_output():
+    e = BandwidthEstimator(start_kbps=60.0, min_kbps=5.0, max_kbps=60.0)
+    e.capacity_kbps = 60.0
+    e.on_fast_loss(1.0, 8, 14, sending_kbps=60.0)  # a first cut, from NACKs: to what got through, 26 kbps
+    first = e.estimate(1.0)
+    assert first == pytest.approx(60.0 * 6 / 14)
+    e.on_report(1.2, 0.3, sending_kbps=60.0, expected=4, delivered_kbps=15.0)  # too few packets to measure by
+    assert e.estimate(1.2) == first
+    e.on_report(1.5, 0.15, sending_kbps=60.0, expected=12, delivered_kbps=15.0)  # loss a random link could show
+    assert e.estimate(1.5) == first
+    e.on_report(1.8, 0.7, sending_kbps=60.0, expected=12, delivered_kbps=15.0)
+    assert e.estimate(1.8) == pytest.approx(DELIVERED_SHARE * 15.0) and "overflows" in e.reason
+    assert e.loss_cut_at == 1.0 and e.capacity_kbps == 15.0  # a measurement: the hold does not start again
+    e.on_report(1.9, 0.7, sending_kbps=60.0, expected=12, delivered_kbps=20.0)  # a higher reading: no raise
+    assert e.estimate(1.9) == pytest.approx(DELIVERED_SHARE * 15.0)
+
+
+def test_received_since_counts_what_the_report_says_arrived_sized_from_the_packets_sent():
+    history = {}
+    for seq, size in zip(range(100, 110), [300, 300, 1100, 1100, 300, 300, 300, 300, 300, 300]):
+        history[seq % 128] = RtpPacket(payload_type=96, sequence_number=seq, payload=bytes(size))
+    header = rtcp.RTP_HEADER
+    assert rtcp.received_since(history, 100, 109, 0) == (10, 4600 + 10 * header)
+    lost_big = lambda seq: seq in (102, 103)  # noqa: E731 - the keyframe's packets were the ones lost
+    assert rtcp.received_since(history, 100, 109, 2, lost_big) == (8, 8 * (300 + header))
+    assert rtcp.received_since(history, 100, 109, 2)[1] == round(8 * (4600 + 10 * header) / 10)
+    assert rtcp.received_since(history, 100, 130, 0) is None  # most of them no longer in the history
+    assert rtcp.received_since(history, 105, 104, 0) is None
+    assert rtcp.received_since(history, 100, 101, 5) == (0, 0)  # a count past the range: nothing arrived
+
+
+def test_a_report_is_timed_by_the_receivers_clock():
+    assert rtcp.report_time(0, 100) is None  # no SR yet: the receiver's clock is unknown
+    assert rtcp.report_time(3 * 65536, 65536 // 2) == pytest.approx(3.5)

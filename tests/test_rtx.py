@@ -11,7 +11,7 @@ from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket, RtpPacket
 
 from sender import rtcp
-from sender.rtx import MIN_RESEND_S, RTX_BURST_S, RTX_SHARE, RetransmissionGate
+from sender.rtx import MIN_RESEND_S, PAUSE_AFTER_CUT_S, RTX_BURST_S, RTX_SHARE, RetransmissionGate
 from tests.fakes import FakeTransport
 
 
@@ -95,3 +95,13 @@ def test_the_gate_fails_loudly_on_an_aiortc_without_its_retransmission_path():
 
     with pytest.raises(rtcp.RtcpHookError, match="_RTCRtpSender__rtp_history"):
         rtcp.gate_retransmissions(Changed(), lambda seq, size: True)
+
+
+def test_a_loss_cut_pauses_retransmissions_while_the_queue_that_dropped_them_drains():
+    g, clock = gate(kbps=20.0)
+    g.pause()
+    assert not g.allow(5, 200) and g.skipped_paused == 1
+    clock.now += PAUSE_AFTER_CUT_S * 0.9
+    assert not g.allow(5, 200)
+    clock.now += PAUSE_AFTER_CUT_S * 0.2
+    assert g.allow(5, 200) and g.summary()["skipped_after_cut"] == 2

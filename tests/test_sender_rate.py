@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sender.bwe import DELIVERED_SHARE
 from sender.session import (BACKGROUND_HEADROOM_SHARE, BACKGROUND_PAUSE_S, BACKGROUND_REMB_SIGNAL,
                             DATA_HEADROOM_KBPS, MIN_KBPS_SHARE, MIN_VIDEO_KBPS, PACKET_OVERHEAD_BYTES, START_SHARE, RETARGET_SHARE, RETARGET_UP_S,
                             STORM_WINDOW_S, LowResTrack)
@@ -211,3 +212,30 @@ def test_while_a_background_flow_runs_a_remb_at_the_videos_rate_is_no_bound_but_
     ignored = track.estimator.rembs_ignored
     track.on_remb(20.0)
     assert track.estimator.rembs_ignored == ignored and track.estimator.remb_heard_kbps == pytest.approx(track.wire_kbps(20.0))
+
+
+def test_a_report_of_heavy_loss_cuts_to_under_what_the_link_delivered_and_pauses_retransmissions(track):
+    """The receiver got 4 packets of 300 bytes in the 1 s since its last report (its own clock): the link carried
+    that, whatever was sent; the cut goes under it, and no NACKed packet is resent into the full queue for a while."""
+    track.on_receiver_report(0.0, 0.05, 8, (8, 8 * 300, 1.0))
+    track.clock.now += 1.0
+    track.on_receiver_report(0.0, 0.3, 8, (8, 8 * 300, 1.0))  # an RTT 0.25 s over its low: a queue (evidence)
+    track.clock.now += 1.0
+    assert track.retransmissions.allow(1, 200)
+    track.on_receiver_report(0.6, 0.3, 12, (4, 4 * 300, 1.0))
+    delivered = 4 * (300 + PACKET_OVERHEAD_BYTES - 12) * 8 / 1000 + DATA_HEADROOM_KBPS
+    assert track.estimator.estimate(track.clock.now) == pytest.approx(DELIVERED_SHARE * delivered)
+    assert track.estimator.capacity_kbps == pytest.approx(delivered) and "delivered" in track.estimator.reason
+    assert not track.retransmissions.allow(2, 200)
+    track.clock.now += 1.0
+    assert track.retransmissions.allow(2, 200)
+
+
+def test_the_link_delivered_is_timed_by_the_reports_arrival_when_the_receiver_clock_is_unknown(track):
+    track.on_receiver_report(0.0, 0.05, 8, None)
+    track.clock.now += 0.5
+    track.on_receiver_report(0.0, 0.3, 8, None)
+    track.clock.now += 2.0
+    track.on_receiver_report(0.7, 0.3, 10, (3, 3 * 300, None))  # 2 s since the last report arrived
+    delivered = 3 * (300 + PACKET_OVERHEAD_BYTES - 12) * 8 / 1000 / 2.0 + DATA_HEADROOM_KBPS
+    assert track.estimator.capacity_kbps == pytest.approx(delivered)
