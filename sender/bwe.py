@@ -225,6 +225,7 @@ class BandwidthEstimator:
     delay_kbps: float | None = field(default=None, init=False)
     delay_cut_at: float = field(default=-math.inf, init=False)
     loss_cut_at: float = field(default=-math.inf, init=False)
+    overflow_at: float = field(default=-math.inf, init=False)  # the last loss cut for a full queue (not a jump taken back)
     reason: str = field(default="start", init=False)
     reports: int = field(default=0, init=False)
     rembs: int = field(default=0, init=False)
@@ -508,6 +509,7 @@ class BandwidthEstimator:
             return False
         self.loss_kbps = target
         self.capacity_kbps = min(self.capacity_kbps or math.inf, delivered_kbps)
+        self.overflow_at = now
         return True
 
     def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None, at_kbps: float | None = None,
@@ -527,7 +529,7 @@ class BandwidthEstimator:
             self.loss_kbps = self._clamp(min(basis, through_kbps))
         else:
             self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
-        self.loss_cut_at = now
+        self.loss_cut_at = self.overflow_at = now
         return True
 
     def _clamp(self, kbps: float) -> float:

@@ -364,9 +364,10 @@ class LowResTrack(MediaStreamTrack):
         self.estimator.on_remb(self._clock(), remb, sending_kbps=self.sending_kbps(), sent_kbps=self.sent_kbps())
 
     def _after_estimate(self) -> None:
-        """After the estimate heard something: a new loss cut pauses retransmissions (sender/rtx.py)."""
-        if self.estimator.loss_cut_at > self._cut_seen_at:
-            self._cut_seen_at = self.estimator.loss_cut_at
+        """After the estimate heard something: a new cut for a full queue pauses retransmissions (sender/rtx.py); a
+        probe's jump taken back on a NACK does not (random loss does that too)."""
+        if self.estimator.overflow_at > self._cut_seen_at:
+            self._cut_seen_at = self.estimator.overflow_at
             self.retransmissions.pause()
 
     def on_nack(self, seq: int, size: int) -> bool:

@@ -239,3 +239,14 @@ def test_the_link_delivered_is_timed_by_the_reports_arrival_when_the_receiver_cl
     track.on_receiver_report(0.7, 0.3, 10, (3, 3 * 300, None))  # 2 s since the last report arrived
     delivered = 3 * (300 + PACKET_OVERHEAD_BYTES - 12) * 8 / 1000 / 2.0 + DATA_HEADROOM_KBPS
     assert track.estimator.capacity_kbps == pytest.approx(delivered)
+
+
+def test_a_probes_jump_taken_back_on_a_nack_does_not_pause_retransmissions(track):
+    """Random loss NACKs a packet right after a probe's jump: the jump goes, the lost packet is still resent."""
+    track.estimator.loss_kbps = track.estimator.capacity_kbps = 15.0  # after a narrow spell
+    track.on_probe_success(25.0)
+    jumped = track.estimator.estimate(track.clock.now)
+    track.clock.now += 0.5
+    assert track.on_nack(7, 200)
+    assert jumped == 25.0 and track.estimator.estimate(track.clock.now) == 15.0
+    assert "probe's jump" in track.estimator.reason and track.retransmissions.skipped_paused == 0
