@@ -499,10 +499,11 @@ class BandwidthEstimator:
         return self.capacity_kbps is None
 
     def _queue_output(self, now: float, fraction_lost: float, expected: int | None, delivered_kbps: float | None) -> bool:
-        """Inside the hold after a loss cut, a report whose own loss is still heavy: the estimate goes to
-        DELIVERED_SHARE of the rate the link delivered (when lower). True if it did."""
+        """Inside the hold after a cut for a full queue (not a probe's jump taken back: random loss does that too, and
+        the lab's 10 % loss row then read 29 % of 7 packets as a queue's output), a report whose own loss is still
+        heavy: the estimate goes to DELIVERED_SHARE of the rate the link delivered (when lower). True if it did."""
         if (delivered_kbps is None or expected is None or expected < DELIVERED_MIN_PACKETS
-                or fraction_lost <= QUEUE_LOSS or not now - self.loss_cut_at < DECREASE_HOLD_S):
+                or fraction_lost <= QUEUE_LOSS or not now - self.overflow_at < DECREASE_HOLD_S):
             return False
         target = self._clamp(DELIVERED_SHARE * delivered_kbps)
         if target >= self.loss_kbps:

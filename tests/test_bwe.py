@@ -431,6 +431,12 @@ def test_inside_the_hold_a_queue_still_overflowing_moves_the_estimate_to_its_out
     assert e.loss_cut_at == 1.0 and e.capacity_kbps == 15.0  # a measurement: the hold does not start again
     e.on_report(1.9, 0.7, sending_kbps=60.0, expected=12, delivered_kbps=20.0)  # a higher reading: no raise
     assert e.estimate(1.9) == pytest.approx(DELIVERED_SHARE * 15.0)
+    f = BandwidthEstimator(start_kbps=14.0, min_kbps=5.0, max_kbps=60.0)
+    f.capacity_kbps = 14.0
+    f.on_probe(1.0, 24.0)
+    f.on_nack(1.2)  # random loss takes the probe's jump back: no queue was seen overflowing
+    f.on_report(1.5, 0.29, sending_kbps=14.0, expected=7, delivered_kbps=13.0)
+    assert f.estimate(1.5) == 14.0
 
 
 def test_received_since_counts_what_the_report_says_arrived_sized_from_the_packets_sent():
