@@ -57,8 +57,8 @@ SEVERE_LOSS = 0.35
 QUEUE_LOSS = 0.20
 # What a full queue lets through is the link's rate: a receiver report says how many packets arrived since the last
 # one (sender/rtcp.py sizes them from the packets sent), and while its loss is heavy the bottleneck was overflowing the
-# whole time, so that rate is the link's, whatever was sent. A heavy-loss cut goes to this share of it (the draft's
-# beta on the incoming rate: under the link, so the queue drains; never up), and notes it as the capacity. Cutting
+# whole time, so that rate is the link's, whatever was sent. A loss cut goes at least to this share of it (the draft's
+# beta on the incoming rate: under the link, so the queue drains), and notes it as the capacity. Cutting
 # to a share of what was sent left the lab's 60 -> 15 kbps step at 28 kbps after the first cut, and the drops went on
 # 1.6 s until the next. Inside the hold after a cut (DECREASE_HOLD_S) a report whose own loss is still heavy, over at
 # least DELIVERED_MIN_PACKETS, moves the estimate to it too: a measurement, not one more multiplicative step.
@@ -301,7 +301,8 @@ class BandwidthEstimator:
             # through only (1 - p) of what was sent: cutting to that is the quicker way under the cap.
             heavy = sending_kbps is not None and loss > QUEUE_LOSS
             through = sending_kbps * (1 - loss) if heavy else None
-            measured = heavy and delivered_kbps is not None and fraction_lost > QUEUE_LOSS
+            # This report's own loss says the queue overflowed while it counted (a creep past the link shows 10-20 %).
+            measured = delivered_kbps is not None and fraction_lost > LOSS_HIGH
             if measured:
                 # The link's own measure, not the lost share of what is sent now: the pooled loss may be of a higher
                 # rate before the last cut (the lab's stepped cap: 69 % of a 13.6 kbps target read as 4.2 kbps).
@@ -524,12 +525,7 @@ class BandwidthEstimator:
         # From what was sent, when the estimate had run ahead of it: a cut never raises the sender's rate.
         basis = min(self.loss_kbps, at_kbps) if at_kbps else self.loss_kbps
         self.capacity_kbps = min(basis, capacity_kbps) if capacity_kbps else basis
-        if capacity_kbps and through_kbps is not None:
-            # The link was measured: to under it, as far as the measurement says and no further (the draft's
-            # multiplier on top took the lab's 15 kbps link from 13.4 kbps to the floor, 11.0).
-            self.loss_kbps = self._clamp(min(basis, through_kbps))
-        else:
-            self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
+        self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
         self.loss_cut_at = self.overflow_at = now
         return True
 
