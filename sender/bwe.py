@@ -100,14 +100,11 @@ REMB_STALE_S = 5.0
 # while the reports still showed no loss.
 REMB_QUEUE_S = 0.1
 REMB_EVIDENCE_S = 2.0
-# ... and only when it is under this share of what is sent: aiortc's receiver answers overuse with 0.85 of what it
-# measures coming in, and a REMB near what is sent only echoes it (the lab's stepped cap: REMBs of 12.7-14.5 kbps
-# with 13-15 kbps sent, each believed, kept the estimate "just lowered" and held off the probes until 5 s after the
-# link widened again).
-REMB_BELIEVE_SHARE = 0.9
 # A decrease of the estimate is news of the link (the probes wait QUIET_S after it, sender/probe.py) when it takes
-# the estimate under what is sent and by more than this share: the sender retargets only on changes above 10 %
-# (sender/session.py), and a delay cut of 0.4 % at the estimate's floor held off the probes for 3 s.
+# the estimate more than this share under both what it was and what is sent: the sender retargets only on changes above 10 %
+# (sender/session.py), and a delay cut of 0.4 % at the estimate's floor held off the probes for 3 s, as did REMBs
+# trimming it by a few % each (the lab's stepped cap: 12.7-14.5 kbps with 13-15 kbps sent, until 5 s after the link
+# widened again). Such a REMB still trims the estimate: over the lab's 15 kbps cap that is what keeps it under.
 LOWERED_SHARE = 0.1
 # A bandwidth probe's own queue (sender/probe.py): aiortc's receiver reads the padding's queue in the video's
 # arrival times as overuse and cuts its REMB, and a failed probe's drops are loss evidence for it (the fault lab's
@@ -348,9 +345,8 @@ class BandwidthEstimator:
             why = f"{loss:.0%} lost{span}: holding"
         return self._note(now, before, delay_why or why)
 
-    def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None, sent_kbps: float | None = None) -> float:
-        """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now (its target);
-        `sent_kbps`: what it put on the link over the last second, measured, when known."""
+    def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None) -> float:
+        """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now."""
         self.rembs += 1
         self.remb_heard_kbps, self.remb_heard_at = max(0.0, kbps), now
         before = self.estimate(now)
@@ -372,11 +368,7 @@ class BandwidthEstimator:
             # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
             # keyframe: a REMB lower than the estimate then says nothing new.
             return before
-        # Of what is sent, the target or the measured rate, whichever is lower: at a few kbps VP8 spends up to a third
-        # under its target, and the REMB follows what it spends.
-        sent = min(x for x in (sending_kbps, sent_kbps, math.inf) if x is not None)
-        echo = kbps >= REMB_BELIEVE_SHARE * sent
-        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S or echo):
+        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S):
             self.rembs_ignored += 1
             return before
         if kbps < before:
@@ -533,11 +525,11 @@ class BandwidthEstimator:
         return min(self.max_kbps, max(self.min_kbps, kbps))
 
     def _note(self, now: float, before: float, why: str, sending_kbps: float | None = None) -> float:
-        """Log a change of the estimate. A decrease by more than LOWERED_SHARE to under what is sent (`sending_kbps`,
-        when known) is news of the link (`lowered_at`); one that stays above it (a REMB trimming an estimate that ran
-        ahead: a probe's echo) is not."""
+        """Log a change of the estimate. A decrease to more than LOWERED_SHARE under both what it was and what is sent
+        (`sending_kbps`, when known) is news of the link (`lowered_at`); one that stays above what is sent or close to
+        it (a REMB trimming an estimate that ran ahead: a probe's echo) is not."""
         after = self.estimate(now)
-        if after < (1 - LOWERED_SHARE) * before and (sending_kbps is None or after < sending_kbps):
+        if after < (1 - LOWERED_SHARE) * min(before, math.inf if sending_kbps is None else sending_kbps):
             self.lowered_at = now
         if after != before:
             self.reason = why

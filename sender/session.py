@@ -361,7 +361,7 @@ class LowResTrack(MediaStreamTrack):
                 self.estimator.rembs_ignored += 1
                 return
             remb += self.background.kbps()
-        self.estimator.on_remb(self._clock(), remb, sending_kbps=self.sending_kbps(), sent_kbps=self.sent_kbps())
+        self.estimator.on_remb(self._clock(), remb, sending_kbps=self.sending_kbps())
 
     def _after_estimate(self) -> None:
         """After the estimate heard something: a new cut for a full queue pauses retransmissions (sender/rtx.py); a
