@@ -284,6 +284,12 @@ def test_a_packet_lost_right_after_a_probes_jump_takes_the_estimate_back():
     assert bwe.estimate(10.0) == 21.9
     bwe.on_nack(10.0 + PROBE_TRIAL_S / 2)
     assert bwe.estimate(11.0) == 12.0 and "probe" in bwe.reason and bwe.quiet_since() == 10.0 + PROBE_TRIAL_S / 2
+    stacked = BandwidthEstimator(start_kbps=12.0, min_kbps=5.0, max_kbps=66.0)
+    stacked.capacity_kbps = 12.0
+    stacked.on_probe(10.0, 18.8)
+    stacked.on_probe(10.8, 26.9)  # a second jump while the first is on trial
+    stacked.on_nack(11.0)
+    assert stacked.estimate(11.0) == 12.0  # both taken back
     kept = BandwidthEstimator(start_kbps=12.0, min_kbps=5.0, max_kbps=66.0)
     kept.capacity_kbps = 12.0
     kept.on_probe(10.0, 21.9)
