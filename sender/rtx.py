@@ -31,7 +31,8 @@ MIN_RESEND_S = 0.1
 # a retransmission sent into it is dropped too and keeps it full (the lab's 60 -> 15 kbps step: six resent
 # packets, 3.2 KB, sent 0.1 s after the cut, all dropped, and the drops went on for a second more). The receiver
 # asks again 0.25 and 0.5 s after its first NACK (receiver/jitter.py), and no more: the pause must end before the
-# last ask (with 0.5 s the lab's 15 kbps cap lost a packet for good, and 24 frames waited for a keyframe).
+# last ask (with 0.5 s a run of the lab's 15 kbps cap skipped a resend after a cut and then waited for a keyframe:
+# 24 concealed).
 PAUSE_AFTER_CUT_S = 0.3
 # Sequence numbers remembered for the resend rule (aiortc keeps 128 packets of history).
 REMEMBERED = 256
