@@ -307,11 +307,9 @@ class BandwidthEstimator:
                 why += f", {delivered_kbps:.1f} kbps delivered"
             if not self._cut_loss(now, 1 - 0.5 * loss, through, at_kbps=sending_kbps,
                                   capacity_kbps=delivered_kbps if measured else None):
-                why += ": holding after the last cut"
-                if self._queue_output(now, fraction_lost, expected, delivered_kbps):
-                    why = f"{fraction_lost:.0%} lost, {delivered_kbps:.1f} kbps delivered: the queue still overflows"
-        elif self._queue_output(now, fraction_lost, expected, delivered_kbps):
-            why = f"{fraction_lost:.0%} lost, {delivered_kbps:.1f} kbps delivered: the queue still overflows"
+                why = self._queue_output(now, fraction_lost, expected, delivered_kbps) or why + ": holding after the last cut"
+        elif output := self._queue_output(now, fraction_lost, expected, delivered_kbps):
+            why = output
         elif judged and loss > LOSS_HIGH:
             # Moderate loss with a flat RTT and a REMB above what is sent is a lossy link, not a full queue:
             # cutting would not save a packet.
@@ -494,20 +492,21 @@ class BandwidthEstimator:
         """In the slow start: no congestion signal yet."""
         return self.capacity_kbps is None
 
-    def _queue_output(self, now: float, fraction_lost: float, expected: int | None, delivered_kbps: float | None) -> bool:
+    def _queue_output(self, now: float, fraction_lost: float, expected: int | None,
+                      delivered_kbps: float | None) -> str | None:
         """Inside the hold after a cut for a full queue (not a probe's jump taken back: random loss does that too, and
         the lab's 10 % loss row then read 29 % of 7 packets as a queue's output), a report whose own loss is still
-        heavy: the estimate goes to DELIVERED_SHARE of the rate the link delivered (when lower). True if it did."""
+        heavy: the estimate goes to DELIVERED_SHARE of the rate the link delivered (when lower). The reason if it did."""
         if (delivered_kbps is None or expected is None or expected < DELIVERED_MIN_PACKETS
                 or fraction_lost <= QUEUE_LOSS or not now - self.overflow_at < DECREASE_HOLD_S):
-            return False
+            return None
         target = self._clamp(DELIVERED_SHARE * delivered_kbps)
         if target >= self.loss_kbps:
-            return False
+            return None
         self.loss_kbps = target
         self.capacity_kbps = min(self.capacity_kbps or math.inf, delivered_kbps)
         self.overflow_at = now
-        return True
+        return f"{fraction_lost:.0%} lost, {delivered_kbps:.1f} kbps delivered: the queue still overflows"
 
     def _cut_loss(self, now: float, factor: float, through_kbps: float | None = None, at_kbps: float | None = None,
                   capacity_kbps: float | None = None) -> bool:

@@ -49,7 +49,7 @@ PROBE_S = 0.2
 # its 0.3 s queue with four).
 PROBE_MESSAGES = 3
 # A probe succeeds when every message came, at no less than this share of the rate they were sent at; the
-# estimate then goes to ACCEPT_SHARE of what got through (the probe's total rate times the share that arrived: a
+# estimate then goes to ACCEPT_SHARE of what got through (the video as sent plus the padding as it arrived: a
 # probe a little over a full link still passes, and the video must not follow it there).
 # At a narrow link's rates a cluster is three packets among two or three of the video's, and its timing is noisy: a
 # probe through the lab's 15 kbps cap at 1.7x its rate arrived at 88 % (the estimate followed it over the cap: 38

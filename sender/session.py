@@ -112,8 +112,6 @@ CHUNK_S = 0.2
 # A receiver report's interval, for the rate the link delivered in it, is timed by the receiver's clock (sender/rtcp.py)
 # or else by when the reports reach the sender; one shorter than this (aiortc sends one every 0.5-1.5 s) times nothing.
 MIN_REPORT_GAP_S = 0.3
-# The RTP fixed header, counted in the bytes sender/rtcp.py reports received (PACKET_OVERHEAD_BYTES includes it).
-RTP_HEADER_BYTES = 12
 # The packets a NACK answers were sent about an RTT before it (at most this long: a queue-inflated RTT
 # would shift the window past the loss).
 NACK_LAG_MAX_S = 0.5
@@ -341,7 +339,8 @@ class LowResTrack(MediaStreamTrack):
             if interval is None and self._report_at is not None:
                 interval = now - self._report_at
             if interval is not None and interval >= MIN_REPORT_GAP_S:
-                delivered = (size + packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER_BYTES)) * 8 / 1000 / interval
+                # `size` counts the RTP fixed header, which PACKET_OVERHEAD_BYTES includes too.
+                delivered = (size + packets * (PACKET_OVERHEAD_BYTES - rtcp.RTP_HEADER)) * 8 / 1000 / interval
                 delivered += DATA_HEADROOM_KBPS
         self._report_at = now
         self.estimator.on_report(now, fraction_lost, rtt_s, sending_kbps=self.sending_kbps(), expected=expected,
