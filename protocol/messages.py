@@ -37,7 +37,8 @@ transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild;
 has arrived (the model chunks then travel during the stream); `Config.chunk_size`, model chunks smaller than
 CHUNK_BYTES (an in-call transfer over a narrow link); `Config.shapes`, a stream whose shape may change at
 keyframes (`shape` messages); `Config.probes`, a sender that probes the link with padding (`probe` messages on
-the meta channel, each cluster answered by a `probe_result`). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
+the meta channel, each cluster answered by a `probe_result`); `Config.feedback`, a sender that asks for transport
+feedback (RTCP, not a message here: protocol/feedback.py). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
 
@@ -150,12 +151,15 @@ class Config(Message):
     # The sender probes the link with padding on the meta channel (`probe` messages) and the receiver times them
     # (`probe_result`): how a sender held low by a narrow spell finds out the link widened (sender/probe.py).
     probes: bool = False
+    # The receiver reports how the video's packets arrive (transport feedback in RTCP, protocol/feedback.py): the
+    # link's rate and its queue several times a second, rather than once per receiver report.
+    feedback: bool = False
     limits: ClassVar[dict] = {
         "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE),
         "fps": (0.1, 1000.0), "scale": (1, 64), "temporal": (1, 64), "frames": (1, MAX_FRAMES),
         "kbps": (1.0, 100_000.0), "ticks": (90, 900_000), "auth": TAG_HEX, "chunk_size": (0, CHUNK_BYTES),
     }
-    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size", "shapes", "probes")
+    omit_empty: ClassVar[tuple[str, ...]] = ("auth", "guard", "early", "chunk_size", "shapes", "probes", "feedback")
 
     @property
     def model_chunk_bytes(self) -> int:

@@ -30,7 +30,7 @@ from typing import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket
 from aiortc.utils import uint16_add
 
 # Give up on a missing packet once the frames waiting behind it are this much older (media time) than the
@@ -52,7 +52,7 @@ CAPACITY = 512
 CLOCK_RATE = 90_000
 _PRIVATE = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__timestamp_mapper",
             "_RTCRtpReceiver__decoder_thread", "_RTCRtpReceiver__codecs", "_RTCRtpReceiver__nack_generator",
-            "_send_rtcp_nack")
+            "_send_rtcp_nack", "_send_rtcp", "_RTCRtpReceiver__rtcp_ssrc")
 
 
 def is_keyframe(mime: str, data: bytes) -> bool:
@@ -109,11 +109,15 @@ class DrainingJitterBuffer(JitterBuffer):
         self.renacks = 0  # NACKs repeated for a hole (see NACK_RETRY_S)
         self.recoveries_ms: list[float] = []  # from each skip to the keyframe that ended it
         self.bytes_received = 0  # RTP payload bytes that reached the buffer (the live view's kbps)
+        # Told of each packet as it arrives (receiver/feedback.py: the transport feedback), with the arrival time.
+        self.on_arrival: Callable[[RtpPacket, float], None] | None = None
 
     # -- aiortc's entry point ------------------------------------------------------------------------
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         mime = self._codec(packet).mimeType
         self.bytes_received += len(packet.payload)
+        if self.on_arrival is not None:
+            self.on_arrival(packet, self._clock())
         pli, _ = super().add(packet)  # places the packet (aiortc's misorder and overflow rules); releases nothing
         frames = self._drain(mime)
         if self._stale(packet):
@@ -133,6 +137,14 @@ class DrainingJitterBuffer(JitterBuffer):
         # aiortc queues the frame we return; the ones before it go to its decoder queue first, in order.
         self._enqueue(frames[:-1], packet)
         return pli, frames[-1]
+
+    def send_feedback(self, media_ssrc: int, fci: bytes) -> None:
+        """Send an RTCP application-layer feedback message (RFC 4585, PSFB FMT 15) about `media_ssrc` with this FCI
+        (protocol/feedback.py), as aiortc sends its PLIs: from the receiver's RTCP SSRC, once it has one."""
+        rtcp_ssrc = getattr(self._receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+        if rtcp_ssrc is not None:
+            self._spawn(self._receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=media_ssrc,
+                                                                 fci=fci)))
 
     def _remove_frame(self, sequence_number: int) -> None:
         return None  # frames leave through _drain only

@@ -34,12 +34,14 @@ from codec.memory import peak_rss_mb
 from codec.ops import DEFAULT_ITERATIONS, DEFAULT_TEMPORAL_METHOD, Codec
 from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
+from protocol import feedback as transport_feedback
 from protocol import messages as msg
 from protocol.peer import DEFAULT_HOST, new_peer_connection, send_message
 from protocol.signaling import Busy, serve
 from protocol.timing import IndexMapper
 
 from . import jitter
+from .feedback import ArrivalFeedback
 from .probes import CLUSTER_WAIT_S, ProbeTimer
 from .sampler import Sampler, worker_counters
 from .worker import MAX_PENDING_SHAPES, ReconstructWorker, StreamInfo
@@ -127,6 +129,7 @@ class Session:
         self.modes_bytes = 0
         self.last_shape_first = 0  # an adaptive stream: the first frame of the latest shape announced
         self.probes = ProbeTimer()  # the sender's bandwidth probes (Config.probes), timed as they arrive
+        self.arrivals: ArrivalFeedback | None = None  # the video's packets as they arrive (Config.feedback)
         self._probe_check_pending = False
         # An early start (Config.early): the model arrives during the stream.
         self.awaiting_model = False
@@ -192,6 +195,19 @@ class Session:
                     self._answer_probes(self.probes.expire(time.monotonic()))
 
             asyncio.get_running_loop().call_later(CLUSTER_WAIT_S, check)
+
+    def _start_feedback(self) -> None:
+        """Tell the sender how the video's packets arrive (receiver/feedback.py), in RTCP (protocol/feedback.py)."""
+        self.arrivals = arrivals = ArrivalFeedback()
+        for buffer in self.jitter_buffers:
+
+            def on_arrival(packet, now: float, buffer=buffer) -> None:
+                arrivals.on_packet(now, len(packet.payload), packet.extensions.abs_send_time)
+                feedback = arrivals.due(now)
+                if feedback is not None:
+                    buffer.send_feedback(packet.ssrc, transport_feedback.pack(feedback))
+
+            buffer.on_arrival = on_arrival
 
     async def send(self, message: msg.Message) -> None:
         if self.control is not None and self.control.readyState == "open":
@@ -276,6 +292,8 @@ class Session:
         if not await self._authenticate(config):
             return
         self.config = config
+        if config.feedback:
+            self._start_feedback()
         if self.options.reference is not None and len(self.options.reference) < config.frames and not self.options.reference_loop:
             log.warning("reference has %d frames, the stream %d: metrics cover the overlap", len(self.options.reference), config.frames)
         codec = self.options.models.get(self.hello.model_sha256)
@@ -599,6 +617,7 @@ class Session:
             # Keyframe requests are RTCP PLIs from the jitter buffer when it gives up on lost packets.
             "keyframe_requests": sum(b.plis for b in self.jitter_buffers),
             "probe_results": self.probes.results,
+            "feedbacks": self.arrivals.sent if self.arrivals is not None else 0,
             **self._jitter_stats(),
             "timestamps_anchored": self.mapper.anchored if self.mapper else None,
             "session_s": round(time.monotonic() - self.began, 2),

@@ -14,6 +14,10 @@ it; sender/session.py converts). Two controllers; the lower one is the estimate,
   are being lost, and any one bounds a climb and ends the slow start when under what is sent. And the RTT
   trend of the receiver reports: an RTT well above the lowest seen means a queue is building at the
   bottleneck before anything is lost, so the delay estimate backs off to DELAY_BACKOFF of what is sent.
+- **Transport feedback** (receiver/feedback.py, when the receiver sends it): every ~0.2 s the queue the video's
+  packets waited in and the rate they arrived at. A standing queue (FEEDBACK_QUEUE_S) cuts to under the rate the
+  link delivered, deep enough to drain it, seconds before a receiver report would show the loss; a small one
+  holds the climb, so the estimate does not creep past a link it already fills.
 - **Probes** (sender/probe.py): a probe that got through lifts the estimate at once; the lift is on trial for
   PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe is its echo.
 
@@ -118,6 +122,57 @@ PROBE_ECHO_S = 3.0
 # estimate back to where it was before the jump, at once.
 PROBE_TRIAL_S = 2.0
 
+# Transport feedback (receiver/feedback.py). A queue this long under the video's packets (the least of a feedback's
+# packets above the least seen) is a bottleneck the video overfills: the estimate goes to under the rate the link
+# delivered meanwhile (the receiver's clock times it, and while a queue stands that is the link's rate), by
+# DELIVERED_SHARE less the queue over DRAIN_S (a full 0.3 s queue, as in the fault lab, drains within about a second
+# at 0.65 of the link), no lower than FEEDBACK_MIN_SHARE of it. The reading counts each packet's own time on the
+# link: at 15 kbps a 300-byte frame takes 0.16 s, and the lab's stepped cap read 30-250 ms there with nothing lost,
+# 20-130 ms at 60 kbps; right after its step to 15 kbps, 500-700 ms (the delay row adds 100 +- 30 ms per packet,
+# and the least of a feedback's packets stays near its low).
+FEEDBACK_QUEUE_S = 0.35
+DRAIN_S = 1.5
+FEEDBACK_MIN_SHARE = 0.5
+# The feedback's delivered rate counts the data channels' usual share (sender/session.py) though over a few tenths of
+# a second the video may have had the link to itself: the lab's 15 kbps cap read 17.9-18.0. Its capacity is noted
+# this share of it lower, and once the queue has drained the estimate goes back to RESTORE_SHARE of it (the lab's
+# 15 kbps cap: 13.5 kbps, where its slow start ends; at DELIVERED_SHARE, 15.2, over the link: 19 frames concealed;
+# with the video's share alone, 11.0 read, under the floor, and the call held there 8 s: 28.0 dB).
+DELIVERED_OVER_READ = 0.15
+RESTORE_SHARE = 0.75
+# A queue this long holds the climb (GCC's hold state): the link is full, a clean report there is no room to take.
+# Reports within FEEDBACK_HOLD_CLIMB_S of such a feedback do not raise the estimate, nor does a probe go out
+# (sender/probe.py): its padding would queue behind the video and overflow. The reading less the feedback's mean
+# packet's own time at the estimate: at 15 kbps a 300-byte packet takes 0.16 s by itself, and holding on the raw
+# reading held the lab's 15 kbps cap wherever the slow start had ended (11.6-12.4 kbps: 28.8-29.1 dB, against
+# 13.5-14.9 kbps and 29.5-30.1 dB where it climbed).
+FEEDBACK_HOLD_QUEUE_S = 0.15
+FEEDBACK_HOLD_CLIMB_S = 1.0
+# After a feedback cut the packets sent at the new rate arrive behind the queue the cut saw: no second cut until
+# that queue has passed plus this long (two feedbacks), nor, within DECREASE_HOLD_S, while the queue is shorter
+# than at the cut (it is draining).
+FEEDBACK_HOLD_S = 0.4
+# A link that widened shows in the feedback before any probe: each packet's time on the link shrinks with it. The
+# feedback reads the least delay of its packets over the least seen, so a narrow link's small packets read their own
+# transmission time (the lab's stepped cap, at the floor: 30-50 ms at 15 kbps, against 0-7 ms once it is 60 kbps
+# again). When the last WIDENED_FEEDBACKS readings are all under WIDENED_QUEUE_S and the median of those in the
+# WIDENED_HISTORY_S before them was at least twice that, a probe may go at once (sender/probe.py), its backoff
+# notwithstanding: with a backoff of 3-6 s the stepped cap's first probe after the step up came 3-6 s late. Only
+# readings under FEEDBACK_HOLD_QUEUE_S count before, at least WIDENED_MIN_READINGS of them: a queue draining is not a
+# link widening (the lab's 15 kbps cap: after a failed probe's 120-210 ms, 8 and 14 ms sent a probe into the cap).
+# On a link narrow from the start the low is its own, and its small packets read 0-25 ms: no signal, nor a false one.
+WIDENED_QUEUE_S = 0.015
+WIDENED_FEEDBACKS = 2
+WIDENED_HISTORY_S = 3.0
+WIDENED_MIN_READINGS = 4
+# The signal holds this long for the probes (sender/probe.py): a probe's gates (another just answered, a queue read
+# under a second ago) may hold it for a moment, and the readings climb again as soon as the estimate does.
+WIDENED_FRESH_S = 1.0
+# Transport feedback this recent stands in for the RTT's queue signal (it reads the same queue, better).
+FEEDBACK_FRESH_S = 2.0
+# A bandwidth probe (sender/probe.py) queues its own padding ahead of the video: a queue this soon after a probe
+# went out is the probe's (its result says whether the link had room), not a reason to cut.
+FEEDBACK_PROBE_S = 0.8
 
 # Fast loss from NACKs. aiortc's receiver reports come about once a second, and a report that straddles the
 # moment a link narrowed understates the loss; the receiver NACKs each lost packet within about an RTT. The
@@ -241,6 +296,14 @@ class BandwidthEstimator:
     trial_back_kbps: float = field(default=0.0, init=False)  # ... from this estimate
     start_steps: int = field(default=0, init=False)  # the slow start's steps up so far
     lowered_at: float = field(default=-math.inf, init=False)  # the last time the estimate went down (to under what is sent)
+    feedbacks: int = field(default=0, init=False)
+    feedback_at: float = field(default=-math.inf, init=False)  # the last transport feedback
+    feedback_full_at: float = field(default=-math.inf, init=False)  # the last feedback with a queue that holds the climb
+    feedback_cut_queue_s: float = field(default=0.0, init=False)  # the queue the last feedback cut saw
+    feedback_cut_at: float = field(default=-math.inf, init=False)
+    restore_kbps: float | None = field(default=None, init=False)  # where the estimate goes once the queue drained
+    readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
+    widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -320,6 +383,8 @@ class BandwidthEstimator:
             # drops anything (the fault lab's 15 kbps cap: its second step, on a report of 2-10 packets, went to
             # 22.8 kbps; where the REMB that ends the start came 1-2 s after it, 17-36 frames were concealed).
             why = f"{loss:.0%} lost{span}: starting, too few packets to step up"
+        elif clean and now - self.feedback_full_at < FEEDBACK_HOLD_CLIMB_S:
+            why = f"{loss:.0%} lost{span}, a queue in the feedback: holding"
         elif clean:
             # Never far above what is being sent: an application-limited sender learns nothing about the link
             # by raising a number it does not use.
@@ -342,6 +407,63 @@ class BandwidthEstimator:
         else:
             why = f"{loss:.0%} lost{span}: holding"
         return self._note(now, before, delay_why or why)
+
+    def on_feedback(self, now: float, queue_s: float, delivered_kbps: float | None,
+                    sending_kbps: float | None = None, packet_bits: float = 0.0) -> float:
+        """Transport feedback (receiver/feedback.py): the queue the video's latest packets waited in (s) and the rate
+        (wire kbps) the link delivered them at while it stood, when measured. `sending_kbps`: what is sent now.
+        `packet_bits`: the feedback's mean packet on the wire; its own time on the link at the estimate is no queue
+        to hold the climb for.
+
+        Once the queue a cut drained is gone (a reading under FEEDBACK_HOLD_QUEUE_S, FEEDBACK_HOLD_S or more after the
+        cut) and nothing else cut since, the estimate goes back to RESTORE_SHARE of that delivered rate at once, as
+        BBR cruises after its drain: the drain's depth is for the queue, not the link. Climbing back report by report
+        took the lab's 15 kbps cap 3.3 s from the floor after a cut at the start (28.70 dB, against 29.4-29.8 in the
+        runs without one)."""
+        self.feedbacks += 1
+        self.feedback_at = now
+        before = self.estimate(now)
+        if queue_s - packet_bits / 1000 / max(before, 1.0) >= FEEDBACK_HOLD_QUEUE_S:
+            self.feedback_full_at = now
+        self.readings.append((now, queue_s))
+        while self.readings and self.readings[0][0] < now - WIDENED_HISTORY_S:
+            self.readings.popleft()
+        if self.link_widened(now):
+            self.widened_at = now
+        if queue_s >= FEEDBACK_QUEUE_S:
+            # A queue, as an RTT over its low says: a lower REMB is believed, moderate loss is a queue's. Not from
+            # REMB_QUEUE_S: at 15 kbps each packet's own time on the link reads 0.1-0.25 s, and every trimming REMB
+            # was believed (the lab's 15 kbps cap: the video held at 4-6 kbps, 28.3 dB).
+            self.evidence_at = self.queue_at = now
+        if self.restore_kbps is not None and self.loss_cut_at != self.feedback_cut_at:
+            self.restore_kbps = None  # another cut came since: its own rules hold
+        if (self.restore_kbps is not None and queue_s < FEEDBACK_HOLD_QUEUE_S
+                and now - self.feedback_cut_at >= FEEDBACK_HOLD_S):
+            restore, self.restore_kbps = self.restore_kbps, None
+            if restore > self.loss_kbps:
+                self.loss_kbps = restore
+                return self._note(now, before, f"the queue drained: back to {restore:.1f} kbps")
+        if (queue_s < FEEDBACK_QUEUE_S or delivered_kbps is None or now - self.probed_at < FEEDBACK_PROBE_S
+                or self._in_outage(now)):
+            return before
+        since = now - self.feedback_cut_at
+        if since < self.feedback_cut_queue_s + FEEDBACK_HOLD_S or (
+                since < DECREASE_HOLD_S and queue_s < self.feedback_cut_queue_s):
+            return before
+        share = max(FEEDBACK_MIN_SHARE, DELIVERED_SHARE - queue_s / DRAIN_S)
+        basis = min(self.loss_kbps, sending_kbps) if sending_kbps else self.loss_kbps
+        target = self._clamp(min(basis, share * delivered_kbps))
+        if target >= before:
+            return before
+        self.pooled.clear()  # the loss after a cut is the new rate's
+        self.capacity_kbps = min(basis, (1 - DELIVERED_OVER_READ) * delivered_kbps)
+        self.loss_kbps = target
+        self.trial_until = -math.inf  # a probe's jump is over: the link answered it
+        self.loss_cut_at = self.overflow_at = self.feedback_cut_at = now
+        self.feedback_cut_queue_s = queue_s
+        restore = self._clamp(min(basis, RESTORE_SHARE * delivered_kbps))
+        self.restore_kbps = restore if restore > target else None
+        return self._note(now, before, f"a {queue_s * 1000:.0f} ms queue, {delivered_kbps:.1f} kbps delivered", sending_kbps)
 
     def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None) -> float:
         """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now."""
@@ -442,7 +564,7 @@ class BandwidthEstimator:
         return {"estimate_kbps": round(self.estimate(now), 2), "reports": self.reports, "rembs": self.rembs,
                 "rembs_ignored": self.rembs_ignored,
                 "last_remb_kbps": None if self.remb_kbps is None else round(self.remb_kbps, 2),
-                "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
+                "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1), "feedbacks": self.feedbacks,
                 "base_rtt_ms": None if self.base_rtt_s is None else round(self.base_rtt_s * 1000, 1)}
 
     # -- internals -----------------------------------------------------------------------------------------
@@ -456,6 +578,13 @@ class BandwidthEstimator:
         queue = self.rtt_s - self.base_rtt_s
         if queue >= REMB_QUEUE_S:
             self.evidence_at = self.queue_at = now
+        if now - self.feedback_at <= FEEDBACK_FRESH_S:
+            # The transport feedback reads the same queue one way, five times a second, and free of the return path
+            # and of both event loops, and cuts for it; the RTT's queue stays evidence for the loss rule and the REMB
+            # (a small queue overflows at a few %: the lab's 15 kbps cap lost 5-10 % with 0.25-0.3 s read). Its cut
+            # at 15 kbps counts each packet's time on the link besides (there: 201 ms over the RTT's low held the video
+            # at 4 kbps for the rest of the call).
+            queue = min(queue, RTT_QUEUE_S)
         if queue > RTT_QUEUE_S:
             if now - self.delay_cut_at >= DELAY_HOLD_S:
                 basis = min(sending_kbps or math.inf, self.estimate(now))
@@ -469,6 +598,16 @@ class BandwidthEstimator:
             self.loss_kbps = min(self.loss_kbps, self.delay_kbps)
             self.delay_kbps = None
         return None
+
+    def link_widened(self, now: float) -> bool:
+        """Whether the feedback says the link just got faster (WIDENED_QUEUE_S): worth a probe now."""
+        recent = list(self.readings)
+        if len(recent) <= WIDENED_FEEDBACKS or now - recent[-1][0] > WIDENED_FRESH_S:
+            return False
+        last = recent[-WIDENED_FEEDBACKS:]
+        before = sorted(q for _, q in recent[:-WIDENED_FEEDBACKS] if q < FEEDBACK_HOLD_QUEUE_S)
+        return (len(before) >= WIDENED_MIN_READINGS and all(q < WIDENED_QUEUE_S for _, q in last)
+                and before[len(before) // 2] >= 2 * WIDENED_QUEUE_S)
 
     def _in_outage(self, now: float) -> bool:
         """A silence of receiver reports is under way, or just ended (OUTAGE_S, OUTAGE_GRACE_S)."""

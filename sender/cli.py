@@ -155,7 +155,7 @@ def cmd_send(args: argparse.Namespace) -> int:
                            connect_timeout=args.connect_timeout, bind=bind,
                            secret=secret, retries=args.retries, loop=loop, guard=args.guard or args.refresh,
                            refresh=refresh, early_start=not args.wait_for_model, model_pace=args.model_pace,
-                           shape_table=table, probe=args.probe)
+                           shape_table=table, probe=args.probe, feedback=args.feedback)
                for host, port in targets]
     try:
         stream_config(frames.shape, fps, options[0])  # e.g. a frame rate the protocol cannot carry: refused before connecting
@@ -224,7 +224,8 @@ def _send_live(args: argparse.Namespace, model: bytes, size, targets: list, bind
         options = SendOptions(host=host, port=port, scale=args.scale, temporal=args.temporal, kbps=args.kbps,
                               start_kbps=args.start_kbps, codec=args.codec, fps=capture.fps,
                               connect_timeout=args.connect_timeout, bind=bind,
-                              secret=secret, retries=args.retries, probe=args.probe)
+                              secret=secret, retries=args.retries, probe=args.probe,
+                              feedback=args.feedback)
         live = LiveFrames(capture, min(cap, MAX_FRAMES))
         try:
             stream_config(live.shape, capture.fps, options)
@@ -340,6 +341,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "then not used")
     p.add_argument("--probe", choices=PROBE_MODES, default="auto",
                    help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
+                        "(auto: on unless the receiver is on this machine)")
+    p.add_argument("--feedback", choices=PROBE_MODES, default="auto",
+                   help="ask the receiver for transport feedback (the queue and rate its video packets arrive at, five "
+                        "times a second): the estimate then cuts when a queue forms, before packets are lost "
                         "(auto: on unless the receiver is on this machine)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)

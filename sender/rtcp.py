@@ -5,7 +5,9 @@ REMB and PLI/FIR only for its own statistics and encoders, which vsae bypasses (
 no public callback. `observe` wraps that private coroutine on one sender instance and passes each packet on
 unchanged, after telling `on_report(fraction_lost, rtt_s, expected, received)` about each receiver report block
 for this sender's SSRC (`received`: the packets that arrived since the last block and their bytes, sized from
-aiortc's packet history) and `on_remb(kbps)` about each REMB that names it; a PLI or FIR lands in the sender's
+aiortc's packet history), `on_remb(kbps)` about each REMB that names it and `on_feedback(fci)` about each of vsae's
+transport feedbacks for it (an application-layer message, protocol/feedback.py; aiortc routes it here by its media
+SSRC and ignores it); a PLI or FIR lands in the sender's
 `_send_keyframe`, which only flags aiortc's own encoder, so that is replaced by `on_keyframe`. The RTT is computed here from the report's
 LSR and DLSR (RFC 3550, A.8), not read from aiortc's private state. `gate_retransmissions` puts a decision
 (sender/rtx.py) in front of aiortc's `_retransmit`, which resends every NACKed packet at once. The names
@@ -22,6 +24,8 @@ from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket, unpack_remb_fci
+
+from protocol import feedback as transport_feedback
 
 _PRIVATE = ("_handle_rtcp_packet", "_send_keyframe", "_ssrc")
 # The retransmission path: the coroutine that resends one sequence number, and the packet history it reads.
@@ -81,11 +85,13 @@ def received_since(history: dict, first: int, last: int, lost: int,
 def observe(sender: RTCRtpSender,
             on_report: Callable[[float, float | None, int | None, tuple[int, int, float | None] | None], None],
             on_remb: Callable[[float], None], on_keyframe: Callable[[], None],
-            nacked: Callable[[int], bool] = lambda seq: False) -> None:
+            nacked: Callable[[int], bool] = lambda seq: False,
+            on_feedback: Callable[[bytes], None] = lambda fci: None) -> None:
     """Call `on_report(fraction_lost 0..1, rtt_s or None, packets expected since the last report or None, (packets,
     bytes, seconds between the two reports at the receiver or None) received since the last report or None)`,
     `on_remb(kbps)` and `on_keyframe()` (PLI, FIR) as RTCP reaches `sender`. `nacked(seq)`: whether the receiver
-    NACKed that sequence number (its size is then not a received packet's)."""
+    NACKed that sequence number (its size is then not a received packet's). `on_feedback(fci)`: vsae's transport
+    feedback about this sender's SSRC (an application-layer message, protocol/feedback.py), its FCI unparsed."""
     missing = [name for name in _PRIVATE if not hasattr(sender, name)]
     handler = getattr(sender, "_handle_rtcp_packet", None)
     if missing or not inspect.iscoroutinefunction(handler):
@@ -113,6 +119,9 @@ def observe(sender: RTCRtpSender,
                         interval = None if written is None or last[2] is None else (written - last[2]) % NTP_SHORT
                         received = None if count is None else (*count, interval)
                     on_report(report.fraction_lost / 256.0, rtt_from_report(report.lsr, report.dlsr), expected, received)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP and transport_feedback.is_feedback(packet.fci):
+            if packet.media_ssrc == ssrc:
+                on_feedback(packet.fci)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)

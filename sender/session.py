@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +31,7 @@ from codec import bundle
 from codec.ops import TEMPORAL_METHODS
 from codec.video import resize, to_tensor, to_uint8
 from protocol import auth
+from protocol import feedback as transport_feedback
 from protocol import messages as msg
 from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_message
@@ -37,7 +39,7 @@ from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
 from . import rtcp
-from .bwe import NACK_WINDOW_S, BandwidthEstimator, NackLoss, SentRate
+from .bwe import FEEDBACK_HOLD_QUEUE_S, NACK_WINDOW_S, BandwidthEstimator, NackLoss, SentRate
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
 from .pacer import BackgroundPacer
@@ -112,6 +114,13 @@ CHUNK_S = 0.2
 # A receiver report's interval, for the rate the link delivered in it, is timed by the receiver's clock (sender/rtcp.py)
 # or else by when the reports reach the sender; one shorter than this (aiortc sends one every 0.5-1.5 s) times nothing.
 MIN_REPORT_GAP_S = 0.3
+# Transport feedback (receiver/feedback.py): the rate the link delivered the video at is read over the newest feedbacks that saw
+# at least a small queue (FEEDBACK_HOLD_QUEUE_S: the link was busy, so the arrivals were spaced by its rate, not by
+# what was sent) covering at least this long and this many packets; fewer time a frame's packets, not the link.
+FEEDBACK_RATE_S = 0.25
+FEEDBACK_RATE_PACKETS = 1
+# The feedback kept for the sender's report (a long call sends five a second).
+FEEDBACK_LOG_MAX = 3000
 # The packets a NACK answers were sent about an RTT before it (at most this long: a queue-inflated RTT
 # would shift the window past the loss).
 NACK_LAG_MAX_S = 0.5
@@ -172,6 +181,8 @@ class SendOptions:
     # Probe the link with padding when the estimate is under the request (sender/probe.py): "on", "off", or "auto"
     # ("off" to a receiver on this machine, where nothing narrows; "on" to any other).
     probe: str = "auto"
+    # Transport feedback from the receiver (receiver/feedback.py): auto, on, off (as `probe`).
+    feedback: str = "auto"
     # Fault injection (tests, the fault lab): called with (version, wire bytes) of each update, returns the
     # bytes to send instead; the closed loop still mirrors the update as made.
     update_filter: Callable[[int, bytes], bytes] | None = None
@@ -273,6 +284,11 @@ class LowResTrack(MediaStreamTrack):
         self.nack_loss = NackLoss()
         self.sent_rate = SentRate()
         self._report_at: float | None = None  # the last receiver report's arrival
+        self.feedback_asked = False  # the config asked the receiver for transport feedback (protocol/feedback.py)
+        self.feedback_refused = 0  # feedback FCIs that were not a valid one (ignored, as aiortc ignores bad RTCP)
+        self._feedback_seq: int | None = None  # the newest transport feedback taken (RTCP may arrive out of order)
+        self._busy: deque[tuple[float, int, float]] = deque()  # (span s, wire bits, packets) of the newest busy feedbacks
+        self.feedback_log: list[dict] = []
         self._cut_seen_at = -math.inf  # the estimator's last loss cut, as this track has acted on it
         self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
         self.background_stats: dict | None = None  # its summary, once it has ended
@@ -345,6 +361,46 @@ class LowResTrack(MediaStreamTrack):
         self._report_at = now
         self.estimator.on_report(now, fraction_lost, rtt_s, sending_kbps=self.sending_kbps(), expected=expected,
                                  delivered_kbps=delivered)
+        self._after_estimate()
+
+    def on_feedback(self, fci: bytes) -> None:
+        """Transport feedback (protocol/feedback.py, sender/rtcp.py): the queue the video's packets waited in, and the
+        rate the link delivered them at over the newest feedbacks that saw the link busy (FEEDBACK_RATE_S)."""
+        if not self.feedback_asked:
+            return
+        try:
+            feedback = transport_feedback.unpack(fci)
+        except msg.ProtocolError as exc:
+            if not self.feedback_refused:
+                log.warning("vsae send: ignoring a malformed transport feedback from the receiver (%s)", exc)
+            self.feedback_refused += 1
+            return
+        if not transport_feedback.newer(feedback.seq, self._feedback_seq):
+            return  # older than one already taken
+        self._feedback_seq = feedback.seq
+        now = self._clock()
+        queue = feedback.queue_us / 1e6
+        if queue < FEEDBACK_HOLD_QUEUE_S:
+            self._busy.clear()
+        elif feedback.span_us > 0:
+            bits = (feedback.bytes + feedback.packets * (PACKET_OVERHEAD_BYTES - rtcp.RTP_HEADER)) * 8
+            self._busy.append((feedback.span_us / 1e6, bits, feedback.packets))
+        while len(self._busy) > 1 and sum(x[0] for x in self._busy) - self._busy[0][0] >= FEEDBACK_RATE_S:
+            self._busy.popleft()
+        span, bits, packets = (sum(x[i] for x in self._busy) for i in range(3))
+        delivered = None
+        if span >= FEEDBACK_RATE_S and packets >= FEEDBACK_RATE_PACKETS:
+            # With the data channels' usual share, as a receiver report's delivered rate: over a few tenths of a second
+            # the video's packets may have had the link to themselves, and this then over-reads it by up to that share
+            # (the lab's 15 kbps cap: 17.9-18.0). sender/bwe.py allows for it (RESTORE_SHARE, DELIVERED_OVER_READ).
+            delivered = bits / 1000 / span + DATA_HEADROOM_KBPS
+        mean_bits = (feedback.bytes / max(1, feedback.packets) + PACKET_OVERHEAD_BYTES - rtcp.RTP_HEADER) * 8
+        self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits)
+        if len(self.feedback_log) < FEEDBACK_LOG_MAX:
+            origin = self._started_at if self._started_at is not None else now
+            self.feedback_log.append({"t": round(now - origin, 2), "queue_ms": round(queue * 1000, 1),
+                                      "delivered_kbps": None if delivered is None else round(delivered, 2),
+                                      "packets": feedback.packets, "bytes": feedback.bytes, "span_ms": feedback.span_us // 1000})
         self._after_estimate()
 
     def on_remb(self, kbps: float) -> None:
@@ -752,6 +808,8 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
     if options.probe not in PROBE_MODES:
         raise SessionError(f"probe must be one of {', '.join(PROBE_MODES)}, got {options.probe!r}")
+    if options.feedback not in PROBE_MODES:
+        raise SessionError(f"feedback must be one of {', '.join(PROBE_MODES)}, got {options.feedback!r}")
     live = isinstance(frames, LiveFrames)
     if options.shape_table is not None:
         if options.guard or live:
@@ -815,13 +873,13 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
 
     pc = new_peer_connection(options.bind or options.host)
     control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
-    meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, best effort
+    meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, probes: best effort
     transceiver = pc.addTransceiver(track, direction="sendonly")
     prefer_codec(transceiver, options.codec)
     # What the receiver says in RTCP (reports, REMB, PLI/FIR) reaches this track's estimate and encoder.
     try:
         rtcp.observe(transceiver.sender, track.on_receiver_report, track.on_remb, track.request_keyframe,
-                     track.nack_loss.was_nacked)
+                     track.nack_loss.was_nacked, track.on_feedback)
         rtcp.gate_retransmissions(transceiver.sender, track.on_nack)
     except rtcp.RtcpHookError as exc:
         raise SessionError(str(exc)) from None
@@ -935,6 +993,9 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         config = stream_config(frames.shape, source_fps, options)
         if resolved_probe(options):
             config = dataclasses.replace(config, probes=True)
+        if resolved_feedback(options):
+            config = dataclasses.replace(config, feedback=True)
+            track.feedback_asked = True
         if isinstance(track, AdaptiveLowResTrack):  # the first shape; `shape` messages announce the next
             h, w = track.encoder_size()
             config = dataclasses.replace(config, shapes=True, scale=track.shape.scale, temporal=track.shape.temporal,
@@ -1033,7 +1094,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         keyframe_requests=track.keyframe_requests, receiver_frames_out=bye.frames, wall_s=time.monotonic() - began,
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "start_kbps": round(track.start_kbps, 2), "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
-               "rate_log": track.rate_log, "estimate_log": track.estimate_log(),
+               "rate_log": track.rate_log, "estimate_log": track.estimate_log(), "feedback_log": track.feedback_log,
                "bwe": track.estimator.summary(track._clock()), "retransmissions": track.retransmissions.summary(),
                "ice_states": ice_states, **_start_stats(start, shipping),
                "background": track.background.summary() if track.background is not None else track.background_stats,
@@ -1118,6 +1179,13 @@ def resolved_probe(options: SendOptions) -> bool:
     if options.probe == "auto":
         return not receiver_on_this_machine(options)
     return options.probe == "on"
+
+
+def resolved_feedback(options: SendOptions) -> bool:
+    """Whether the sender asks for transport feedback (receiver/feedback.py): as asked, "auto" by where the receiver is."""
+    if options.feedback == "auto":
+        return not receiver_on_this_machine(options)
+    return options.feedback == "on"
 
 
 def resolved_start_kbps(options: SendOptions) -> float | None:

@@ -1,0 +1,385 @@
+"""Transport feedback: the receiver's account of the video's arrivals (receiver/feedback.py), its RTCP form
+(protocol/feedback.py, sent by receiver/jitter.py, read by sender/rtcp.py), and what the sender does with it
+(sender/session.py, sender/bwe.py, sender/probe.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiortc import RTCRtpSender
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
+
+from protocol import feedback as fb
+from protocol.messages import ProtocolError
+from receiver.feedback import ABS_SEND_TIME_UNIT, FEEDBACK_S, RTP_HEADER, ArrivalFeedback
+from sender import rtcp
+from sender.bwe import (DECREASE_HOLD_S, DELIVERED_OVER_READ, DELIVERED_SHARE, DRAIN_S, RESTORE_SHARE, FEEDBACK_HOLD_CLIMB_S, FEEDBACK_HOLD_QUEUE_S,
+                        FEEDBACK_MIN_SHARE, FEEDBACK_PROBE_S, FEEDBACK_QUEUE_S, BandwidthEstimator)
+from tests.fakes import FakeTransport
+
+
+def abs_send_time(seconds: float) -> int:
+    """aiortc's abs-send-time of a send time in seconds (6.18 fixed point, 24 bits)."""
+    return round(seconds / ABS_SEND_TIME_UNIT) & 0xFFFFFF
+
+
+# -- the FCI ----------------------------------------------------------------------------------------------
+def test_the_fci_round_trips_and_refuses_anything_else():
+    feedback = fb.Feedback(seq=65535, packets=3, bytes=2100, span_us=198_000, queue_us=287_500)
+    data = fb.pack(feedback)
+    assert len(data) == fb.FCI_BYTES and len(data) % 4 == 0 and fb.is_feedback(data)
+    assert fb.unpack(data) == feedback
+    assert not fb.is_feedback(pack_remb_fci(15_000, [1]))
+    for bad in (data[:-1], data + b"\0\0\0\0", b"REMB" + data[4:], data[:4] + b"\x02" + data[5:],
+                data[:16] + (fb.MAX_SPAN_US + 1).to_bytes(4, "big") + data[20:]):
+        with pytest.raises(ProtocolError):
+            fb.unpack(bad)
+
+
+def test_a_newer_feedback_is_told_across_the_wrap():
+    assert fb.newer(0, None) and fb.newer(5, 4) and not fb.newer(4, 4) and not fb.newer(3, 4)
+    assert fb.newer(1, 65535) and not fb.newer(65535, 1)
+
+
+# -- the receiver's account --------------------------------------------------------------------------------
+def test_arrivals_tile_time_and_a_queue_shows_above_the_least_delay():
+    arrivals = ArrivalFeedback()
+    out, arrived, counted = [], [], []
+    # 20 packets of 188 bytes, 0.1 s apart, 10 ms on the way; then 10 more, each waiting 50 ms longer than the last.
+    # The sender's clock is 1000 s away from the receiver's, and its abs-send-time wraps (every 64 s) on the way.
+    for k in range(30):
+        sent = 62.0 + 0.1 * k
+        arrival = 1000.0 + sent + 0.010 + (0.05 * (k - 19) if k >= 20 else 0.0)
+        arrivals.on_packet(arrival, 188 - RTP_HEADER, abs_send_time(sent))
+        arrived.append(arrival)
+        feedback = arrivals.due(arrival)
+        if feedback is not None:
+            out.append(feedback)
+            counted.append(arrival)
+    assert [f.seq for f in out] == list(range(len(out)))
+    # The first packet's bytes came before any time was measured; then every packet, over the time from first to last.
+    assert sum(f.packets for f in out) <= 29 and sum(f.bytes for f in out) == 188 * sum(f.packets for f in out)
+    # The spans tile: they add up to the time from the first arrival to the last one counted.
+    assert sum(f.span_us for f in out) == pytest.approx((counted[-1] - arrived[0]) * 1e6, abs=len(out))
+    queues = [f.queue_us / 1e6 for f in out]
+    assert max(queues[:6]) < 0.001  # steady: no queue, whatever the clocks' offset and the wrap
+    # The least of the last feedback's packets: the queue (less the low's slow drift, BASE_DRIFT, since it was seen).
+    assert queues[-1] == pytest.approx(0.05 * 9, abs=0.01)
+    assert all(FEEDBACK_S * 1e6 <= f.span_us for f in out[1:])
+
+
+def test_no_feedback_before_its_interval_or_without_packets():
+    arrivals = ArrivalFeedback()
+    assert arrivals.due(5.0) is None
+    arrivals.on_packet(5.0, 100, abs_send_time(1.0))
+    assert arrivals.due(5.0) is None  # one packet starts the clock: nothing measured yet
+    arrivals.on_packet(5.1, 100, abs_send_time(1.1))
+    first = arrivals.due(5.1)
+    assert first is not None and first.packets == 1 and first.span_us == 100_000
+    arrivals.on_packet(5.15, 100, None)  # no abs-send-time: counted, no delay read
+    assert arrivals.due(5.15) is None  # too soon
+    assert arrivals.due(5.4).packets == 1
+    assert arrivals.due(6.0) is None  # nothing arrived since
+
+
+def test_the_jitter_buffer_sends_the_fci_in_an_application_rtcp_message():
+    from tests.test_jitter import FakeReceiver
+
+    sent = []
+    receiver = FakeReceiver()
+
+    async def send_rtcp(packet):
+        sent.append(packet)
+
+    receiver._send_rtcp = send_rtcp
+    receiver._RTCRtpReceiver__rtcp_ssrc = None
+    receiver.buffer._spawn = lambda coro: asyncio.run(coro)
+    data = fb.pack(fb.Feedback(seq=1, packets=2, bytes=300, span_us=200_000, queue_us=0))
+    receiver.buffer.send_feedback(1234, data)
+    assert sent == []  # no RTCP SSRC yet: aiortc sends no PLI then either
+    receiver._RTCRtpReceiver__rtcp_ssrc = 77
+    receiver.buffer.send_feedback(1234, data)
+    packet = RtcpPsfbPacket.parse(bytes(sent[0])[4:], RTCP_PSFB_APP)
+    assert (packet.ssrc, packet.media_ssrc, packet.fci) == (77, 1234, data)
+    seen = []
+    receiver.buffer.on_arrival = lambda p, now: seen.append((p.sequence_number, now))
+    receiver.now = 2.5
+    receiver.receive(RtpPacket(payload_type=96, sequence_number=9, timestamp=0, payload=b"\x10\x00\x01"))
+    assert seen == [(9, 2.5)]
+
+
+def test_the_rtcp_hook_hands_feedback_for_this_sender_only():
+    async def scenario():
+        sender = RTCRtpSender("video", transport=FakeTransport())
+        seen = {"feedback": [], "remb": []}
+        rtcp.observe(sender, lambda *a: None, seen["remb"].append, lambda: None, on_feedback=seen["feedback"].append)
+        ours = sender._ssrc
+        data = fb.pack(fb.Feedback(seq=1, packets=2, bytes=300, span_us=200_000, queue_us=40_000))
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=ours, fci=data))
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=ours ^ 1, fci=data))
+        await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=9, media_ssrc=0,
+                                                        fci=pack_remb_fci(15_000, [ours])))
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert len(seen["feedback"]) == 1 and fb.unpack(seen["feedback"][0]).queue_us == 40_000
+    assert seen["remb"] == [15.0]
+
+
+# -- the estimate ------------------------------------------------------------------------------------------
+def narrowed(kbps: float = 60.0, floor: float = 5.0) -> BandwidthEstimator:
+    bwe = BandwidthEstimator(start_kbps=kbps, min_kbps=floor)
+    bwe.capacity_kbps = kbps  # past the slow start
+    return bwe
+
+
+def test_a_standing_queue_cuts_under_what_the_link_delivered_deep_enough_to_drain_it():
+    bwe = narrowed()
+    assert bwe.on_feedback(10.0, 0.6, 16.0, sending_kbps=45.0) == pytest.approx(
+        16.0 * max(FEEDBACK_MIN_SHARE, DELIVERED_SHARE - 0.6 / DRAIN_S))
+    assert bwe.capacity_kbps == pytest.approx(16.0 * (1 - DELIVERED_OVER_READ)) and bwe.overflow_at == 10.0  # resends pause, as after a cut for a full queue
+    assert bwe.history[-1].reason == "a 600 ms queue, 16.0 kbps delivered"
+    bwe = narrowed()
+    assert bwe.on_feedback(10.0, FEEDBACK_QUEUE_S, 40.0, sending_kbps=45.0) == pytest.approx(
+        40.0 * (DELIVERED_SHARE - FEEDBACK_QUEUE_S / DRAIN_S))
+
+
+def test_a_short_queue_or_an_unmeasured_rate_cuts_nothing():
+    bwe = narrowed()
+    assert bwe.on_feedback(10.0, FEEDBACK_QUEUE_S * 0.9, 16.0, sending_kbps=45.0) == 60.0  # a frame's own time
+    assert bwe.on_feedback(10.2, 0.6, None, sending_kbps=45.0) == 60.0  # no rate to cut to
+    assert bwe.queue_at == 10.2  # ... but a queue, for the REMB and the loss rule
+
+
+def test_after_a_feedback_cut_a_draining_queue_is_not_cut_again_a_growing_one_is():
+    bwe = narrowed()
+    first = bwe.on_feedback(10.0, 0.5, 20.0, sending_kbps=45.0)
+    assert bwe.on_feedback(10.3, 0.6, 18.0, sending_kbps=first) == first  # packets sent before the cut, still queued
+    assert bwe.on_feedback(11.2, 0.4, 18.0, sending_kbps=first) == first  # past the queue: shorter, draining
+    assert bwe.on_feedback(11.3, 0.7, 14.0, sending_kbps=first) < first  # longer than at the cut: not enough
+    third = bwe.estimate(11.3)
+    assert bwe.on_feedback(11.3 + 0.7 + DECREASE_HOLD_S, 0.4, 10.0, sending_kbps=third) < third  # still standing
+
+
+def test_a_probes_own_queue_is_not_cut_for():
+    bwe = narrowed()
+    bwe.on_probe_sent(10.0)
+    assert bwe.on_feedback(10.0 + FEEDBACK_PROBE_S / 2, 0.5, 20.0, sending_kbps=45.0) == 60.0
+    assert bwe.on_feedback(10.0 + FEEDBACK_PROBE_S, 0.5, 20.0, sending_kbps=45.0) < 60.0
+
+
+def test_a_small_queue_holds_the_climb_and_its_end_lets_it_go_on():
+    free, bwe = narrowed(kbps=14.0), narrowed(kbps=14.0)
+    free.max_kbps = bwe.max_kbps = 60.0
+    assert free.on_report(10.5, 0.0, sending_kbps=14.0, expected=30) > 14.0  # a clean report climbs ...
+    bwe.on_feedback(10.0, FEEDBACK_HOLD_QUEUE_S, 14.0, sending_kbps=14.0)
+    assert bwe.on_report(10.5, 0.0, sending_kbps=14.0, expected=30) == 14.0  # ... not with a queue in the feedback
+    bwe.on_feedback(10.6, FEEDBACK_HOLD_QUEUE_S / 2, 14.0, sending_kbps=14.0)
+    assert bwe.on_report(10.0 + FEEDBACK_HOLD_CLIMB_S, 0.0, sending_kbps=14.0, expected=30) > 14.0
+
+
+def test_no_probe_while_the_feedback_shows_a_standing_queue():
+    from tests.test_probe import Link
+    from sender.probe import Prober
+
+    link = Link()
+    prober = Prober(link, lambda data: None)
+    assert prober.due(10.0)
+    link.estimator.on_feedback(9.5, FEEDBACK_HOLD_QUEUE_S, None, sending_kbps=14.0)
+    assert not prober.due(10.0)
+    assert prober.due(9.5 + FEEDBACK_HOLD_CLIMB_S)
+
+
+# -- the sender's side ---------------------------------------------------------------------------------------
+def test_the_track_reads_the_delivered_rate_over_busy_feedbacks_and_ignores_bad_or_stale_ones():
+    from sender.session import DATA_HEADROOM_KBPS, FEEDBACK_RATE_S, PACKET_OVERHEAD_BYTES, LowResTrack
+    import numpy as np
+
+    now = [100.0]
+    track = LowResTrack(np.zeros((4, 36, 44, 3), np.uint8), [0, 1, 2, 3], 15.0, 6000, "vp8", 60.0, 2, clock=lambda: now[0])
+    heard = []
+    track.estimator.on_feedback = lambda t, queue, delivered, sending_kbps=None, packet_bits=0.0: heard.append((queue, delivered))
+    send = lambda seq, queue_ms, span_ms=200, size=500, packets=2: track.on_feedback(fb.pack(  # noqa: E731
+        fb.Feedback(seq=seq, packets=packets, bytes=size, span_us=span_ms * 1000, queue_us=queue_ms * 1000)))
+    send(1, 400)
+    assert heard == []  # not asked for: ignored
+    track.feedback_asked = True
+    send(1, 400)
+    assert heard[-1] == (0.4, None)  # one busy feedback of 0.2 s: too short to time the link
+    send(2, 500)
+    wire = (1000 + 4 * (PACKET_OVERHEAD_BYTES - RTP_HEADER)) * 8 / 1000 / 0.4 + DATA_HEADROOM_KBPS
+    assert heard[-1] == (0.5, pytest.approx(wire))
+    send(2, 900)  # a repeat (RTCP may come twice, or late): ignored
+    send(0, 900)
+    assert len(heard) == 2
+    send(3, 10)  # the queue is gone: the link is no longer busy, its rate not measured
+    assert heard[-1] == (0.01, None)
+    track.on_feedback(b"VSAE\x07" + bytes(19))  # another version: counted, ignored
+    assert track.feedback_refused == 1 and len(heard) == 3
+    assert FEEDBACK_RATE_S <= 0.4
+
+
+def test_a_loopback_call_with_feedback_on_carries_it_in_rtcp(model_bytes, tmp_path):
+    """A real call (aiortc, DTLS-SRTP) asking for feedback: the receiver sends it as the video arrives, the sender's
+    estimate hears every one (nothing refused), and no data-channel message carries it."""
+    from codec.video import read_video
+    from receiver.session import Receiver, ReceiveOptions
+    from sender.session import SendOptions, send
+
+    frames, _ = read_video("carphone", frames="0:12")
+
+    async def run():
+        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4")))
+        port = await receiver.start()
+        try:
+            result = await send(frames, 8.0, model_bytes, SendOptions(port=port, kbps=30.0, fps=8.0, loop=3, model_pace="off",
+                                                                      early_start=False, feedback="on"))
+            return await receiver.wait(30), result
+        finally:
+            await receiver.stop()
+
+    stats, result = asyncio.run(run())
+    heard = result.extra["bwe"]["feedbacks"]
+    assert stats["feedbacks"] >= 5 and 0.8 * stats["feedbacks"] <= heard <= stats["feedbacks"], (stats["feedbacks"], heard)
+    assert all(f["queue_ms"] < 1000 for f in result.extra["feedback_log"])
+    assert stats["frames_out"] == 36
+
+
+def test_once_the_queue_drained_the_estimate_goes_back_to_under_the_link_at_once():
+    bwe = narrowed()
+    drained = bwe.on_feedback(10.0, 0.6, 16.0, sending_kbps=45.0)
+    assert drained < DELIVERED_SHARE * 16.0
+    assert bwe.on_feedback(10.2, FEEDBACK_HOLD_QUEUE_S / 2, None, sending_kbps=drained) == drained  # too soon to tell
+    assert bwe.on_feedback(10.5, FEEDBACK_HOLD_QUEUE_S, None, sending_kbps=drained) == drained  # still a queue
+    assert bwe.on_feedback(10.7, FEEDBACK_HOLD_QUEUE_S / 2, None, sending_kbps=drained) == pytest.approx(RESTORE_SHARE * 16.0)
+    assert bwe.history[-1].reason.startswith("the queue drained")
+    assert bwe.on_feedback(11.0, 0.0, None, sending_kbps=drained) == pytest.approx(RESTORE_SHARE * 16.0)  # once
+    # Another cut in between (a receiver report's heavy loss) keeps its own level.
+    bwe = narrowed()
+    bwe.on_feedback(10.0, 0.6, 16.0, sending_kbps=45.0)
+    bwe.on_report(10.0 + DECREASE_HOLD_S, 0.5, sending_kbps=9.0, expected=30)
+    after = bwe.estimate(11.6)
+    assert bwe.on_feedback(11.7, 0.0, None, sending_kbps=after) == after
+
+
+def test_a_narrow_links_readings_falling_say_it_widened():
+    from sender.bwe import WIDENED_HISTORY_S, WIDENED_QUEUE_S
+
+    bwe = narrowed(kbps=13.0)
+    t = 10.0
+    for _ in range(10):  # a narrow link: each small packet's own time on it
+        t += 0.25
+        bwe.on_feedback(t, 0.04, None, sending_kbps=13.0)
+    assert not bwe.link_widened(t)
+    bwe.on_feedback(t + 0.25, WIDENED_QUEUE_S / 2, None, sending_kbps=13.0)
+    assert not bwe.link_widened(t + 0.25)  # one reading is noise
+    bwe.on_feedback(t + 0.5, WIDENED_QUEUE_S / 3, None, sending_kbps=13.0)
+    assert bwe.link_widened(t + 0.5)
+    assert not bwe.link_widened(t + 2.0)  # old news
+    # A link that read low before too (a wide one) has not widened.
+    wide = narrowed()
+    for k in range(12):
+        wide.on_feedback(10.0 + 0.25 * k, 0.005 if k % 3 else 0.02, None, sending_kbps=45.0)
+    assert not wide.link_widened(13.0)
+    assert len(wide.readings) <= WIDENED_HISTORY_S / 0.25 + 1
+
+
+def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_once():
+    from tests.test_probe import Link
+    from sender.probe import AFTER_SUCCESS_S, BACKOFF_FEEDBACK_S, QUIET_FEEDBACK_S, QUIET_S, Prober
+
+    link = Link()
+    link.estimator.lowered_at = 10.0  # a cut, as after the step down
+    prober = Prober(link, lambda data: None)
+    link.estimator.on_feedback(10.1, 0.04, None, sending_kbps=14.0)
+    assert not prober.due(10.0 + QUIET_S + 0.1)  # feedback comes: no blind probe 3 s after the cut ...
+    assert prober.due(10.0 + QUIET_FEEDBACK_S)  # ... only after QUIET_FEEDBACK_S
+    prober.failures_in_a_row, prober.wait_s, prober.last_probe_at = 1, BACKOFF_FEEDBACK_S[0], 18.5
+    t = 18.5
+    for _ in range(8):
+        t += 0.25
+        link.estimator.on_feedback(t, 0.04, None, sending_kbps=14.0)
+    assert not prober.due(t)
+    for _ in range(2):
+        t += 0.25
+        link.estimator.on_feedback(t, 0.0, None, sending_kbps=14.0)
+    assert t - prober.last_probe_at < BACKOFF_FEEDBACK_S[0] and prober.due(t)  # the link widened: at once
+    assert t - prober.last_probe_at >= AFTER_SUCCESS_S
+
+
+@pytest.mark.parametrize("queue_seen", [True, False])
+def test_a_failed_probe_backs_off_long_only_when_the_feedback_showed_its_queue(queue_seen):
+    from tests.test_probe import Clock, Link, run_probe
+    from sender.probe import BACKOFF_FEEDBACK_S, UNCONFIRMED_RETRY_S
+
+    link = Link(estimate=14.0)
+    clock = Clock()
+    clock.t = 50.0
+    link.estimator.on_feedback(49.0, 0.02, None, sending_kbps=14.0)  # feedback comes; the link read empty before
+    sleep = clock.sleep
+
+    async def sleep_and_hear(s: float) -> None:  # the video's packets beside the padding: queued on a full link
+        await sleep(s)
+        link.estimator.on_feedback(clock.t, 0.25 if queue_seen else 0.02, None, sending_kbps=14.0)
+
+    clock.sleep = sleep_and_hear
+    prober, _ = run_probe(link, link_kbps=15.0, clock=clock)
+    outcome = prober.outcomes[-1]
+    assert not outcome.ok and outcome.confirmed is queue_seen
+    assert prober.wait_s == (BACKOFF_FEEDBACK_S[0] if queue_seen else UNCONFIRMED_RETRY_S)
+
+
+def test_a_queue_draining_is_not_a_link_widening():
+    bwe = narrowed(kbps=13.0)
+    t = 10.0
+    for q in (0.01, 0.005, 0.012, 0.2, 0.21, 0.18, 0.16, 0.2, 0.008):  # a narrow link from the start, a probe's queue
+        t += 0.25
+        bwe.on_feedback(t, q, None, sending_kbps=13.0)
+    bwe.on_feedback(t + 0.25, 0.004, None, sending_kbps=13.0)
+    assert not bwe.link_widened(t + 0.25)
+
+
+def test_feedback_stands_in_for_the_rtt_queue_signal():
+    from sender.bwe import FEEDBACK_FRESH_S, RTT_QUEUE_S
+
+    plain, fed = narrowed(kbps=14.0), narrowed(kbps=14.0)
+    for bwe in (plain, fed):
+        bwe.on_report(1.0, 0.0, rtt_s=0.05, sending_kbps=14.0, expected=30)
+    fed.on_feedback(2.5, 0.05, None, sending_kbps=14.0)
+    for bwe in (plain, fed):
+        bwe.on_report(3.0, 0.0, rtt_s=0.05 + 3 * RTT_QUEUE_S, sending_kbps=14.0, expected=30)
+        bwe.on_report(3.5, 0.0, rtt_s=0.05 + 3 * RTT_QUEUE_S, sending_kbps=14.0, expected=30)
+    assert plain.estimate(3.5) < 14.0 and plain.history[-1].reason.startswith("RTT")
+    assert fed.estimate(3.5) >= 14.0
+    fed.on_report(2.5 + FEEDBACK_FRESH_S + 0.5, 0.0, rtt_s=0.05 + 3 * RTT_QUEUE_S, sending_kbps=14.0, expected=30)
+    assert fed.history[-1].reason.startswith("RTT")  # the feedback stopped: the RTT speaks again
+
+
+def test_a_widened_link_is_probed_within_the_quiet_time_and_a_success_followed_up():
+    from tests.test_probe import Link
+    from sender.probe import AFTER_SUCCESS_S, QUIET_S, Prober
+
+    link = Link()
+    prober = Prober(link, lambda data: None)
+    link.estimator.lowered_at = 20.0  # a REMB's trim, a moment before the link widened
+    t = 18.0
+    for q in (0.04,) * 8 + (0.0, 0.004):
+        t += 0.25
+        link.estimator.on_feedback(t, q, None, sending_kbps=14.0)
+    assert t - 20.0 < QUIET_S and prober.due(t)
+    assert not prober.due(t + 2.0)  # the signal is fresh for a moment only
+    # A success after the last decrease: the next probe follows at once, not a quiet time later.
+    prober.last_probe_at = t + 0.5
+    assert prober.due(t + 0.5 + AFTER_SUCCESS_S)
+
+
+def test_a_packets_own_time_on_a_narrow_link_does_not_hold_the_climb():
+    bwe = narrowed(kbps=12.0)
+    bwe.max_kbps = 60.0
+    own = 360 * 8 / 1000 / 12.0  # a 360-byte packet alone at 12 kbps: 0.24 s
+    bwe.on_feedback(10.0, own + FEEDBACK_HOLD_QUEUE_S / 2, None, sending_kbps=12.0, packet_bits=360 * 8)
+    assert bwe.on_report(10.5, 0.0, sending_kbps=12.0, expected=30) > 12.0
+    bwe.on_feedback(11.0, own + FEEDBACK_HOLD_QUEUE_S, None, sending_kbps=12.0, packet_bits=360 * 8)
+    held = bwe.estimate(11.0)
+    assert bwe.on_report(11.5, 0.0, sending_kbps=12.0, expected=30) == held
