@@ -343,8 +343,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
                         "(auto: on unless the receiver is on this machine)")
     p.add_argument("--feedback", choices=PROBE_MODES, default="auto",
-                   help="ask the receiver for transport feedback (the queue and rate its video packets arrive at, five "
-                        "times a second): the estimate then cuts when a queue forms, before packets are lost "
-                        "(auto: on unless the receiver is on this machine)")
+                   help="ask the receiver for transport feedback in RTCP (the queue and rate its video packets arrive at, "
+                        "every 0.2 s at most): the estimate then cuts when a queue stands, drains it, and probes "
+                        "when the link widens (auto: on unless the receiver is on this machine)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_send)
