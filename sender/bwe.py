@@ -168,6 +168,16 @@ WIDENED_MIN_READINGS = 4
 # The signal holds this long for the probes (sender/probe.py): a probe's gates (another just answered, a queue read
 # under a second ago) may hold it for a moment, and the readings climb again as soon as the estimate does.
 WIDENED_FRESH_S = 1.0
+# A probe at twice the estimate needs a link at least that fast. The feedback's readings are mostly each packet's own
+# time on the link when nothing stands queued, so a reading far under the mean packet's time at the estimate says the
+# link is much faster than the estimate: a blind probe (sender/probe.py) goes only when the median of that ratio over
+# the last ROOM_HISTORY_S (at least ROOM_READINGS of them) is at most ROOM_RATIO. The lab's 15 kbps cap read 0.5-1.2
+# of it after its start ended at 13.5 kbps; its uncapped rows 0-0.3. Without the gate a blind probe there 3 s after
+# the start's end overflowed the cap's queue (17 concealed); with blind probes off, a start ended by a REMB on an
+# uncapped link stayed low the whole call (the delay row: 12.0 of 20 kbps).
+ROOM_RATIO = 0.5
+ROOM_HISTORY_S = 2.0
+ROOM_READINGS = 3
 # Transport feedback this recent stands in for the RTT's queue signal (it reads the same queue, better).
 FEEDBACK_FRESH_S = 2.0
 # A bandwidth probe (sender/probe.py) queues its own padding ahead of the video: a queue this soon after a probe
@@ -304,6 +314,7 @@ class BandwidthEstimator:
     restore_kbps: float | None = field(default=None, init=False)  # where the estimate goes once the queue drained
     readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
     widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
+    room: deque = field(default_factory=deque, init=False)  # (time, reading over the mean packet's time at the estimate)
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -430,6 +441,10 @@ class BandwidthEstimator:
             self.readings.popleft()
         if self.link_widened(now):
             self.widened_at = now
+        if packet_bits > 0:
+            self.room.append((now, queue_s / max(1e-3, packet_bits / 1000 / max(before, 1.0))))
+            while self.room and self.room[0][0] < now - ROOM_HISTORY_S:
+                self.room.popleft()
         if queue_s >= FEEDBACK_QUEUE_S:
             # A queue, as an RTT over its low says: a lower REMB is believed, moderate loss is a queue's. Not from
             # REMB_QUEUE_S: at 15 kbps each packet's own time on the link reads 0.1-0.25 s, and every trimming REMB
@@ -617,6 +632,16 @@ class BandwidthEstimator:
     def congested_at(self) -> float:
         """When the last congestion signal came: a loss or delay cut, or a queue in the RTT."""
         return max(self.loss_cut_at, self.delay_cut_at, self.queue_at)
+
+    def reads_room(self, now: float) -> bool:
+        """Whether the feedback says the link is much faster than the estimate (ROOM_RATIO): room for a blind probe."""
+        ratios = sorted(r for t, r in self.room if t >= now - ROOM_HISTORY_S)
+        return len(ratios) >= ROOM_READINGS and ratios[len(ratios) // 2] <= ROOM_RATIO
+
+    def full_at(self) -> float:
+        """When the link last showed itself full: a cut for a standing queue (the transport feedback) or for a queue's
+        loss (a receiver report, NACKs). Not a REMB's trim, nor a probe's jump taken back."""
+        return max(self.feedback_cut_at, self.overflow_at)
 
     def quiet_since(self) -> float:
         """When the estimate last went down to under what is sent, by more than LOWERED_SHARE (a believed REMB, the end

@@ -79,11 +79,14 @@ AFTER_SUCCESS_S = 0.25
 BACKOFF_S = (3.0, 6.0)
 # While the receiver sends transport feedback, a link that widened a lot shows in it before any probe
 # (BandwidthEstimator.link_widened: a probe then goes at once), a little by the estimate's slow climb through clean
-# reports, and probing blind is for the rest: the first blind probe waits QUIET_FEEDBACK_S after the estimate went
-# down, failures back off BACKOFF_FEEDBACK_S. A blind probe over a narrow link overflows its queue: over the lab's
-# stepped cap each failed probe in the 8 s at 15 kbps dropped a packet (the step down then never settled by the lab's
-# measure) and found nothing the feedback did not find when the link widened; over its 15 kbps cap one at 12 s (8 s
-# after the start's end) dropped 10 packets, 27 frames concealed.
+# reports. So once the link has shown itself full (a cut for a standing queue or for a queue's loss), probing blind
+# waits QUIET_FEEDBACK_S after that cut, and a failure the feedback confirms backs off BACKOFF_FEEDBACK_S. A blind
+# probe over a narrow link overflows its queue: over the lab's stepped cap each failed probe in the 8 s at 15 kbps
+# dropped a packet (the step down then never settled by the lab's measure) and found nothing the feedback did not
+# find when the link widened; over its 15 kbps cap one at 12 s dropped 10 packets, 27 frames concealed. A link that
+# has shown nothing (the slow start ended on a REMB, as aiortc's often reads a keyframe) is probed after QUIET_S where
+# the feedback reads room for it (BandwidthEstimator.reads_room): with no blind probe there, the lab's delay row
+# stayed at 10.6-12.4 of its 20 kbps for the whole call.
 QUIET_FEEDBACK_S = 15.0
 BACKOFF_FEEDBACK_S = (15.0, 30.0)
 # ... but only for a failure the feedback confirms: a reading of a queue (FEEDBACK_HOLD_QUEUE_S) within CONFIRM_S of
@@ -143,13 +146,16 @@ class Prober:
         widened = bwe.feedbacks and now - bwe.widened_at <= WIDENED_FRESH_S and bwe.widened_at > self.last_probe_at
         followed_up = bwe.feedbacks and self.failures_in_a_row == 0 and self.last_probe_at > bwe.quiet_since()
         if widened or followed_up:
-            quiet = 0.0
+            may_probe = True
+        elif bwe.feedbacks:  # blind: not right after the link showed itself full, and only where it reads faster
+            may_probe = (now - bwe.full_at() >= QUIET_FEEDBACK_S and now - bwe.quiet_since() >= QUIET_S
+                         and bwe.reads_room(now))
         else:
-            quiet = QUIET_FEEDBACK_S if bwe.feedbacks else QUIET_S
+            may_probe = now - bwe.quiet_since() >= QUIET_S
         return (link.background is None
                 and not bwe.starting  # the slow start is a probe of its own
                 and estimate < WANTED_SHARE * link.request_wire_kbps()
-                and now - bwe.quiet_since() >= quiet
+                and may_probe
                 and now - bwe.feedback_full_at >= FEEDBACK_HOLD_CLIMB_S  # no standing queue in the feedback
                 and now - self.last_probe_at >= (AFTER_SUCCESS_S if widened else self.wait_s))
 
@@ -218,7 +224,7 @@ class Prober:
             if self.link.estimator.quiet_since() > self.last_probe_at:
                 self.failures_in_a_row = 0  # the last probe was of the link before its latest narrowing: news of none
             self.failures_in_a_row += 1
-            backoff = BACKOFF_FEEDBACK_S if self.link.estimator.feedbacks else BACKOFF_S
+            backoff = BACKOFF_FEEDBACK_S if confirmed else BACKOFF_S
             self.wait_s = min(backoff[1], backoff[0] * 2 ** (self.failures_in_a_row - 1))
             self.unconfirmed_in_a_row = self.unconfirmed_in_a_row + 1 if confirmed is False else 0
             if confirmed is False and self.unconfirmed_in_a_row <= UNCONFIRMED_RETRIES:

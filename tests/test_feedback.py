@@ -186,7 +186,10 @@ def test_no_probe_while_the_feedback_shows_a_standing_queue():
     link = Link()
     prober = Prober(link, lambda data: None)
     assert prober.due(10.0)
-    link.estimator.on_feedback(9.5, FEEDBACK_HOLD_QUEUE_S, None, sending_kbps=14.0)
+    small = 100 * 8  # small packets: their own time at 14 kbps is 57 ms, and the readings leave room for a probe
+    for k in range(3):
+        link.estimator.on_feedback(9.0 + 0.1 * k, 0.005, None, sending_kbps=14.0, packet_bits=small)
+    link.estimator.on_feedback(9.5, FEEDBACK_HOLD_QUEUE_S + 0.06, None, sending_kbps=14.0, packet_bits=small)
     assert not prober.due(10.0)
     assert prober.due(9.5 + FEEDBACK_HOLD_CLIMB_S)
 
@@ -290,11 +293,23 @@ def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_
     from sender.probe import AFTER_SUCCESS_S, BACKOFF_FEEDBACK_S, QUIET_FEEDBACK_S, QUIET_S, Prober
 
     link = Link()
-    link.estimator.lowered_at = 10.0  # a cut, as after the step down
+    link.estimator.lowered_at = link.estimator.feedback_cut_at = 10.0  # a cut for a standing queue (the step down)
     prober = Prober(link, lambda data: None)
     link.estimator.on_feedback(10.1, 0.04, None, sending_kbps=14.0)
     assert not prober.due(10.0 + QUIET_S + 0.1)  # feedback comes: no blind probe 3 s after the cut ...
-    assert prober.due(10.0 + QUIET_FEEDBACK_S)  # ... only after QUIET_FEEDBACK_S
+    later = Link()
+    later.estimator.lowered_at = later.estimator.feedback_cut_at = 10.0
+    for k in range(3):
+        later.estimator.on_feedback(24.5 + 0.1 * k, 0.005, None, sending_kbps=14.0, packet_bits=100 * 8)
+    assert Prober(later, lambda data: None).due(10.0 + QUIET_FEEDBACK_S)  # ... only after QUIET_FEEDBACK_S
+    # A decrease that showed no full link (the slow start ended on a REMB): probed blind after QUIET_S, as without feedback.
+    # Where the feedback reads room (readings far under a packet's time at the estimate), and only there.
+    for queue, room in ((0.01, True), (0.12, False)):
+        other = Link()
+        other.estimator.lowered_at = 10.0
+        for k in range(4):
+            other.estimator.on_feedback(11.0 + 0.25 * k, queue, None, sending_kbps=14.0, packet_bits=300 * 8)
+        assert Prober(other, lambda data: None).due(10.0 + QUIET_S) is room
     prober.failures_in_a_row, prober.wait_s, prober.last_probe_at = 1, BACKOFF_FEEDBACK_S[0], 18.5
     t = 18.5
     for _ in range(8):
