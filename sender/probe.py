@@ -16,7 +16,9 @@ PROBE_S x (PROBE_GAIN - 1) of the estimate.
 
 Probes run only after the slow start (itself a probe), while the estimate is under what the video asks for, once
 the estimate has not gone under what is sent (nor a queue shown) for QUIET_S, and while no background flow shares
-the link (a model transfer paced in the estimate climbs by itself, sender/pacer.py).
+the link (a model transfer paced in the estimate climbs by itself, sender/pacer.py). While the receiver sends
+transport feedback (receiver/feedback.py), it says more: when the link widened (probe at once), when it is full (no
+probe), whether a failure was the link's or the cluster's noise (QUIET_FEEDBACK_S and what follows).
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ class Prober:
         bwe = link.estimator
         estimate = bwe.estimate(now)
         # With transport feedback: a link the feedback says widened (since the last probe) is probed at once, and a
-        # success is followed up at once (its jump is news newer than the last decrease); only a blind probe waits
-        # QUIET_FEEDBACK_S after a decrease. Under a narrow link the stepped cap's widening showed for 0.3-0.6 s, and
-        # QUIET_S after a REMB's trim a second before had let it pass unprobed (the first probe came 6 s later).
+        # success is followed up at once (its jump is news newer than the last decrease); a blind probe waits
+        # QUIET_FEEDBACK_S after the link showed itself full, and elsewhere goes only where the feedback reads room.
+        # Under a narrow link the stepped cap's widening showed for 0.3-0.6 s, and QUIET_S after a REMB's trim a second
+        # before had let it pass unprobed (the first probe came 6 s later).
         widened = bwe.feedbacks and now - bwe.widened_at <= WIDENED_FRESH_S and bwe.widened_at > self.last_probe_at
         followed_up = bwe.feedbacks and self.failures_in_a_row == 0 and self.last_probe_at > bwe.quiet_since()
         if widened or followed_up:
