@@ -24,6 +24,9 @@ FCI_BYTES = _LAYOUT.size
 # seq wraps here (u16): the sender keeps the newest by serial-number arithmetic.
 SEQ_MODULO = 1 << 16
 MAX_SPAN_US = 60_000_000
+# `Feedback.bytes` counts each packet's payload and its RTP fixed header (extensions, SRTP and lower layers left out):
+# the size both ends give an RTP packet (sender/rtcp.py sizes its history's packets the same way).
+RTP_HEADER = 12
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from protocol.feedback import SEQ_MODULO, Feedback
+from protocol.feedback import RTP_HEADER, SEQ_MODULO, Feedback
 
 # A feedback this often while packets arrive: a queue that forms when a link narrows shows within about this
 # (plus the return path), against 0.5-1.5 s for a receiver report. At a narrow link's 7.5-15 packets a second each
@@ -30,8 +30,6 @@ ABS_SEND_TIME_WRAP_S = 64.0
 # The least one-way delay seen may rise this much per second (a longer route is not a queue forever; as the RTT's
 # low in sender/bwe.py). Clock drift between the two ends is a few ppm, far under this.
 BASE_DRIFT = 0.002
-# RTP fixed header bytes, counted with each packet's payload (as the sender sizes its packets).
-RTP_HEADER = 12
 
 
 def send_time_s(abs_send_time: int) -> float:

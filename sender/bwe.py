@@ -434,7 +434,8 @@ class BandwidthEstimator:
         self.feedbacks += 1
         self.feedback_at = now
         before = self.estimate(now)
-        if queue_s - packet_bits / 1000 / max(before, 1.0) >= FEEDBACK_HOLD_QUEUE_S:
+        own_s = packet_bits / 1000 / max(before, 1.0)  # the mean packet's own time on the link at the estimate
+        if queue_s - own_s >= FEEDBACK_HOLD_QUEUE_S:
             self.feedback_full_at = now
         self.readings.append((now, queue_s))
         while self.readings and self.readings[0][0] < now - WIDENED_HISTORY_S:
@@ -442,7 +443,7 @@ class BandwidthEstimator:
         if self.link_widened(now):
             self.widened_at = now
         if packet_bits > 0:
-            self.room.append((now, queue_s / max(1e-3, packet_bits / 1000 / max(before, 1.0))))
+            self.room.append((now, queue_s / max(1e-3, own_s)))
             while self.room and self.room[0][0] < now - ROOM_HISTORY_S:
                 self.room.popleft()
         if queue_s >= FEEDBACK_QUEUE_S:
@@ -593,14 +594,12 @@ class BandwidthEstimator:
         queue = self.rtt_s - self.base_rtt_s
         if queue >= REMB_QUEUE_S:
             self.evidence_at = self.queue_at = now
-        if now - self.feedback_at <= FEEDBACK_FRESH_S:
-            # The transport feedback reads the same queue one way, five times a second, and free of the return path
-            # and of both event loops, and cuts for it; the RTT's queue stays evidence for the loss rule and the REMB
-            # (a small queue overflows at a few %: the lab's 15 kbps cap lost 5-10 % with 0.25-0.3 s read). Its cut
-            # at 15 kbps counts each packet's time on the link besides (there: 201 ms over the RTT's low held the video
-            # at 4 kbps for the rest of the call).
-            queue = min(queue, RTT_QUEUE_S)
-        if queue > RTT_QUEUE_S:
+        # While transport feedback comes it reads the same queue one way, several times a second, free of the return
+        # path and of both event loops, and cuts for it; the RTT's queue stays evidence for the loss rule and the REMB
+        # (a small queue overflows at a few %: the lab's 15 kbps cap lost 5-10 % with 0.25-0.3 s read). The RTT's cut at
+        # 15 kbps counts each packet's time on the link besides (there: 201 ms over its low held the video at 4 kbps
+        # for the rest of the call).
+        if queue > RTT_QUEUE_S and now - self.feedback_at > FEEDBACK_FRESH_S:
             if now - self.delay_cut_at >= DELAY_HOLD_S:
                 basis = min(sending_kbps or math.inf, self.estimate(now))
                 self.delay_kbps, self.delay_cut_at = self._clamp(basis * DELAY_BACKOFF), now
@@ -640,8 +639,8 @@ class BandwidthEstimator:
 
     def full_at(self) -> float:
         """When the link last showed itself full: a cut for a standing queue (the transport feedback) or for a queue's
-        loss (a receiver report, NACKs). Not a REMB's trim, nor a probe's jump taken back."""
-        return max(self.feedback_cut_at, self.overflow_at)
+        loss (a receiver report, NACKs): each sets `overflow_at`. Not a REMB's trim, nor a probe's jump taken back."""
+        return self.overflow_at
 
     def quiet_since(self) -> float:
         """When the estimate last went down to under what is sent, by more than LOWERED_SHARE (a believed REMB, the end

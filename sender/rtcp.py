@@ -26,12 +26,11 @@ from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, RtcpSrPacket, unpack_remb_fci
 
 from protocol import feedback as transport_feedback
+from protocol.feedback import RTP_HEADER  # added to a packet's payload for its size (extensions and SRTP left out)
 
 _PRIVATE = ("_handle_rtcp_packet", "_send_keyframe", "_ssrc")
 # The retransmission path: the coroutine that resends one sequence number, and the packet history it reads.
 _RTX_PRIVATE = ("_retransmit", "_RTCRtpSender__rtp_history")
-# RTP fixed header bytes, added to a packet's payload for its size on the wire (extensions and SRTP left out).
-RTP_HEADER = 12
 # LSR and DLSR are in units of 1/65536 s (the middle 32 bits of an NTP timestamp).
 NTP_SHORT = 65536.0
 # An RTT above this is no measurement (a report for an SR from before a wrap, or clocks that disagree).

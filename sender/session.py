@@ -114,11 +114,10 @@ CHUNK_S = 0.2
 # A receiver report's interval, for the rate the link delivered in it, is timed by the receiver's clock (sender/rtcp.py)
 # or else by when the reports reach the sender; one shorter than this (aiortc sends one every 0.5-1.5 s) times nothing.
 MIN_REPORT_GAP_S = 0.3
-# Transport feedback (receiver/feedback.py): the rate the link delivered the video at is read over the newest feedbacks that saw
-# at least a small queue (FEEDBACK_HOLD_QUEUE_S: the link was busy, so the arrivals were spaced by its rate, not by
-# what was sent) covering at least this long and this many packets; fewer time a frame's packets, not the link.
+# Transport feedback (receiver/feedback.py): the rate the link delivered the video at is read over the newest
+# feedbacks that saw at least a small queue (FEEDBACK_HOLD_QUEUE_S: the link was busy, so the arrivals were spaced by
+# its rate, not by what was sent) covering at least this long; less times a frame's packets, not the link.
 FEEDBACK_RATE_S = 0.25
-FEEDBACK_RATE_PACKETS = 1
 # The feedback kept for the sender's report (a long call sends five a second).
 FEEDBACK_LOG_MAX = 3000
 # The packets a NACK answers were sent about an RTT before it (at most this long: a queue-inflated RTT
@@ -287,7 +286,7 @@ class LowResTrack(MediaStreamTrack):
         self.feedback_asked = False  # the config asked the receiver for transport feedback (protocol/feedback.py)
         self.feedback_refused = 0  # feedback FCIs that were not a valid one (ignored, as aiortc ignores bad RTCP)
         self._feedback_seq: int | None = None  # the newest transport feedback taken (RTCP may arrive out of order)
-        self._busy: deque[tuple[float, int, float]] = deque()  # (span s, wire bits, packets) of the newest busy feedbacks
+        self._busy: deque[tuple[float, float]] = deque()  # (span s, wire bits) of the newest busy feedbacks
         self.feedback_log: list[dict] = []
         self._cut_seen_at = -math.inf  # the estimator's last loss cut, as this track has acted on it
         self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
@@ -383,18 +382,18 @@ class LowResTrack(MediaStreamTrack):
         if queue < FEEDBACK_HOLD_QUEUE_S:
             self._busy.clear()
         elif feedback.span_us > 0:
-            bits = (feedback.bytes + feedback.packets * (PACKET_OVERHEAD_BYTES - rtcp.RTP_HEADER)) * 8
-            self._busy.append((feedback.span_us / 1e6, bits, feedback.packets))
+            bits = (feedback.bytes + feedback.packets * (PACKET_OVERHEAD_BYTES - transport_feedback.RTP_HEADER)) * 8
+            self._busy.append((feedback.span_us / 1e6, bits))
         while len(self._busy) > 1 and sum(x[0] for x in self._busy) - self._busy[0][0] >= FEEDBACK_RATE_S:
             self._busy.popleft()
-        span, bits, packets = (sum(x[i] for x in self._busy) for i in range(3))
+        span, bits = sum(x[0] for x in self._busy), sum(x[1] for x in self._busy)
         delivered = None
-        if span >= FEEDBACK_RATE_S and packets >= FEEDBACK_RATE_PACKETS:
+        if span >= FEEDBACK_RATE_S:
             # With the data channels' usual share, as a receiver report's delivered rate: over a few tenths of a second
             # the video's packets may have had the link to themselves, and this then over-reads it by up to that share
             # (the lab's 15 kbps cap: 17.9-18.0). sender/bwe.py allows for it (RESTORE_SHARE, DELIVERED_OVER_READ).
             delivered = bits / 1000 / span + DATA_HEADROOM_KBPS
-        mean_bits = (feedback.bytes / max(1, feedback.packets) + PACKET_OVERHEAD_BYTES - rtcp.RTP_HEADER) * 8
+        mean_bits = (feedback.bytes / max(1, feedback.packets) + PACKET_OVERHEAD_BYTES - transport_feedback.RTP_HEADER) * 8
         self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits)
         if len(self.feedback_log) < FEEDBACK_LOG_MAX:
             origin = self._started_at if self._started_at is not None else now
@@ -1174,18 +1173,20 @@ def resolved_model_pace(options: SendOptions) -> str | float:
     return "off" if receiver_on_this_machine(options) else "estimate"
 
 
+def _resolved_mode(mode: str, options: SendOptions) -> bool:
+    """An auto/on/off option (PROBE_MODES): as asked, "auto" on unless the receiver is on this machine (nothing to
+    find out there)."""
+    return not receiver_on_this_machine(options) if mode == "auto" else mode == "on"
+
+
 def resolved_probe(options: SendOptions) -> bool:
-    """Whether the sender probes the link (sender/probe.py): as asked, "auto" by where the receiver is."""
-    if options.probe == "auto":
-        return not receiver_on_this_machine(options)
-    return options.probe == "on"
+    """Whether the sender probes the link (sender/probe.py)."""
+    return _resolved_mode(options.probe, options)
 
 
 def resolved_feedback(options: SendOptions) -> bool:
-    """Whether the sender asks for transport feedback (receiver/feedback.py): as asked, "auto" by where the receiver is."""
-    if options.feedback == "auto":
-        return not receiver_on_this_machine(options)
-    return options.feedback == "on"
+    """Whether the sender asks for transport feedback (receiver/feedback.py)."""
+    return _resolved_mode(options.feedback, options)
 
 
 def resolved_start_kbps(options: SendOptions) -> float | None:

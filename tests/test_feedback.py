@@ -12,7 +12,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
 from protocol import feedback as fb
 from protocol.messages import ProtocolError
-from receiver.feedback import ABS_SEND_TIME_UNIT, FEEDBACK_S, RTP_HEADER, ArrivalFeedback
+from protocol.feedback import RTP_HEADER
+from receiver.feedback import ABS_SEND_TIME_UNIT, FEEDBACK_S, ArrivalFeedback
 from sender import rtcp
 from sender.bwe import (DECREASE_HOLD_S, DELIVERED_OVER_READ, DELIVERED_SHARE, DRAIN_S, RESTORE_SHARE, FEEDBACK_HOLD_CLIMB_S, FEEDBACK_HOLD_QUEUE_S,
                         FEEDBACK_MIN_SHARE, FEEDBACK_PROBE_S, FEEDBACK_QUEUE_S, BandwidthEstimator)
