@@ -29,6 +29,11 @@ from codec.errors import VsaeError
 # A new shape costs a keyframe and a few frames of the new encoder settling, and the table's differences under
 # ~0.3 dB are within what the same shape scores across clips: switch only for a predicted gain of this much.
 SWITCH_GAIN_DB = 0.3
+# ... unless the current shape is saturated: its rate is above the highest the table measured, where its encoder has
+# nothing more to spend bits on and leaves the rest of the link unused (VP8 at s4t2 spends 31-45 kbps of a 60 kbps
+# target on carphone; s4t1 at 46 kbps is predicted 0.29 dB better, and the lab's stepped cap with shapes held s4t2 at
+# ~40 kbps of its 60 after the step up). Then a smaller predicted gain switches.
+SATURATED_GAIN_DB = 0.1
 # A table measured at a frame rate this far from the call's is scaled to it (below).
 FPS_TOLERANCE = 0.01
 
@@ -92,12 +97,19 @@ class ShapeTable:
         psnr, curve = max(held, key=lambda pc: pc[0])
         return curve.shape, psnr
 
+    def saturated(self, shape: Shape, kbps: float) -> bool:
+        """Whether `kbps` is above the highest rate the table measured for `shape` (SATURATED_GAIN_DB)."""
+        curve = next((c for c in self.curves if c.shape == shape), None)
+        return curve is not None and kbps > curve.points[-1][0]
+
     def choose(self, current: Shape, video_kbps_for: Callable[[Shape], float]) -> tuple[Shape, float | None, float | None]:
         """(shape, its predicted PSNR, the current shape's): the best shape, unless the current one is within
-        SWITCH_GAIN_DB of it (and can hold its rate)."""
+        SWITCH_GAIN_DB of it (SATURATED_GAIN_DB where the current one is saturated) and can hold its rate."""
         best, best_psnr = self.best(video_kbps_for)
-        now = self.predict(current, video_kbps_for(current))
-        if best == current or (now is not None and best_psnr is not None and best_psnr - now < SWITCH_GAIN_DB):
+        rate = video_kbps_for(current)
+        now = self.predict(current, rate)
+        margin = SATURATED_GAIN_DB if self.saturated(current, rate) else SWITCH_GAIN_DB
+        if best == current or (now is not None and best_psnr is not None and (best_psnr - now < margin or best_psnr <= now)):
             return current, now, now
         return best, best_psnr, now
 

@@ -16,7 +16,7 @@ from codec.video import to_uint8
 from receiver.worker import ReconstructWorker, StreamInfo
 from sender import session as sender_session
 from sender.session import AdaptiveLowResTrack, SendOptions, SessionError, low_res_size, send
-from sender.shapes import SWITCH_GAIN_DB, Shape, ShapeTable, ShapeTableError, load_table
+from sender.shapes import SATURATED_GAIN_DB, SWITCH_GAIN_DB, Shape, ShapeTable, ShapeTableError, load_table
 
 H, W = 144, 176
 
@@ -67,6 +67,17 @@ def test_a_switch_needs_a_real_gain(table_path):
     for current in (Shape(8, 4), Shape(4, 2)):
         assert table.choose(current, lambda s: rate)[0] == current  # no flapping between near-equals
     assert table.choose(Shape(4, 2), lambda s: 3.0)[0] == Shape(8, 4)  # s4t2 cannot hold 3 kbps at all
+
+
+def test_a_saturated_shape_gives_way_on_a_smaller_gain(table_path):
+    table = load_table(table_path, "vp8", fps=15.0)
+    # At 13.5 kbps s8t4 is past its highest measured rate (12): it cannot spend the rest. s4t2 is predicted a little
+    # better, by less than a switch needs elsewhere.
+    gain = table.predict(Shape(4, 2), 13.5) - table.predict(Shape(8, 4), 13.5)
+    assert SATURATED_GAIN_DB <= gain < SWITCH_GAIN_DB
+    assert table.saturated(Shape(8, 4), 13.5) and not table.saturated(Shape(4, 2), 13.5)
+    assert table.choose(Shape(8, 4), lambda s: 13.5)[0] == Shape(4, 2)
+    assert table.choose(Shape(4, 2), lambda s: 13.5)[0] == Shape(4, 2)  # and not back
 
 
 def test_a_table_at_another_frame_rate_is_scaled_by_bits_per_frame(tmp_path):
