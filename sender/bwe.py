@@ -148,8 +148,8 @@ RESTORE_SHARE = 0.75
 # 13.5-14.9 kbps and 29.5-30.1 dB where it climbed).
 FEEDBACK_HOLD_QUEUE_S = 0.15
 FEEDBACK_HOLD_CLIMB_S = 1.0
-# After a feedback cut the packets sent at the new rate arrive behind the queue the cut saw: no second cut until
-# that queue has passed plus this long (two feedbacks), nor, within DECREASE_HOLD_S, while the queue is shorter
+# After a feedback cut (or trim) the packets sent at the new rate arrive behind the queue the cut saw: no second cut
+# until that queue has passed plus this long (two feedbacks), nor, within DECREASE_HOLD_S, while the queue is shorter
 # than at the cut (it is draining).
 FEEDBACK_HOLD_S = 0.4
 # A link that widened shows in the feedback before any probe: each packet's time on the link shrinks with it. The
@@ -178,6 +178,26 @@ WIDENED_FRESH_S = 1.0
 ROOM_RATIO = 0.5
 ROOM_HISTORY_S = 2.0
 ROOM_READINGS = 3
+# A smaller queue that stands (FULL_QUEUE_S over the packets' own time, through the busy feedbacks that measure the
+# link's rate) says the video fills the link, perhaps a little over it: no probe goes over it for a while
+# (sender/probe.py: the lab's stepped cap sent four to 78 kbps in the 6 s after the step up with the queue at
+# 140-230 ms), and the estimate goes to FULL_SHARE of the rate the link delivers, without a drain. Nothing lower: the lab's stepped cap came back to 60 kbps
+# where the video's packets need 51 kbps of it to have climbed back (85 %), and its 0.3 s queue stood at 230-320 ms
+# for 3 s at 58-63 kbps delivered until it overflowed (a cut to 30 kbps on NACKs). With a competing flow the queue
+# stands too, whatever the video sends: one trim per climb, so the video does not give way to it step after step.
+FULL_QUEUE_S = 0.1
+FULL_STANDING_S = 0.5
+FULL_SHARE = 0.95
+# Inside a feedback cut's hold, a cut again when the rate the link now delivers leaves less than this share of the
+# estimate the cut set: the first cut's delivered rate counted arrivals from before the link narrowed (the lab's
+# stepped cap with shapes: 39.9 kbps read at the step to 15 kbps, the cut to 23.6, and the queue overflowed for
+# 1.4 s more until the next).
+REMEASURED_SHARE = 0.7
+# A failed probe the feedback confirms (sender/probe.py): the video's packets beside the padding read a queue this much
+# longer than the median of the readings in the PROBE_BEFORE_S before it went out (at 60 kbps a full link's queue
+# under the video reads 100-140 ms against 20-60 before, short of FULL_QUEUE_S over the packets' own time).
+PROBE_RISE_S = 0.04
+PROBE_BEFORE_S = 1.0
 # Transport feedback this recent stands in for the RTT's queue signal (it reads the same queue, better).
 FEEDBACK_FRESH_S = 2.0
 # A bandwidth probe (sender/probe.py) queues its own padding ahead of the video: a queue this soon after a probe
@@ -315,6 +335,12 @@ class BandwidthEstimator:
     readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
     widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
     room: deque = field(default_factory=deque, init=False)  # (time, reading over the mean packet's time at the estimate)
+    trimmed_kbps: float = field(default=0.0, init=False)  # where the last trim for a full link left the estimate
+    trimmed_at: float = field(default=-math.inf, init=False)
+    trimmed_queue_s: float = field(default=0.0, init=False)
+    full_seen_at: float = field(default=-math.inf, init=False)  # the last feedback that read a full link (FULL_QUEUE_S)
+    standing: deque = field(default_factory=deque, init=False)  # (time, delivered kbps) of the last second's, in a row
+    standing_since: float = field(default=math.inf, init=False)  # since when they have read one, in a row
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -459,17 +485,25 @@ class BandwidthEstimator:
             if restore > self.loss_kbps:
                 self.loss_kbps = restore
                 return self._note(now, before, f"the queue drained: back to {restore:.1f} kbps")
-        if (queue_s < FEEDBACK_QUEUE_S or delivered_kbps is None or now - self.probed_at < FEEDBACK_PROBE_S
-                or self._in_outage(now)):
+        if delivered_kbps is not None and queue_s - own_s >= FULL_QUEUE_S:
+            self.full_seen_at = now
+        if delivered_kbps is not None and queue_s - own_s >= FULL_QUEUE_S and now - self.probed_at >= FEEDBACK_PROBE_S:
+            if not self.standing:
+                self.standing_since = now
+            self.standing.append((now, delivered_kbps))
+            while self.standing[0][0] < now - 2 * FULL_STANDING_S:
+                self.standing.popleft()  # the rate of the last second: the estimate may have moved since
+        else:  # none yet, or a probe's own queue: its padding took a share of the link (the lab's 15 kbps cap: 9.8 read)
+            self.standing.clear()
+        if delivered_kbps is None or now - self.probed_at < FEEDBACK_PROBE_S or self._in_outage(now):
             return before
-        since = now - self.feedback_cut_at
-        if since < self.feedback_cut_queue_s + FEEDBACK_HOLD_S or (
-                since < DECREASE_HOLD_S and queue_s < self.feedback_cut_queue_s):
-            return before
+        if queue_s < FEEDBACK_QUEUE_S:
+            return self._trim_to_link(now, before, queue_s, sending_kbps)
+        held = self._draining(now, queue_s, self.feedback_cut_at, self.feedback_cut_queue_s)
         share = max(FEEDBACK_MIN_SHARE, DELIVERED_SHARE - queue_s / DRAIN_S)
         basis = min(self.loss_kbps, sending_kbps) if sending_kbps else self.loss_kbps
         target = self._clamp(min(basis, share * delivered_kbps))
-        if target >= before:
+        if target >= before or (held and target >= REMEASURED_SHARE * before):
             return before
         self.pooled.clear()  # the loss after a cut is the new rate's
         self.capacity_kbps = min(basis, (1 - DELIVERED_OVER_READ) * delivered_kbps)
@@ -480,6 +514,42 @@ class BandwidthEstimator:
         restore = self._clamp(min(basis, RESTORE_SHARE * delivered_kbps))
         self.restore_kbps = restore if restore > target else None
         return self._note(now, before, f"a {queue_s * 1000:.0f} ms queue, {delivered_kbps:.1f} kbps delivered", sending_kbps)
+
+    def _draining(self, now: float, queue_s: float, cut_at: float, cut_queue_s: float) -> bool:
+        """Whether a queue read `queue_s` now is still the one a cut at `cut_at` saw (`cut_queue_s`) draining: the packets
+        sent at the new rate arrive behind it, so no second cut until it has passed plus FEEDBACK_HOLD_S, nor within
+        DECREASE_HOLD_S while the queue is shorter than at the cut."""
+        since = now - cut_at
+        return since < cut_queue_s + FEEDBACK_HOLD_S or (since < DECREASE_HOLD_S and queue_s < cut_queue_s)
+
+    def _trim_to_link(self, now: float, before: float, queue_s: float, sending_kbps: float | None) -> float:
+        """A queue that has stood for FULL_STANDING_S (FULL_QUEUE_S over the mean packet's own time, `standing`) while
+        the link's rate is measured: the video fills the link, perhaps a little over it. The estimate goes to FULL_SHARE
+        of the median rate the link delivered in the last second of it, once per climb (not again until the estimate has gone above where the last trim left it) and not while the
+        queue the last trim saw drains (the lab's 15 kbps cap: a second trim on the start's draining queue, at 11.4 kbps
+        delivered, held the call at 11-13 kbps: 28.5 dB). Not in the slow start: its overshoot ends on the REMB or a cut,
+        back to the last step's base (the lab's 15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the
+        data channels' share, ended the start at 16.8 kbps, over the cap, with packets lost each second for 4 s)."""
+        if (not self.standing or now - self.standing_since < FULL_STANDING_S or before <= self.trimmed_kbps
+                or self.starting or self._draining(now, queue_s, self.trimmed_at, self.trimmed_queue_s)):
+            return before
+        rates = sorted(kbps for _, kbps in self.standing)
+        delivered_kbps = rates[len(rates) // 2]
+        # Never under where the last trim left it: a competing flow's queue stands whatever the video sends, and trim after
+        # trim would hand it the link a step at a time (loss and the longer queue's cut still take the estimate lower).
+        target = self._clamp(max(FULL_SHARE * delivered_kbps, self.trimmed_kbps))
+        if target >= before:
+            return before
+        self.loss_kbps = min(self.loss_kbps, target)
+        self.remb_kbps = None if self.remb_kbps is None else min(self.remb_kbps, target)
+        self.delay_kbps = None if self.delay_kbps is None else min(self.delay_kbps, target)
+        self.capacity_kbps = min(self.capacity_kbps or math.inf, (1 - DELIVERED_OVER_READ) * delivered_kbps)
+        self.trial_until = -math.inf  # a probe's jump is over: the link answered it
+        self.trimmed_kbps, self.trimmed_at, self.trimmed_queue_s = target, now, queue_s
+        self.standing_since = now  # what stands from here stands at the new rate
+        self.lowered_at = now  # news of the link: no probe follows a success up into it (sender/probe.py)
+        return self._note(now, before, f"a {queue_s * 1000:.0f} ms queue standing at {delivered_kbps:.1f} kbps delivered: "
+                                       "the link is full", sending_kbps)
 
     def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None) -> float:
         """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now."""
@@ -632,6 +702,12 @@ class BandwidthEstimator:
         """When the last congestion signal came: a loss or delay cut, or a queue in the RTT."""
         return max(self.loss_cut_at, self.delay_cut_at, self.queue_at)
 
+    def queue_rose(self, since: float) -> bool:
+        """Whether a feedback since `since` read a queue PROBE_RISE_S over the median of those in the PROBE_BEFORE_S before."""
+        before = sorted(q for t, q in self.readings if since - PROBE_BEFORE_S <= t < since)
+        after = [q for t, q in self.readings if t >= since]
+        return bool(before and after) and max(after) - before[len(before) // 2] >= PROBE_RISE_S
+
     def reads_room(self, now: float) -> bool:
         """Whether the feedback says the link is much faster than the estimate (ROOM_RATIO): room for a blind probe."""
         ratios = sorted(r for t, r in self.room if t >= now - ROOM_HISTORY_S)
@@ -639,8 +715,9 @@ class BandwidthEstimator:
 
     def full_at(self) -> float:
         """When the link last showed itself full: a cut for a standing queue (the transport feedback) or for a queue's
-        loss (a receiver report, NACKs): each sets `overflow_at`. Not a REMB's trim, nor a probe's jump taken back."""
-        return self.overflow_at
+        loss (a receiver report, NACKs), each of which sets `overflow_at`, or a queue standing at the link's measured rate
+        (FULL_QUEUE_S). Not a REMB's trim, nor a probe's jump taken back."""
+        return max(self.overflow_at, self.full_seen_at)
 
     def quiet_since(self) -> float:
         """When the estimate last went down to under what is sent, by more than LOWERED_SHARE (a believed REMB, the end

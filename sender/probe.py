@@ -147,7 +147,8 @@ class Prober:
         # Under a narrow link the stepped cap's widening showed for 0.3-0.6 s, and QUIET_S after a REMB's trim a second
         # before had let it pass unprobed (the first probe came 6 s later).
         widened = bwe.feedbacks and now - bwe.widened_at <= WIDENED_FRESH_S and bwe.widened_at > self.last_probe_at
-        followed_up = bwe.feedbacks and self.failures_in_a_row == 0 and self.last_probe_at > bwe.quiet_since()
+        followed_up = (bwe.feedbacks and self.failures_in_a_row == 0 and self.last_probe_at > bwe.quiet_since()
+                       and self.last_probe_at > bwe.full_at())
         if widened or followed_up:
             may_probe = True
         elif bwe.feedbacks:  # blind: not right after the link showed itself full, and only where it reads faster
@@ -212,7 +213,8 @@ class Prober:
         confirmed = None
         if not (ok or raised) and self.link.estimator.feedbacks:
             await self.sleep(CONFIRM_S)  # the feedback on the video's packets sent beside the padding
-            confirmed = self.link.estimator.feedback_full_at >= started
+            bwe = self.link.estimator
+            confirmed = max(bwe.feedback_full_at, bwe.full_at()) >= started or bwe.queue_rose(started)
         now = self.clock()
         outcome = ProbeOutcome(round(now, 3), round(total, 2), round(sent_kbps, 2),
                                None if measured is None else round(measured, 2), 0 if result is None else result.received, ok,

@@ -288,6 +288,7 @@ class LowResTrack(MediaStreamTrack):
         self._feedback_seq: int | None = None  # the newest transport feedback taken (RTCP may arrive out of order)
         self._busy: deque[tuple[float, float]] = deque()  # (span s, wire bits) of the newest busy feedbacks
         self.feedback_log: list[dict] = []
+        self.remb_log: list[dict] = []  # every REMB heard (wire kbps), believed or not
         self._cut_seen_at = -math.inf  # the estimator's last loss cut, as this track has acted on it
         self.background: BackgroundPacer | None = None  # the data channel's paced flow, while one runs
         self.background_stats: dict | None = None  # its summary, once it has ended
@@ -409,6 +410,9 @@ class LowResTrack(MediaStreamTrack):
         would hold the flow to half the video's rate), and is dropped; one well under it (BACKGROUND_REMB_SIGNAL)
         is a delay signal, with what the flow sends beside the video added."""
         remb = self.wire_kbps(kbps)
+        if len(self.remb_log) < FEEDBACK_LOG_MAX:
+            origin = self._started_at if self._started_at is not None else self._clock()
+            self.remb_log.append({"t": round(self._clock() - origin, 2), "kbps": round(remb, 2)})
         if self.background is not None:
             if remb >= BACKGROUND_REMB_SIGNAL * self.wire_kbps(self.kbps):
                 self.estimator.rembs += 1
@@ -1094,6 +1098,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         extra={"encoded_bytes": track.encoded_bytes + track.encoder.bytes, "low_size": [low.shape[2], low.shape[1]], "fps": fps,
                "start_kbps": round(track.start_kbps, 2), "final_kbps": round(track.kbps, 2), "rate_changes": track.rate_changes,
                "rate_log": track.rate_log, "estimate_log": track.estimate_log(), "feedback_log": track.feedback_log,
+               "remb_log": track.remb_log,
                "bwe": track.estimator.summary(track._clock()), "retransmissions": track.retransmissions.summary(),
                "ice_states": ice_states, **_start_stats(start, shipping),
                "background": track.background.summary() if track.background is not None else track.background_stats,

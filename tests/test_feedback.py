@@ -16,7 +16,8 @@ from protocol.feedback import RTP_HEADER
 from receiver.feedback import ABS_SEND_TIME_UNIT, FEEDBACK_S, ArrivalFeedback
 from sender import rtcp
 from sender.bwe import (DECREASE_HOLD_S, DELIVERED_OVER_READ, DELIVERED_SHARE, DRAIN_S, RESTORE_SHARE, FEEDBACK_HOLD_CLIMB_S, FEEDBACK_HOLD_QUEUE_S,
-                        FEEDBACK_MIN_SHARE, FEEDBACK_PROBE_S, FEEDBACK_QUEUE_S, BandwidthEstimator)
+                        FEEDBACK_MIN_SHARE, FEEDBACK_PROBE_S, FEEDBACK_QUEUE_S, FULL_QUEUE_S, FULL_SHARE, FULL_STANDING_S, PROBE_RISE_S,
+                        REMEASURED_SHARE, BandwidthEstimator)
 from tests.fakes import FakeTransport
 
 
@@ -148,7 +149,8 @@ def test_a_standing_queue_cuts_under_what_the_link_delivered_deep_enough_to_drai
 
 def test_a_short_queue_or_an_unmeasured_rate_cuts_nothing():
     bwe = narrowed()
-    assert bwe.on_feedback(10.0, FEEDBACK_QUEUE_S * 0.9, 16.0, sending_kbps=45.0) == 60.0  # a frame's own time
+    # A 1900-byte frame's own time at 60 kbps is 0.25 s: the reading is mostly that.
+    assert bwe.on_feedback(10.0, FEEDBACK_QUEUE_S * 0.9, 16.0, sending_kbps=45.0, packet_bits=15200) == 60.0
     assert bwe.on_feedback(10.2, 0.6, None, sending_kbps=45.0) == 60.0  # no rate to cut to
     assert bwe.queue_at == 10.2  # ... but a queue, for the REMB and the loss rule
 
@@ -174,9 +176,9 @@ def test_a_small_queue_holds_the_climb_and_its_end_lets_it_go_on():
     free, bwe = narrowed(kbps=14.0), narrowed(kbps=14.0)
     free.max_kbps = bwe.max_kbps = 60.0
     assert free.on_report(10.5, 0.0, sending_kbps=14.0, expected=30) > 14.0  # a clean report climbs ...
-    bwe.on_feedback(10.0, FEEDBACK_HOLD_QUEUE_S, 14.0, sending_kbps=14.0)
+    bwe.on_feedback(10.0, FEEDBACK_HOLD_QUEUE_S, None, sending_kbps=14.0)  # a queue, the link's rate not yet measured
     assert bwe.on_report(10.5, 0.0, sending_kbps=14.0, expected=30) == 14.0  # ... not with a queue in the feedback
-    bwe.on_feedback(10.6, FEEDBACK_HOLD_QUEUE_S / 2, 14.0, sending_kbps=14.0)
+    bwe.on_feedback(10.6, FEEDBACK_HOLD_QUEUE_S / 2, None, sending_kbps=14.0)
     assert bwe.on_report(10.0 + FEEDBACK_HOLD_CLIMB_S, 0.0, sending_kbps=14.0, expected=30) > 14.0
 
 
@@ -324,8 +326,8 @@ def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_
     assert t - prober.last_probe_at >= AFTER_SUCCESS_S
 
 
-@pytest.mark.parametrize("queue_seen", [True, False])
-def test_a_failed_probe_backs_off_long_only_when_the_feedback_showed_its_queue(queue_seen):
+@pytest.mark.parametrize("reading,queue_seen", [(0.25, True), (0.02 + PROBE_RISE_S + 0.01, True), (0.02, False)])
+def test_a_failed_probe_backs_off_long_only_when_the_feedback_showed_its_queue(reading, queue_seen):
     from tests.test_probe import Clock, Link, run_probe
     from sender.probe import BACKOFF_FEEDBACK_S, UNCONFIRMED_RETRY_S
 
@@ -337,7 +339,7 @@ def test_a_failed_probe_backs_off_long_only_when_the_feedback_showed_its_queue(q
 
     async def sleep_and_hear(s: float) -> None:  # the video's packets beside the padding: queued on a full link
         await sleep(s)
-        link.estimator.on_feedback(clock.t, 0.25 if queue_seen else 0.02, None, sending_kbps=14.0)
+        link.estimator.on_feedback(clock.t, reading, None, sending_kbps=14.0)  # a queue, or one that rose over the one before
 
     clock.sleep = sleep_and_hear
     prober, _ = run_probe(link, link_kbps=15.0, clock=clock)
@@ -399,3 +401,82 @@ def test_a_packets_own_time_on_a_narrow_link_does_not_hold_the_climb():
     bwe.on_feedback(11.0, own + FEEDBACK_HOLD_QUEUE_S, None, sending_kbps=12.0, packet_bits=360 * 8)
     held = bwe.estimate(11.0)
     assert bwe.on_report(11.5, 0.0, sending_kbps=12.0, expected=30) == held
+
+
+# -- a full link: the trim, the probes it stops, the cut a new measure repeats --------------------------------------------
+STANDING_BITS = 400 * 8  # 400-byte packets: 53 ms each at 60 kbps
+
+
+def standing(bwe: BandwidthEstimator, start: float, delivered: list[float], step: float = 0.2) -> float:
+    """Feedback reading a queue FULL_QUEUE_S and a little over the packets' own time, at the given delivered rates."""
+    t = start
+    for kbps in delivered:
+        own = STANDING_BITS / 1000 / bwe.estimate(t)
+        bwe.on_feedback(t, own + FULL_QUEUE_S + 0.02, kbps, sending_kbps=bwe.estimate(t), packet_bits=STANDING_BITS)
+        t += step
+    return t - step
+
+
+def test_a_queue_standing_at_a_full_link_trims_to_its_rate_once_per_climb():
+    bwe = narrowed()
+    t = standing(bwe, 10.0, [56.0, 64.0, 58.0])
+    assert t - 10.0 < FULL_STANDING_S and bwe.estimate(t) == 60.0  # not yet: a moment's queue is a frame's burst
+    t = standing(bwe, t + 0.2, [57.0])
+    assert bwe.estimate(t) == pytest.approx(FULL_SHARE * 58.0)  # the median rate delivered while it stood
+    assert bwe.history[-1].reason.endswith("the link is full") and bwe.full_at() == t
+    assert bwe.overflow_at < t  # no loss: resends do not pause
+    # The queue stands on (a competing flow fills it, or the video drains it slowly): no second trim, whatever is read.
+    t = standing(bwe, t + 0.2, [50.0] * 20)
+    assert bwe.estimate(t) == pytest.approx(FULL_SHARE * 58.0)
+    # Once the estimate has climbed past the trim (a probe), a queue that stands again trims again ...
+    bwe.on_probe_sent(t + 0.1)
+    bwe.on_probe(t + 0.3, 62.0)
+    t = standing(bwe, t + 0.1 + FEEDBACK_PROBE_S, [60.0] * 4)
+    assert bwe.estimate(t) == pytest.approx(FULL_SHARE * 60.0)
+    # ... but never under where the last trim left it: a flow beside the video keeps the queue standing.
+    bwe.loss_kbps = 60.0
+    t = standing(bwe, t + 2.0, [40.0] * 6)
+    assert bwe.estimate(t) == pytest.approx(FULL_SHARE * 60.0)
+
+
+def test_no_trim_in_the_slow_start_nor_from_a_probes_own_queue():
+    start = BandwidthEstimator(start_kbps=60.0, min_kbps=5.0)
+    assert start.starting
+    standing(start, 10.0, [40.0] * 6)
+    assert start.estimate(11.0) == 60.0  # the start ends on the REMB or a cut, back to the last step's base
+    bwe = narrowed()
+    bwe.on_probe_sent(10.0)
+    t = standing(bwe, 10.0, [30.0] * 4)  # the padding's share of the link: the video's rate reads low
+    assert bwe.estimate(t) == 60.0
+    t = standing(bwe, 10.0 + FEEDBACK_PROBE_S, [58.0] * 4)
+    assert bwe.estimate(t) == pytest.approx(FULL_SHARE * 58.0)  # from the readings after the probe's only
+
+
+def test_a_full_link_stops_follow_up_and_blind_probes():
+    from tests.test_probe import Link
+    from sender.probe import AFTER_SUCCESS_S, QUIET_FEEDBACK_S, Prober
+
+    link = Link(estimate=50.0, request=70.0)
+    link.estimator.lowered_at = 5.0
+    prober = Prober(link, lambda data: None)
+    prober.last_probe_at = 9.0  # a success
+    link.estimator.on_feedback(8.9, 0.01, None, sending_kbps=50.0, packet_bits=STANDING_BITS)
+    assert prober.due(9.0 + AFTER_SUCCESS_S)  # followed up at once ...
+    own = STANDING_BITS / 1000 / 50.0
+    for k in range(3):  # ... unless a queue then stood at the link's rate, short of the hold's
+        link.estimator.on_feedback(9.1 + 0.2 * k, own + FULL_QUEUE_S + 0.01, 52.0, sending_kbps=50.0, packet_bits=STANDING_BITS)
+    assert FULL_QUEUE_S + 0.01 < FEEDBACK_HOLD_QUEUE_S and link.estimator.feedback_full_at < 9.0
+    assert not prober.due(9.5 + AFTER_SUCCESS_S) and not prober.due(12.0)
+    assert link.estimator.full_at() == pytest.approx(9.5)
+    link.estimator.on_feedback(9.5 + QUIET_FEEDBACK_S - 1, 0.0, None, sending_kbps=50.0, packet_bits=STANDING_BITS)
+    assert not prober.due(9.5 + QUIET_FEEDBACK_S - 0.5)
+
+
+def test_inside_a_cuts_hold_a_much_lower_rate_measured_cuts_again():
+    bwe = narrowed()
+    first = bwe.on_feedback(10.0, 0.4, 40.0, sending_kbps=45.0)  # its rate counted arrivals from before the link narrowed
+    share = DELIVERED_SHARE - 0.45 / DRAIN_S
+    assert share * 30.0 >= REMEASURED_SHARE * first  # a little lower: still the first cut's queue draining
+    assert bwe.on_feedback(10.2, 0.45, 30.0, sending_kbps=first) == first
+    assert share * 18.0 < REMEASURED_SHARE * first  # far lower: the link is narrower than the cut took it for
+    assert bwe.on_feedback(10.4, 0.45, 18.0, sending_kbps=first) == pytest.approx(share * 18.0)
