@@ -17,7 +17,8 @@ it; sender/session.py converts). Two controllers; the lower one is the estimate,
 - **Transport feedback** (receiver/feedback.py, when the receiver sends it): every ~0.2 s the queue the video's
   packets waited in and the rate they arrived at. A standing queue (FEEDBACK_QUEUE_S) cuts to under the rate the
   link delivered, deep enough to drain it, seconds before a receiver report would show the loss; a small one
-  holds the climb, so the estimate does not creep past a link it already fills.
+  holds the climb, so the estimate does not creep past a link it already fills, and one that stands trims the
+  estimate to just under the rate the link delivers (FULL_SHARE) and tells the probes the link is full.
 - **Probes** (sender/probe.py): a probe that got through lifts the estimate at once; the lift is on trial for
   PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe is its echo.
 
@@ -178,13 +179,13 @@ WIDENED_FRESH_S = 1.0
 ROOM_RATIO = 0.5
 ROOM_HISTORY_S = 2.0
 ROOM_READINGS = 3
-# A smaller queue that stands (FULL_QUEUE_S over the packets' own time, through the busy feedbacks that measure the
-# link's rate) says the video fills the link, perhaps a little over it: no probe goes over it for a while
-# (sender/probe.py: the lab's stepped cap sent four to 78 kbps in the 6 s after the step up with the queue at
-# 140-230 ms), and the estimate goes to FULL_SHARE of the rate the link delivers, without a drain. Nothing lower: the lab's stepped cap came back to 60 kbps
-# where the video's packets need 51 kbps of it to have climbed back (85 %), and its 0.3 s queue stood at 230-320 ms
-# for 3 s at 58-63 kbps delivered until it overflowed (a cut to 30 kbps on NACKs). With a competing flow the queue
-# stands too, whatever the video sends: one trim per climb, so the video does not give way to it step after step.
+# A smaller queue that stands (FULL_QUEUE_S over the packets' own time, for FULL_STANDING_S of busy feedbacks that
+# measure the link's rate) says the video fills the link, perhaps a little over it. No probe goes over it for a while
+# (sender/probe.py: the lab's stepped cap sent four to 78 kbps in the 6 s after the step up, its queue at 140-230 ms),
+# and the estimate goes to FULL_SHARE of the median rate the link delivered, without a drain: the lab's stepped cap
+# came back to 60 kbps where the video needs 51 kbps of it in every second to count as climbed back, and its 0.3 s
+# queue stood at 230-320 ms for 3 s at 58-63 kbps delivered until it overflowed (a cut to 30 kbps on NACKs). The
+# median, not the last reading: over a quarter of a second the rate read 55-63 kbps on that link.
 FULL_QUEUE_S = 0.1
 FULL_STANDING_S = 0.5
 FULL_SHARE = 0.95
@@ -341,6 +342,8 @@ class BandwidthEstimator:
     full_seen_at: float = field(default=-math.inf, init=False)  # the last feedback that read a full link (FULL_QUEUE_S)
     standing: deque = field(default_factory=deque, init=False)  # (time, delivered kbps) of the last second's, in a row
     standing_since: float = field(default=math.inf, init=False)  # since when they have read one, in a row
+    wanted_kbps: float | None = field(default=None, init=False)  # the last cut's target under the floor ...
+    wanted_at: float = field(default=-math.inf, init=False)  # ... and when
 
     def __post_init__(self) -> None:
         if self.max_kbps is None:
@@ -502,7 +505,7 @@ class BandwidthEstimator:
         held = self._draining(now, queue_s, self.feedback_cut_at, self.feedback_cut_queue_s)
         share = max(FEEDBACK_MIN_SHARE, DELIVERED_SHARE - queue_s / DRAIN_S)
         basis = min(self.loss_kbps, sending_kbps) if sending_kbps else self.loss_kbps
-        target = self._clamp(min(basis, share * delivered_kbps))
+        target = self._decrease_to(now, min(basis, share * delivered_kbps))
         if target >= before or (held and target >= REMEASURED_SHARE * before):
             return before
         self.pooled.clear()  # the loss after a cut is the new rate's
@@ -740,7 +743,7 @@ class BandwidthEstimator:
         if (delivered_kbps is None or expected is None or expected < DELIVERED_MIN_PACKETS
                 or fraction_lost <= QUEUE_LOSS or not now - self.overflow_at < DECREASE_HOLD_S):
             return None
-        target = self._clamp(DELIVERED_SHARE * delivered_kbps)
+        target = self._decrease_to(now, DELIVERED_SHARE * delivered_kbps)
         if target >= self.loss_kbps:
             return None
         self.loss_kbps = target
@@ -759,9 +762,26 @@ class BandwidthEstimator:
         # From what was sent, when the estimate had run ahead of it: a cut never raises the sender's rate.
         basis = min(self.loss_kbps, at_kbps) if at_kbps else self.loss_kbps
         self.capacity_kbps = min(basis, capacity_kbps) if capacity_kbps else basis
-        self.loss_kbps = self._clamp(min(basis * factor, math.inf if through_kbps is None else through_kbps))
+        self.loss_kbps = self._decrease_to(now, min(basis * factor, math.inf if through_kbps is None else through_kbps))
         self.loss_cut_at = self.overflow_at = now
         return True
+
+    def _decrease_to(self, now: float, kbps: float) -> float:
+        """A cut's target, clamped; one under the floor is remembered (`move_floor`)."""
+        if kbps < self.min_kbps:
+            self.wanted_kbps, self.wanted_at = kbps, now
+        return self._clamp(kbps)
+
+    def move_floor(self, now: float, min_kbps: float) -> None:
+        """The floor moves (sender/session.py: a sparser stream shape pays fewer packet headers for the same video floor).
+        A cut within DECREASE_HOLD_S that wanted to go under the old floor goes as far as the new one lets it: the lab's
+        stepped cap with shapes cut at its step to 15 kbps from s4t1, whose floor is 16.9 kbps on the wire, and stayed
+        there over the link until the next cut 1.3-2.3 s later, the shape already s8t2 (floor 13.0)."""
+        before = self.estimate(now)
+        self.min_kbps = min_kbps
+        if self.wanted_kbps is not None and now - self.wanted_at < DECREASE_HOLD_S and self.loss_kbps > min_kbps:
+            self.loss_kbps = max(min_kbps, self.wanted_kbps)
+            self._note(now, before, f"the floor moved to {min_kbps:.1f} kbps: the last cut goes on")
 
     def _clamp(self, kbps: float) -> float:
         return min(self.max_kbps, max(self.min_kbps, kbps))

@@ -81,8 +81,9 @@ AFTER_SUCCESS_S = 0.25
 BACKOFF_S = (3.0, 6.0)
 # While the receiver sends transport feedback, a link that widened a lot shows in it before any probe
 # (BandwidthEstimator.link_widened: a probe then goes at once), a little by the estimate's slow climb through clean
-# reports. So once the link has shown itself full (a cut for a standing queue or for a queue's loss), probing blind
-# waits QUIET_FEEDBACK_S after that cut, and a failure the feedback confirms backs off BACKOFF_FEEDBACK_S. A blind
+# reports. So once the link has shown itself full (a cut for a standing queue or for a queue's loss, or a queue
+# standing at the link's rate: BandwidthEstimator.full_at), probing blind waits QUIET_FEEDBACK_S after that, nor does a
+# success's follow-up go into it, and a failure the feedback confirms backs off BACKOFF_FEEDBACK_S. A blind
 # probe over a narrow link overflows its queue: over the lab's stepped cap each failed probe in the 8 s at 15 kbps
 # dropped a packet (the step down then never settled by the lab's measure) and found nothing the feedback did not
 # find when the link widened; over its 15 kbps cap one at 12 s dropped 10 packets, 27 frames concealed. A link that
@@ -91,8 +92,10 @@ BACKOFF_S = (3.0, 6.0)
 # stayed at 10.6-12.4 of its 20 kbps for the whole call.
 QUIET_FEEDBACK_S = 15.0
 BACKOFF_FEEDBACK_S = (15.0, 30.0)
-# ... but only for a failure the feedback confirms: a reading of a queue (FEEDBACK_HOLD_QUEUE_S) within CONFIRM_S of
-# the answer, from the video's packets that crossed the link beside the padding. Without one the cluster's timing was
+# ... but only for a failure the feedback confirms: a reading of a queue (FEEDBACK_HOLD_QUEUE_S, or a full link's,
+# BandwidthEstimator.full_at) within CONFIRM_S of the answer, from the video's packets that crossed the link beside the
+# padding, or their queue risen over the one before the probe (PROBE_RISE_S: at 60 kbps a probe over the link reads
+# 100-140 ms against 20-60 ms before, short of the hold's level over the packets' own time). Without one the cluster's timing was
 # noise (three messages: one read 52 % of its rate on a link that had just widened to 60 kbps, and the video stayed at
 # 17-23 kbps for the 8 s after it), and the next probe goes UNCONFIRMED_RETRY_S later.
 CONFIRM_S = 0.3
@@ -142,7 +145,8 @@ class Prober:
         bwe = link.estimator
         estimate = bwe.estimate(now)
         # With transport feedback: a link the feedback says widened (since the last probe) is probed at once, and a
-        # success is followed up at once (its jump is news newer than the last decrease); a blind probe waits
+        # success is followed up at once (its jump is news newer than the last decrease and the link's last showing
+        # itself full); a blind probe waits
         # QUIET_FEEDBACK_S after the link showed itself full, and elsewhere goes only where the feedback reads room.
         # Under a narrow link the stepped cap's widening showed for 0.3-0.6 s, and QUIET_S after a REMB's trim a second
         # before had let it pass unprobed (the first probe came 6 s later).

@@ -597,7 +597,7 @@ class AdaptiveLowResTrack(LowResTrack):
     def _use_shape(self, shape: Shape) -> None:
         self.shape, self.temporal = shape, shape.temporal
         # Fewer frames cost fewer packet headers: the floor's and the request's wire costs move.
-        self.estimator.min_kbps = self.wire_kbps(self.min_kbps)
+        self.estimator.move_floor(self._clock(), self.wire_kbps(self.min_kbps))
         if self.background is None:
             self.estimator.max_kbps = self.wire_kbps(self.target_kbps)
 
@@ -614,8 +614,8 @@ class AdaptiveLowResTrack(LowResTrack):
             self.shape, lambda s: self._target_for(estimate, s.temporal) if s in self.shapes else -1.0)
         old = self.shape
         if shape != old:
-            self._use_shape(shape)
-            kbps = self._target_for(estimate)
+            self._use_shape(shape)  # its floor may let a cut go lower
+            kbps = self._target_for(self.estimator.estimate(now))
         super()._set_kbps(kbps, now, why)
         if shape != old:
             self._announce = True

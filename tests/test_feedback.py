@@ -480,3 +480,19 @@ def test_inside_a_cuts_hold_a_much_lower_rate_measured_cuts_again():
     assert bwe.on_feedback(10.2, 0.45, 30.0, sending_kbps=first) == first
     assert share * 18.0 < REMEASURED_SHARE * first  # far lower: the link is narrower than the cut took it for
     assert bwe.on_feedback(10.4, 0.45, 18.0, sending_kbps=first) == pytest.approx(share * 18.0)
+
+
+def test_a_cut_held_up_by_the_floor_goes_on_when_a_sparser_shape_lowers_it():
+    bwe = narrowed(floor=16.9)  # s4t1: 6 kbps of video costs 16.9 on the wire at 15 packets a second
+    assert bwe.on_feedback(10.0, 0.8, 16.5, sending_kbps=60.0) == 16.9  # the cut wants 8.3: held at the floor
+    bwe.move_floor(10.1, 13.0)  # s8t2 takes over: 7.5 packets a second
+    assert bwe.estimate(10.1) == 13.0 and bwe.history[-1].reason.startswith("the floor moved")
+    later = narrowed(floor=16.9)
+    later.on_feedback(10.0, 0.8, 16.5, sending_kbps=60.0)
+    later.move_floor(10.0 + DECREASE_HOLD_S, 13.0)  # too late: the cut is old news
+    assert later.estimate(12.0) == 16.9
+    above = narrowed(floor=13.0)
+    above.on_feedback(10.0, 0.4, 30.0, sending_kbps=60.0)  # a cut that the floor did not hold
+    cut = above.estimate(10.0)
+    above.move_floor(10.1, 11.0)
+    assert above.estimate(10.1) == cut
