@@ -50,6 +50,10 @@ STEP_DOWN_S, STEP_UP_S = 8.0, 16.0
 STEP_LOOPS = 3
 # A step has settled once the video's measured rate on the link is under the new cap with nothing dropped, or,
 # going up, within SETTLE_SHARE of the new cap, and stays so until the next step (whole seconds of the relay).
+# The sender's rate settles up (`settle_rate_s`) in a second where either holds, or its target's cost on the wire is
+# within SETTLE_SHARE of the cap with nothing dropped: the encoder had less to spend than its target allowed
+# (application-limited, as libwebrtc calls it: VP8 at ÷4, every 2nd frame, spends 34-47 kbps of a 60 kbps target on
+# carphone), which the rate control cannot change.
 SETTLE_SHARE = 0.85
 # The competing-flow scenario: a bulk TCP flow (bench/tcpflow.py) through a cap of this many kbps.
 TCP_CAP_KBPS = 60.0
@@ -297,22 +301,24 @@ def per_second(row: dict) -> list[dict]:
     out = []
     for sec in seconds:
         t = sec["t"]
-        target = sender.get("start_kbps")
+        target, wire = sender.get("start_kbps"), None
         for change in changes:
             if change["t"] < t + 1:
-                target = change["kbps"]
+                target, wire = change["kbps"], change.get("wire_kbps")
         kbps = {k: round(sec.get(k, 0) * 8 / 1000, 2) for k in ("rtp", "rtcp", "dtls", "tcp")}
         shape = next((x["shape"] for x in reversed(sender.get("shape_log") or []) if x["t"] < t + 1), None)
-        out.append({"t": t, "cap_kbps": cap_at(forward.get("impairment") or {}, t), "target_kbps": target, "shape": shape,
+        out.append({"t": t, "cap_kbps": cap_at(forward.get("impairment") or {}, t), "target_kbps": target,
+                    "target_wire_kbps": wire, "shape": shape,
                     "video_kbps": kbps["rtp"], "rtcp_kbps": kbps["rtcp"], "data_kbps": kbps["dtls"], "tcp_kbps": kbps["tcp"],
                     "dropped": sec.get("dropped", 0)})
     return out
 
 
-def settling(seconds: list[dict], steps: list[list[float]]) -> list[dict]:
+def settling(seconds: list[dict], steps: list[list[float]], sender_rate: bool = False) -> list[dict]:
     """For each step of the cap after the first, the seconds from the step until the video settled and stayed
     settled up to the next step: down, its rate on the link under the new cap with nothing dropped; up, within
-    SETTLE_SHARE of the new cap. None: it did not settle before the next step (or the call's end)."""
+    SETTLE_SHARE of the new cap (`sender_rate`: or the sender's target on the wire there, with nothing dropped).
+    None: it did not settle before the next step (or the call's end)."""
     out = []
     for i in range(1, len(steps)):
         at, cap = steps[i]
@@ -321,7 +327,9 @@ def settling(seconds: list[dict], steps: list[list[float]]) -> list[dict]:
         if cap < steps[i - 1][1]:
             ok = lambda s, cap=cap: s["video_kbps"] <= cap and s["dropped"] == 0  # noqa: E731
         else:
-            ok = lambda s, cap=cap: s["video_kbps"] >= SETTLE_SHARE * cap  # noqa: E731
+            ok = lambda s, cap=cap: s["video_kbps"] >= SETTLE_SHARE * cap or (  # noqa: E731
+                sender_rate and s.get("target_wire_kbps") is not None
+                and s["target_wire_kbps"] >= SETTLE_SHARE * cap and s["dropped"] == 0)
         settled = next((s["t"] - at for j, s in enumerate(window) if all(ok(x) for x in window[j:])), None)
         out.append({"at_s": at, "kbps": cap, "settle_s": None if settled is None else max(0.0, settled)})
     return out
@@ -378,6 +386,7 @@ def summarize_row(row: dict, clean_psnr: float | None) -> dict:
     psnr = s.get("psnr")
     seconds = row["per_second"] if "per_second" in row else per_second(row)
     settle = settling(seconds, row["steps"]) if row.get("steps") else []
+    settle_rate = settling(seconds, row["steps"], sender_rate=True) if row.get("steps") else []
     tcp = sorted(x["tcp_kbps"] for x in seconds)
     return {
         "scenario": row["scenario"],
@@ -390,11 +399,16 @@ def summarize_row(row: dict, clean_psnr: float | None) -> dict:
         "model_transferred": s.get("model_transferred"), "timestamps_anchored": s.get("timestamps_anchored"),
         "model": _model_outcome(row), "forward_lost": f"{lost}/{fwd.get('packets', 0)}", "wall_s": row["wall_s"],
         "stalls": stall_seconds(seconds) if seconds else None,
-        "settle_s": " / ".join("—" if x["settle_s"] is None else f"{x['settle_s']:g}" for x in settle) or None,
+        "settle_s": _settle_text(settle), "settle_rate_s": _settle_text(settle_rate),
         "tcp_kbps": tcp[len(tcp) // 2] if tcp and tcp[-1] else None,
         "shapes": shape_path((s.get("sender") or {}).get("shape_log")),
         "note": row.get("note", ""),
     }
+
+
+def _settle_text(settle: list[dict]) -> str | None:
+    """Each step's seconds to settle, "—" where it did not (None: no steps)."""
+    return " / ".join("—" if x["settle_s"] is None else f"{x['settle_s']:g}" for x in settle) or None
 
 
 def shape_path(log: list[dict] | None) -> str | None:
@@ -426,7 +440,7 @@ def _model_outcome(row: dict) -> str:
 
 def write_table(rows: list[dict], out: Path) -> Path:
     cols = ["scenario", "outcome", "model", "frames_out", "concealed", "keyframe_requests", "recovery_ms", "latency_ms",
-            "psnr", "psnr_drop", "psnr_bicubic", "video_kbps", "forward_lost", "stalls", "settle_s", "tcp_kbps", "shapes", "wall_s", "note"]
+            "psnr", "psnr_drop", "psnr_bicubic", "video_kbps", "forward_lost", "stalls", "settle_s", "settle_rate_s", "tcp_kbps", "shapes", "wall_s", "note"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")

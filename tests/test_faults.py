@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from bench.faults import NetworkLab, Scenario, lab_available, run_scenario
+from bench.faults import SETTLE_SHARE, NetworkLab, Scenario, lab_available, run_scenario, settling
 from bench.impair import Impairment, Relay, packet_kind
 
 SENDER = bytes([10, 77, 1, 1])
@@ -199,6 +199,25 @@ def test_stream_across_faults_ends_with_one_frame_per_source_frame(fitted_bundle
         assert stats["recovery_ms_max"] is not None and stats["recovery_ms_max"] < 2000
         assert 12 <= stats["frames_concealed"] <= 30
         assert stats["frames_received"] >= 20 - 8 - 4  # the frames after the outage arrived
+
+
+def test_settling_after_each_step_on_the_links_measure_and_the_senders_rate():
+    steps = [[0.0, 60.0], [8.0, 15.0], [16.0, 60.0]]
+    seconds = []
+    for t in range(24):
+        video, wire, dropped = 40.0, 63.0, 0
+        if 8 <= t < 16:
+            video, wire, dropped = (17.0, 20.0, 5) if t < 10 else (12.0, 14.0, 0)  # settled down 2 s after its step
+        elif t >= 16:
+            video, wire = (12.0, 14.0) if t < 18 else (40.0, 63.0)  # the sender's rate back at 18; VP8 spends 40 of it
+        seconds.append({"t": t, "video_kbps": video, "target_wire_kbps": wire, "dropped": dropped})
+    strict = settling(seconds, steps)
+    assert [x["settle_s"] for x in strict] == [2.0, None]  # the link's measure: 40 of 60 is no climb back
+    assert [x["settle_s"] for x in settling(seconds, steps, sender_rate=True)] == [2.0, 2.0]
+    seconds[20]["dropped"] = 3  # a second the rate overfilled the link does not count, whatever the target
+    assert [x["settle_s"] for x in settling(seconds, steps, sender_rate=True)] == [2.0, 5.0]
+    seconds[22]["video_kbps"] = SETTLE_SHARE * 60.0  # nor does a second the video filled alone make others count
+    assert settling(seconds, steps)[1]["settle_s"] is None
 
 
 def test_random_seed_matters():
