@@ -526,15 +526,16 @@ class BandwidthEstimator:
         return since < cut_queue_s + FEEDBACK_HOLD_S or (since < DECREASE_HOLD_S and queue_s < cut_queue_s)
 
     def _trim_to_link(self, now: float, before: float, queue_s: float, sending_kbps: float | None) -> float:
-        """A queue that has stood for FULL_STANDING_S (FULL_QUEUE_S over the mean packet's own time, `standing`) while
-        the link's rate is measured: the video fills the link, perhaps a little over it. The estimate goes to FULL_SHARE
-        of the median rate the link delivered in the last second of it, once per climb (not again until the estimate has gone above where the last trim left it) and not while the
-        queue the last trim saw drains (the lab's 15 kbps cap: a second trim on the start's draining queue, at 11.4 kbps
-        delivered, held the call at 11-13 kbps: 28.5 dB). Not in the slow start: its overshoot ends on the REMB or a cut,
-        back to the last step's base (the lab's 15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the
-        data channels' share, ended the start at 16.8 kbps, over the cap, with packets lost each second for 4 s)."""
-        if (not self.standing or now - self.standing_since < FULL_STANDING_S or before <= self.trimmed_kbps
-                or self.starting or self._draining(now, queue_s, self.trimmed_at, self.trimmed_queue_s)):
+        """A queue that has stood for FULL_STANDING_S (FULL_QUEUE_S over the mean packet's own time, `standing`)
+        while the link's rate is measured: the video fills the link, perhaps a little over it. The estimate goes to
+        FULL_SHARE of the median rate the link delivered in the last second of it, never under where the last trim
+        left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
+        second trim on the start's draining queue, at 11.4 kbps delivered, held the call at 11-13 kbps: 28.5 dB).
+        Not in the slow start: its overshoot ends on the REMB or a cut, back to the last step's base (the lab's
+        15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the data channels' share, ended the start
+        at 16.8 kbps, over the cap, with packets lost each second for 4 s)."""
+        if (not self.standing or now - self.standing_since < FULL_STANDING_S or self.starting
+                or self._draining(now, queue_s, self.trimmed_at, self.trimmed_queue_s)):
             return before
         rates = sorted(kbps for _, kbps in self.standing)
         delivered_kbps = rates[len(rates) // 2]

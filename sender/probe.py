@@ -95,8 +95,8 @@ BACKOFF_FEEDBACK_S = (15.0, 30.0)
 # ... but only for a failure the feedback confirms: a reading of a queue (FEEDBACK_HOLD_QUEUE_S, or a full link's,
 # BandwidthEstimator.full_at) within CONFIRM_S of the answer, from the video's packets that crossed the link beside the
 # padding, or their queue risen over the one before the probe (PROBE_RISE_S: at 60 kbps a probe over the link reads
-# 100-140 ms against 20-60 ms before, short of the hold's level over the packets' own time). Without one the cluster's timing was
-# noise (three messages: one read 52 % of its rate on a link that had just widened to 60 kbps, and the video stayed at
+# 100-140 ms against 20-60 ms before, short of the hold's level over the packets' own time). Without one the
+# cluster's timing was noise (three messages: one read 52 % of its rate on a link that had just widened to 60 kbps, and the video stayed at
 # 17-23 kbps for the 8 s after it), and the next probe goes UNCONFIRMED_RETRY_S later.
 CONFIRM_S = 0.3
 UNCONFIRMED_RETRY_S = 1.0
