@@ -488,9 +488,10 @@ class BandwidthEstimator:
             if restore > self.loss_kbps:
                 self.loss_kbps = restore
                 return self._note(now, before, f"the queue drained: back to {restore:.1f} kbps")
-        if delivered_kbps is not None and queue_s - own_s >= FULL_QUEUE_S:
+        full = delivered_kbps is not None and queue_s - own_s >= FULL_QUEUE_S
+        if full:
             self.full_seen_at = now
-        if delivered_kbps is not None and queue_s - own_s >= FULL_QUEUE_S and now - self.probed_at >= FEEDBACK_PROBE_S:
+        if full and now - self.probed_at >= FEEDBACK_PROBE_S:
             if not self.standing:
                 self.standing_since = now
             self.standing.append((now, delivered_kbps))

@@ -96,8 +96,8 @@ BACKOFF_FEEDBACK_S = (15.0, 30.0)
 # BandwidthEstimator.full_at) within CONFIRM_S of the answer, from the video's packets that crossed the link beside the
 # padding, or their queue risen over the one before the probe (PROBE_RISE_S: at 60 kbps a probe over the link reads
 # 100-140 ms against 20-60 ms before, short of the hold's level over the packets' own time). Without one the
-# cluster's timing was noise (three messages: one read 52 % of its rate on a link that had just widened to 60 kbps, and the video stayed at
-# 17-23 kbps for the 8 s after it), and the next probe goes UNCONFIRMED_RETRY_S later.
+# cluster's timing was noise (three messages: one read 52 % of its rate on a link that had just widened to 60 kbps,
+# and the video stayed at 17-23 kbps for the 8 s after it), and the next probe goes UNCONFIRMED_RETRY_S later.
 CONFIRM_S = 0.3
 UNCONFIRMED_RETRY_S = 1.0
 # ... at most this many times in a row: then the backoff as for any failure (a cluster that keeps failing without a
@@ -146,8 +146,8 @@ class Prober:
         estimate = bwe.estimate(now)
         # With transport feedback: a link the feedback says widened (since the last probe) is probed at once, and a
         # success is followed up at once (its jump is news newer than the last decrease and the link's last showing
-        # itself full); a blind probe waits
-        # QUIET_FEEDBACK_S after the link showed itself full, and elsewhere goes only where the feedback reads room.
+        # itself full); a blind probe waits QUIET_FEEDBACK_S after the link showed itself full, and elsewhere goes
+        # only where the feedback reads room.
         # Under a narrow link the stepped cap's widening showed for 0.3-0.6 s, and QUIET_S after a REMB's trim a second
         # before had let it pass unprobed (the first probe came 6 s later).
         widened = bwe.feedbacks and now - bwe.widened_at <= WIDENED_FRESH_S and bwe.widened_at > self.last_probe_at

@@ -30,7 +30,7 @@ from codec.errors import VsaeError
 # ~0.3 dB are within what the same shape scores across clips: switch only for a predicted gain of this much.
 SWITCH_GAIN_DB = 0.3
 # ... unless the current shape is saturated: its rate is above the highest the table measured, where its encoder has
-# nothing more to spend bits on and leaves the rest of the link unused (VP8 at s4t2 spends 31-45 kbps of a 60 kbps
+# nothing more to spend bits on and leaves the rest of the link unused (VP8 at s4t2 spends 31-47 kbps of a 60 kbps
 # target on carphone, and the lab's stepped cap with shapes held s4t2 at ~40 kbps of its 60 after the step up, where
 # s4t1 at 35 kbps was predicted 0.09 dB better and spends ~43 on the wire). Then a smaller predicted gain switches.
 SATURATED_GAIN_DB = 0.05
@@ -109,7 +109,7 @@ class ShapeTable:
         rate = video_kbps_for(current)
         now = self.predict(current, rate)
         margin = SATURATED_GAIN_DB if self.saturated(current, rate) else SWITCH_GAIN_DB
-        if best == current or (now is not None and best_psnr is not None and (best_psnr - now < margin or best_psnr <= now)):
+        if best == current or (now is not None and best_psnr is not None and best_psnr - now < margin):
             return current, now, now
         return best, best_psnr, now
 
