@@ -32,7 +32,7 @@ from protocol.messages import CODECS, MAX_FRAMES
 from protocol.peer import install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
-from .session import DEFAULT_RETRIES, MODEL_PACES, PROBE_MODES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
+from .session import DEFAULT_RETRIES, MODEL_PACES, SWITCH_MODES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
 from .shapes import load_table
 
 
@@ -339,10 +339,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "this rate-quality table: a `vsae bench rd --setting insample --model M` results.json measured on "
                         "prior footage (scaled to the call's frame rate by bits per frame); --scale and --temporal are "
                         "then not used")
-    p.add_argument("--probe", choices=PROBE_MODES, default="auto",
+    p.add_argument("--probe", choices=SWITCH_MODES, default="auto",
                    help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
                         "(auto: on unless the receiver is on this machine)")
-    p.add_argument("--feedback", choices=PROBE_MODES, default="auto",
+    p.add_argument("--feedback", choices=SWITCH_MODES, default="auto",
                    help="ask the receiver for transport feedback in RTCP (the queue and rate its video packets arrive at, "
                         "every 0.2 s at most): the estimate then cuts when a queue stands, drains it, and probes "
                         "when the link widens (auto: on unless the receiver is on this machine)")

@@ -105,8 +105,9 @@ BACKGROUND_PAUSE_S = 2.0
 BACKGROUND_MAX_KBPS = 20_000.0
 # How an in-call model transfer is paced (SendOptions.model_pace), besides a fixed kbps.
 MODEL_PACES = ("auto", "estimate", "off")
-# Whether the sender probes the link with padding (SendOptions.probe, sender/probe.py).
-PROBE_MODES = ("auto", "on", "off")
+# The values of the sender's auto/on/off options: probing the link with padding (SendOptions.probe, sender/probe.py)
+# and asking for transport feedback (SendOptions.feedback).
+SWITCH_MODES = ("auto", "on", "off")
 # Model chunks of an in-call transfer paced in the estimate are this long of the request's wire rate (between
 # MIN_CHUNK_BYTES and CHUNK_BYTES): SCTP sends a chunk's packets back to back, and the fault lab's bottleneck
 # queue holds 0.3 s.
@@ -397,11 +398,14 @@ class LowResTrack(MediaStreamTrack):
         mean_bits = (feedback.bytes / max(1, feedback.packets) + PACKET_OVERHEAD_BYTES - transport_feedback.RTP_HEADER) * 8
         self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits)
         if len(self.feedback_log) < FEEDBACK_LOG_MAX:
-            origin = self._started_at if self._started_at is not None else now
-            self.feedback_log.append({"t": round(now - origin, 2), "queue_ms": round(queue * 1000, 1),
+            self.feedback_log.append({"t": self._call_time(now), "queue_ms": round(queue * 1000, 1),
                                       "delivered_kbps": None if delivered is None else round(delivered, 2),
                                       "packets": feedback.packets, "bytes": feedback.bytes, "span_ms": feedback.span_us // 1000})
         self._after_estimate()
+
+    def _call_time(self, now: float) -> float:
+        """`now` on the call's clock, from the first real frame (0 before it), as the reports' logs are timed."""
+        return round(now - self._started_at, 2) if self._started_at is not None else 0.0
 
     def on_remb(self, kbps: float) -> None:
         """The receiver's REMB (sender/rtcp.py): aiortc's receiver counts RTP payload bytes, as the target does.
@@ -411,8 +415,7 @@ class LowResTrack(MediaStreamTrack):
         is a delay signal, with what the flow sends beside the video added."""
         remb = self.wire_kbps(kbps)
         if len(self.remb_log) < FEEDBACK_LOG_MAX:
-            origin = self._started_at if self._started_at is not None else self._clock()
-            self.remb_log.append({"t": round(self._clock() - origin, 2), "kbps": round(remb, 2)})
+            self.remb_log.append({"t": self._call_time(self._clock()), "kbps": round(remb, 2)})
         if self.background is not None:
             if remb >= BACKGROUND_REMB_SIGNAL * self.wire_kbps(self.kbps):
                 self.estimator.rembs += 1
@@ -809,10 +812,9 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
         raise SessionError(f"model_pace must be one of {', '.join(MODEL_PACES)} or a positive kbps, got {options.model_pace!r}")
     if options.refresh is not None and not options.guard:
         raise SessionError("a live refresh needs the guard's closed loop (guard=True)")
-    if options.probe not in PROBE_MODES:
-        raise SessionError(f"probe must be one of {', '.join(PROBE_MODES)}, got {options.probe!r}")
-    if options.feedback not in PROBE_MODES:
-        raise SessionError(f"feedback must be one of {', '.join(PROBE_MODES)}, got {options.feedback!r}")
+    for name in ("probe", "feedback"):
+        if getattr(options, name) not in SWITCH_MODES:
+            raise SessionError(f"{name} must be one of {', '.join(SWITCH_MODES)}, got {getattr(options, name)!r}")
     live = isinstance(frames, LiveFrames)
     if options.shape_table is not None:
         if options.guard or live:
@@ -1179,7 +1181,7 @@ def resolved_model_pace(options: SendOptions) -> str | float:
 
 
 def _resolved_mode(mode: str, options: SendOptions) -> bool:
-    """An auto/on/off option (PROBE_MODES): as asked, "auto" on unless the receiver is on this machine (nothing to
+    """An auto/on/off option (SWITCH_MODES): as asked, "auto" on unless the receiver is on this machine (nothing to
     find out there)."""
     return not receiver_on_this_machine(options) if mode == "auto" else mode == "on"
 

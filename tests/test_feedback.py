@@ -496,3 +496,13 @@ def test_a_cut_held_up_by_the_floor_goes_on_when_a_sparser_shape_lowers_it():
     cut = above.estimate(10.0)
     above.move_floor(10.1, 11.0)
     assert above.estimate(10.1) == cut
+
+
+@pytest.mark.parametrize("name", ["probe", "feedback"])
+def test_an_unknown_switch_mode_is_one_clear_error(name):
+    import numpy as np
+
+    from sender.session import SendOptions, SessionError, send
+
+    with pytest.raises(SessionError, match=f"{name} must be one of auto, on, off"):
+        asyncio.run(send(np.zeros((2, 16, 16, 3), np.uint8), 15.0, b"", SendOptions(**{name: "maybe"})))
