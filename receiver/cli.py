@@ -35,6 +35,9 @@ def summary_line(stats: dict) -> str:
                      f"{stats['psnr_bicubic']:.2f} dB, guard {stats['guard_kbps']:.2f} kbps")
     elif stats.get("psnr") is not None:
         parts.append(f"PSNR vsae {stats['psnr']:.2f} dB vs bicubic {stats['psnr_bicubic']:.2f} dB")
+    if stats.get("frames_plain"):
+        # An adaptive stream's plain runs (sender/shapes.py) are shown as decoded: "vsae" and "bicubic" are one picture.
+        parts.append(f"{stats['frames_plain']} frames plain {stats.get('codec', '')} at full size (shown as decoded)")
     if stats.get("early_start"):
         if stats.get("time_to_model_ms") is None:
             parts.append(f"the model never arrived: bicubic throughout (first frame after {stats['time_to_first_frame_ms']:.0f} ms)")

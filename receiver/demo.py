@@ -156,8 +156,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         model, fitted = cached_model(video, args.minutes)
     fit_s = time.monotonic() - began
-    print(f"vsae demo: streaming {video.name} over loopback WebRTC: ÷{args.scale}, every {args.temporal} frame(s), "
-          f"{args.codec} at {args.kbps:g} kbps", file=sys.stderr)
+    shape = f"÷{args.scale}, every {args.temporal} frame(s)"
+    if args.shapes:
+        shape = f"the shape following the rate by {args.shapes}"
+    print(f"vsae demo: streaming {video.name} over loopback WebRTC: {shape}, {args.codec} at {args.kbps:g} kbps",
+          file=sys.stderr)
     live = (("--guard",) if args.guard else ()) + (("--refresh", "--model-kbps", f"{args.model_kbps:g}") if args.refresh else ())
     if args.shapes:
         live += ("--shapes", args.shapes)

@@ -33,7 +33,7 @@ from protocol.peer import install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
 from .session import DEFAULT_RETRIES, MODEL_PACES, SWITCH_MODES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
-from .shapes import load_table
+from .shapes import load_table, setting_text
 
 
 LIVE_SENDER_THREADS = 1
@@ -173,10 +173,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         looped += f", live: guard + refresh ({refresh.form}, {refresh.model_kbps:g} kbps model stream)"
     elif args.guard:
         looped += ", live: guard"
-    shape = (f"shape by the estimate from {args.shapes} ({len(table.curves)} shapes)" if table is not None
-             else f"÷{args.scale} every {args.temporal} frame(s)")
+    shape = (f"shape by the estimate from {args.shapes} ({len(table.curves)} shapes, {setting_text(table)})"
+             if table is not None else f"÷{args.scale} every {args.temporal} frame(s)")
     print(f"vsae send: {len(frames)} frames{looped} {frames.shape[2]}x{frames.shape[1]} -> {where}, "
           f"{shape}, {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
+    if table is not None and not table.unseen:
+        print("vsae send: note: on a call's new frames the model's shapes score lower than this table predicts (8-10 dB "
+              "on carphone), so it may pick them where the plain codec is better; a table for a call is measured with "
+              "`vsae bench rd --setting heldout --split half` on the prior footage", file=sys.stderr)
     if len(options) == 1:
         try:
             result = asyncio.run(send(frames, fps, model, options[0]))
@@ -336,9 +340,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fine-tuning steps per second of call at most (default 50; a slow CPU does fewer, reported)")
     p.add_argument("--shapes", default=None, metavar="RESULTS.json",
                    help="adapt the stream's shape (S, T, or the plain codec at full size) to the bandwidth estimate, by "
-                        "this rate-quality table: a `vsae bench rd --setting insample --model M` results.json measured on "
-                        "prior footage (scaled to the call's frame rate by bits per frame); --scale and --temporal are "
-                        "then not used")
+                        "this rate-quality table: a `vsae bench rd --setting heldout --split half` results.json measured on "
+                        "prior footage (the model's shapes on frames after its own, as a call's are; scaled to the call's "
+                        "frame rate by bits per frame); --scale and --temporal are then not used")
     p.add_argument("--probe", choices=SWITCH_MODES, default="auto",
                    help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
                         "(auto: on unless the receiver is on this machine)")

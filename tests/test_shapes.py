@@ -95,6 +95,53 @@ def test_h264_calls_read_the_x264_rows(tmp_path):
     assert Shape(1, 1, True) in {c.shape for c in table.curves}
 
 
+def test_a_table_measured_after_the_models_frames_is_preferred(tmp_path):
+    # One results.json of `vsae bench rd --setting both --split half`: the model's shapes on its own frames and on
+    # frames after them. A call is made of the latter: their table is the one read, whatever the order.
+    seen = dict(rd_result(), clip="prior", setting="insample", split=None)
+    after = dict(rd_result(), clip="prior", setting="heldout", split="half")
+    for method in after["methods"]:
+        if method["name"].startswith("vsae-"):
+            method["points"] = [dict(p, psnr=p["psnr"] - 8.0) for p in method["points"]]
+    other_clip = dict(rd_result(), clip="other", setting="heldout", split="half")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([seen, after, other_clip]))
+    table = load_table(path, "vp8", fps=15.0)
+    assert table.unseen and table.setting == "heldout-half"
+    assert table.predict(Shape(4, 2), 20.0) == pytest.approx(23.0)
+    assert table.best(lambda s: 60.0)[0] == Shape(1, 1, True)  # the plain codec, where the seen table picks s4t2
+    path.write_text(json.dumps([seen]))
+    seen_only = load_table(path, "vp8", fps=15.0)
+    assert not seen_only.unseen and seen_only.setting == "insample"
+    assert seen_only.best(lambda s: 60.0)[0] == Shape(4, 2)
+    path.write_text(json.dumps([seen, dict(after, split="even")]))
+    assert load_table(path, "vp8", fps=15.0).setting == "heldout-even"  # between the model's frames: still not a call's
+
+
+def test_the_sender_says_when_its_table_was_measured_on_the_models_own_frames(tmp_path, tiny_codec, capsys):
+    from codec import bundle
+    from codec.cli import main
+
+    model = tmp_path / "m.vsae"
+    bundle.save(tiny_codec, model)
+    notes = {}
+    for setting, split in (("insample", None), ("heldout", "half")):
+        (tmp_path / "t.json").write_text(json.dumps([dict(rd_result(), clip="c", setting=setting, split=split)]))
+        main(["send", "carphone", "--frames", "0:4", "--model", str(model), "--connect", "127.0.0.1:9", "--retries", "0",
+              "--connect-timeout", "1", "--shapes", str(tmp_path / "t.json")])
+        notes[setting] = capsys.readouterr().err
+    assert "measured on its model's own frames" in notes["insample"] and "--setting heldout --split half" in notes["insample"]
+    assert "measured on frames after its model's" in notes["heldout"] and "note:" not in notes["heldout"]
+
+
+def test_the_summary_says_which_frames_were_plain():
+    from receiver.cli import summary_line
+
+    stats = {"frames_out": 60, "frames_in": 60, "frames_concealed": 0, "psnr": 29.7, "psnr_bicubic": 29.7, "codec": "vp8"}
+    assert "plain" not in summary_line(stats)
+    assert "60 frames plain vp8 at full size (shown as decoded)" in summary_line(dict(stats, frames_plain=60))
+
+
 @pytest.mark.parametrize("content,why", [
     (None, "no such shape table"),
     ("not json", "not a shape table"),
