@@ -298,6 +298,8 @@ def per_second(row: dict) -> list[dict]:
     seconds = (forward.get("per_second") or [])[:-1]
     sender = (row.get("stats") or {}).get("sender") or {}
     changes = sender.get("rate_log") or []
+    # The receiver's shown PSNR by second of the stream: its source frames are sent from the first media packet on.
+    psnr = (row.get("stats") or {}).get("psnr_per_second") or []
     out = []
     for sec in seconds:
         t = sec["t"]
@@ -310,7 +312,7 @@ def per_second(row: dict) -> list[dict]:
         out.append({"t": t, "cap_kbps": cap_at(forward.get("impairment") or {}, t), "target_kbps": target,
                     "target_wire_kbps": wire, "shape": shape,
                     "video_kbps": kbps["rtp"], "rtcp_kbps": kbps["rtcp"], "data_kbps": kbps["dtls"], "tcp_kbps": kbps["tcp"],
-                    "dropped": sec.get("dropped", 0)})
+                    "dropped": sec.get("dropped", 0), "psnr": psnr[t] if isinstance(t, int) and 0 <= t < len(psnr) else None})
     return out
 
 
@@ -371,7 +373,15 @@ def plot_per_second(row: dict, seconds: list[dict], path: Path) -> Path:
     ax.set_ylabel("kbps")
     ax.set_title(f"{row['scenario']}: second by second")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    handles, labels = ax.get_legend_handles_labels()
+    scored = [s for s in seconds if s.get("psnr") is not None]
+    if scored:  # what the receiver showed, on its own scale
+        right = ax.twinx()
+        right.plot([s["t"] + 0.5 for s in scored], [s["psnr"] for s in scored], "v:", color="tab:brown", ms=4)
+        right.set_ylabel("PSNR shown (dB)", color="tab:brown")
+        handles.append(right.lines[0])
+        labels.append("PSNR shown (dB, right)")
+    ax.legend(handles, labels, fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

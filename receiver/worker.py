@@ -73,6 +73,9 @@ SHAPE_WAIT_S = 0.5
 # the changes listed in the stats.
 MAX_PENDING_SHAPES = 64
 MAX_SHAPE_RUNS = 1000
+# The shown PSNR second by second of the stream (by source frame index) is kept for this many seconds (a day: a
+# few kB an hour in the stats), for the fault lab's per-second table and plot.
+MAX_PSNR_SECONDS = 86_400
 
 
 @dataclass
@@ -160,6 +163,7 @@ class ReconstructWorker:
         self.stream_t0: float | None = None
         self.latencies = LatencyReservoir(LATENCY_RESERVOIR)
         self.psnr = RunningMean()
+        self.psnr_seconds: dict[int, RunningMean] = {}  # second of the stream -> the shown PSNR's mean
         self.psnr_bicubic = RunningMean()
         self.ssim = RunningMean()
         self.reconstruct_s = 0.0
@@ -438,6 +442,9 @@ class ReconstructWorker:
                 ref = to_tensor(self.reference[ref_index][None])
                 shown_psnr = float(psnr_per_frame(frame[None], ref)[0])
                 self.psnr.add(shown_psnr)
+                second = int(out.index // self.info.fps)
+                if second < MAX_PSNR_SECONDS:
+                    self.psnr_seconds.setdefault(second, RunningMean()).add(shown_psnr)
                 (self.psnr_before_model if before_model else self.psnr_after_model).add(shown_psnr)
                 self.ssim.add(ssim(frame[None], ref))
                 if self.guard:
@@ -470,6 +477,9 @@ class ReconstructWorker:
             "psnr_bicubic": mean(self.psnr_bicubic),
             "ssim": mean(self.ssim, 4),
             "psnr_frames": self.psnr.count,
+            # Second k: the source frames from k x fps on (None: none of them scored).
+            "psnr_per_second": [mean(self.psnr_seconds[k], 2) if k in self.psnr_seconds else None
+                                for k in range(max(self.psnr_seconds, default=-1) + 1)],
             "ladder": self.ladder.stats(),
             "model_versions": self.version_runs,
             "model_from_frame": self.model_from,

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from bench.faults import SETTLE_SHARE, NetworkLab, Scenario, lab_available, run_scenario, settling
+from bench.faults import SETTLE_SHARE, NetworkLab, Scenario, lab_available, per_second, plot_per_second, run_scenario, settling
 from bench.impair import Impairment, Relay, packet_kind
 
 SENDER = bytes([10, 77, 1, 1])
@@ -174,6 +174,10 @@ def test_stream_across_faults_ends_with_one_frame_per_source_frame(fitted_bundle
     assert stats["frames_out"] == 40 and stats["model_transferred"] is True
     relay = row["relay"]["forward"]["counts"]
     assert relay["rtp"] > 0 and row["relay"]["first_media_s"] is not None
+    # Second by second: what crossed the link beside what the receiver showed (its PSNR, from the same second of frames).
+    seconds = per_second(row)
+    assert len(seconds) >= 2 and all(s["psnr"] is not None and 15.0 < s["psnr"] < 60.0 for s in seconds)
+    assert plot_per_second(row, seconds, tmp_path / "per_second.png").stat().st_size > 0
     if clean:
         assert stats["frames_concealed"] == 0 and relay["delivered"] == relay["packets"]
     else:

@@ -103,6 +103,11 @@ def test_looped_stream_covers_n_passes_with_the_reference_wrapped(tiny_codec, tm
     assert stats["frames_in"] == stats["frames_out"] == 3 * CLIP and stats["frames_received"] == 3 * CLIP // 2
     assert stats["frames_concealed"] == 0
     assert stats["psnr_frames"] == 3 * CLIP  # every frame scored: the reference wrapped
+    # Second by second of the stream, across the passes: each second's mean, weighted by its frames, is the whole's.
+    by_second = stats["psnr_per_second"]
+    counts = [sum(1 for i in range(3 * CLIP) if int(i // stats["fps"]) == k) for k in range(len(by_second))]
+    assert len(by_second) == int((3 * CLIP - 1) // stats["fps"]) + 1 and all(counts) and None not in by_second
+    assert sum(c * p for c, p in zip(counts, by_second)) / sum(counts) == pytest.approx(stats["psnr"], abs=0.01)
     bicubic = to_tensor(read_video(tmp_path / "bicubic.mp4")[0])
     source = to_tensor(frames)
     assert len(bicubic) == 3 * CLIP
