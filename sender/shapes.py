@@ -6,14 +6,14 @@ the rate: at a few kbps a small, sparse stream rebuilt by the model wins; as the
 pixels pay; at high rates the plain codec beats anything the model's manifold can show (the RD bench's
 envelope switches configurations, `vsae bench rd`).
 
-The table is a `vsae bench rd` result (its results.json) measured on the sender's prior footage with its own
-model, in the setting a call is in: every frame (`--setting insample --model M`). A table measured at another frame
-rate than the call's is scaled to it by bits per frame (kbps x call fps / table fps): exact for the same frames
-played at another rate (the fault lab plays carphone's 30 frames/s at 15), approximate for footage captured at
-another rate (its frames differ more or less from one to the next). Each
-shape's curve is its measured (kbps, PSNR) points; a shape is a candidate at a rate only from its lowest
-measured rate on (below it the encoder cannot hold the rate: VP8 overshoots a small target by 2-3x), and above
-its highest it stays at its best PSNR (the encoder has nothing more to spend bits on).
+The table is a `vsae bench rd` result (its results.json) measured on the sender's prior footage, in the setting a
+call is in: frames after those the model was fitted on (`--setting heldout --split half`; UNSEEN below). A table
+measured at another frame rate than the call's is scaled to it by bits per frame (kbps x call fps / table fps):
+exact for the same frames played at another rate (the fault lab plays carphone's 30 frames/s at 15), approximate
+for footage captured at another rate (its frames differ more or less from one to the next). Each shape's curve is
+its measured (kbps, PSNR) points; a shape is a candidate at a rate only from its lowest measured rate on (below it
+the encoder cannot hold the rate: VP8 overshoots a small target by 2-3x), and above its highest it stays at its
+best PSNR (the encoder has nothing more to spend bits on).
 """
 
 from __future__ import annotations
