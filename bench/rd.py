@@ -157,7 +157,8 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
                         "points": _envelope_points(vsae_points)})
     result = {
         "clip": video.stem, "setting": setting, "split": args.split if setting == "heldout" else None,
-        "frames": n, "fit_frames": fit_frames, "size": [w, h], "fps": fps,
+        # A given model's fit frames are not known here (it may have seen the evaluated ones): "given".
+        "frames": n, "fit_frames": "given" if args.model else fit_frames, "size": [w, h], "fps": fps,
         "model_bytes": model_bytes, "model": str(model_path), "fit_minutes": args.fit_minutes,
         "iterations": args.iterations, "method": args.method, "rates_kbps": rates,
         "methods": methods, "bd_rate": {}, "bd_rate_notes": {}, "break_even_s": {}, "notes": notes,
@@ -225,7 +226,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 def summary(result: dict) -> str:
     lines = [f"## {result['clip']} — {result['setting']}{' (' + result['split'] + ' split)' if result.get('split') else ''} ({result['frames']} frames {result['size'][0]}×{result['size'][1]}, "
-             f"model fitted on frames {result['fit_frames']}, bundle {result['model_bytes']:,} B)", ""]
+             + ("model given" if result["fit_frames"] == "given" else f"model fitted on frames {result['fit_frames']}")
+             + f", bundle {result['model_bytes']:,} B)", ""]
     rates = result["rates_kbps"]
     envelopes: list[str] = []
     lines.append("| method | " + " | ".join(f"{r:g} kbps target" for r in rates) + " |")

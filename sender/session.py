@@ -476,7 +476,10 @@ class LowResTrack(MediaStreamTrack):
         target = self._target_for(self.estimator.estimate(now))
         if target == self.kbps or (target != self.target_kbps and abs(target - self.kbps) <= RETARGET_SHARE * self.kbps):
             return
-        if target > self.kbps and now - self._rate_changed < RETARGET_UP_S:
+        # A drain's way back (sender/bwe.py: the queue a feedback cut saw has drained) ends that cut: it does not wait
+        # out RETARGET_UP_S (the lab's 15 kbps cap held the video at its 4 kbps floor for 2 s after a 0.5 s drain).
+        restored = self.estimator.restored_at > self._rate_changed
+        if target > self.kbps and now - self._rate_changed < RETARGET_UP_S and not restored:
             return
         self._set_kbps(target, now, self.estimator.reason)
 

@@ -43,6 +43,7 @@ FPS_TOLERANCE = 0.01
 # second) measures frames after the model's, and predicted that call within 0.7 dB. Of the results in one
 # results.json, the table is read from the first of these settings present, in this order.
 UNSEEN = "heldout-half"
+GIVEN_MODEL = "heldout-given-model"
 SETTING_PREFERENCE = (UNSEEN, "heldout-even", "insample")
 
 
@@ -167,10 +168,11 @@ def load_table(path: str | Path, codec: str, fps: float | None = None, plain_cod
 
 
 def _setting(result: dict) -> str:
-    """A result's setting as SETTING_PREFERENCE names it ("" when it says none)."""
+    """A result's setting as SETTING_PREFERENCE names it ("" when it says none; GIVEN_MODEL where `vsae bench rd --model`
+    measured a model whose fit frames it does not know, which may be the ones measured)."""
     setting = result.get("setting")
     if setting == "heldout":
-        return f"heldout-{result.get('split') or 'even'}"
+        return GIVEN_MODEL if result.get("fit_frames") == "given" else f"heldout-{result.get('split') or 'even'}"
     return setting if isinstance(setting, str) else ""
 
 
@@ -188,7 +190,8 @@ def _preferred(results: list) -> object:
 def setting_text(table: ShapeTable) -> str:
     """How the table's model shapes were measured, for the sender's log."""
     return {UNSEEN: "measured on frames after its model's", "heldout-even": "measured on frames between its model's",
-            "insample": "measured on its model's own frames"}.get(table.setting, "measured in an unnamed setting")
+            "insample": "measured on its model's own frames",
+            GIVEN_MODEL: "measured with a given model, perhaps on its own frames"}.get(table.setting, "measured in an unnamed setting")
 
 
 def _table_codec(codec: str) -> str:

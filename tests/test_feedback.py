@@ -16,6 +16,7 @@ from protocol.feedback import RTP_HEADER
 from receiver.feedback import ABS_SEND_TIME_UNIT, FEEDBACK_S, ArrivalFeedback
 from sender import rtcp
 from sender.bwe import (DECREASE_HOLD_S, DELIVERED_OVER_READ, DELIVERED_SHARE, DRAIN_S, RESTORE_SHARE, FEEDBACK_HOLD_CLIMB_S, FEEDBACK_HOLD_QUEUE_S,
+                        FEEDBACK_HOLD_S,
                         FEEDBACK_MIN_SHARE, FEEDBACK_PROBE_S, FEEDBACK_QUEUE_S, FULL_QUEUE_S, FULL_SHARE, FULL_STANDING_S, PROBE_RISE_S,
                         REMEASURED_SHARE, BandwidthEstimator)
 from tests.fakes import FakeTransport
@@ -250,6 +251,26 @@ def test_a_loopback_call_with_feedback_on_carries_it_in_rtcp(model_bytes, tmp_pa
     assert stats["feedbacks"] >= 5 and 0.8 * stats["feedbacks"] <= heard <= stats["feedbacks"], (stats["feedbacks"], heard)
     assert all(f["queue_ms"] < 1000 for f in result.extra["feedback_log"])
     assert stats["frames_out"] == 36
+
+
+def test_the_queue_the_slow_starts_last_step_built_drains_behind_its_end():
+    def ended() -> tuple[BandwidthEstimator, float]:
+        bwe = BandwidthEstimator(start_kbps=13.5, min_kbps=5.0, max_kbps=40.0)
+        bwe.on_report(1.0, 0.0, sending_kbps=13.5)  # a step up, over a 15 kbps link
+        bwe.on_feedback(1.9, 0.25, None, sending_kbps=bwe.estimate(1.9))  # its queue building
+        end = bwe.on_remb(2.0, 15.5, sending_kbps=bwe.estimate(2.0))
+        assert "end of the start" in bwe.reason and end == pytest.approx(13.5)
+        return bwe, end
+
+    # The end took the step back; the new target's keyframe on the queue it left reads long: no second cut.
+    bwe, end = ended()
+    assert bwe.on_feedback(2.4, 0.38, 17.8, sending_kbps=end) == end
+    # A much lower rate delivered still cuts, as inside a cut's hold.
+    assert bwe.on_feedback(2.5, 0.38, 8.0, sending_kbps=end) < REMEASURED_SHARE * end
+    # Past the hold the same long queue is the link's again.
+    bwe, end = ended()
+    later = 2.0 + 0.25 + FEEDBACK_HOLD_S + 0.05  # the queue read at the end, and the hold after it
+    assert bwe.on_feedback(later, 0.38, 17.8, sending_kbps=end) < end
 
 
 def test_once_the_queue_drained_the_estimate_goes_back_to_under_the_link_at_once():

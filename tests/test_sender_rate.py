@@ -250,3 +250,28 @@ def test_a_probes_jump_taken_back_on_a_nack_does_not_pause_retransmissions(track
     assert track.on_nack(7, 200)
     assert jumped == 25.0 and track.estimator.estimate(track.clock.now) == 15.0
     assert "probe's jump" in track.estimator.reason and track.retransmissions.skipped_paused == 0
+
+
+def test_a_drains_way_back_does_not_wait_for_the_next_climb(track):
+    from sender.bwe import FEEDBACK_HOLD_QUEUE_S, FEEDBACK_HOLD_S, RESTORE_SHARE
+
+    clock, bwe = track.clock, track.estimator
+    sending = track.wire_kbps(track.kbps)
+    bwe.on_feedback(clock(), 0.5, 16.0, sending_kbps=sending)  # a queue: the estimate drains it under the link
+    track.follow_estimate()
+    drained = track.kbps
+    assert drained < track.video_kbps(RESTORE_SHARE * 16.0)
+    clock.now += FEEDBACK_HOLD_S + 0.1
+    bwe.on_feedback(clock(), FEEDBACK_HOLD_QUEUE_S / 2, None, sending_kbps=track.wire_kbps(drained))
+    assert bwe.history[-1].reason.startswith("the queue drained")
+    track.follow_estimate()  # at once, well within RETARGET_UP_S of the cut
+    assert clock() - 100.0 < RETARGET_UP_S and track.kbps == pytest.approx(track.video_kbps(RESTORE_SHARE * 16.0))
+    before = track.kbps
+    clock.now += 0.1
+    bwe.loss_kbps *= 1.5  # any other way up (a climb on clean reports, a probe) ...
+    assert track._target_for(bwe.estimate(clock())) > (1 + RETARGET_SHARE) * before
+    track.follow_estimate()
+    assert track.kbps == before  # ... waits as climbs do
+    clock.now += RETARGET_UP_S
+    track.follow_estimate()
+    assert track.kbps > before

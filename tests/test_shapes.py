@@ -116,6 +116,8 @@ def test_a_table_measured_after_the_models_frames_is_preferred(tmp_path):
     assert seen_only.best(lambda s: 60.0)[0] == Shape(4, 2)
     path.write_text(json.dumps([seen, dict(after, split="even")]))
     assert load_table(path, "vp8", fps=15.0).setting == "heldout-even"  # between the model's frames: still not a call's
+    path.write_text(json.dumps([dict(after, fit_frames="given")]))  # `bench rd --model M`: M may have seen those frames
+    assert not load_table(path, "vp8", fps=15.0).unseen
 
 
 def test_the_sender_says_when_its_table_was_measured_on_the_models_own_frames(tmp_path, tiny_codec, capsys):
