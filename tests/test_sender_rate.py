@@ -76,6 +76,25 @@ def test_a_storm_lowers_the_target_with_a_new_encoder_from_a_keyframe(track):
     assert "keyframe requests" in track.rate_log[0]["reason"]
 
 
+def test_requests_while_the_receiver_joins_are_no_storm(track):
+    from sender.session import STORM_GRACE_S
+
+    track._started_at = track.clock()  # the first real frame went now
+    track.on_receiver_report(0.05, None)  # loss seen: later requests would be a storm
+    track.keyframe_wanted = False
+    track.request_keyframe()
+    track.clock.now += STORM_GRACE_S / 2
+    track.request_keyframe()
+    track.follow_estimate()
+    assert track.keyframe_wanted and track.kbps == 20.0  # each gets its keyframe; no cut
+    track.clock.now += STORM_GRACE_S / 2
+    track.request_keyframe()
+    track.clock.now += 0.1
+    track.request_keyframe()
+    track.follow_estimate()
+    assert track.kbps < 20.0 * 0.9  # after the join, two are a storm again
+
+
 def test_requests_far_apart_are_no_storm(track):
     track.request_keyframe()
     track.clock.now += STORM_WINDOW_S + 0.1
