@@ -351,7 +351,7 @@ def plot_per_second(row: dict, seconds: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     t = [s["t"] + 0.5 for s in seconds]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     if any(s["cap_kbps"] for s in seconds):
         ax.step([s["t"] for s in seconds] + [seconds[-1]["t"] + 1], [s["cap_kbps"] or 0 for s in seconds] + [seconds[-1]["cap_kbps"] or 0],
                 where="post", color="black", label="cap (wire)")
@@ -381,7 +381,7 @@ def plot_per_second(row: dict, seconds: list[dict], path: Path) -> Path:
         right.set_ylabel("PSNR shown (dB)", color="tab:brown")
         handles.append(right.lines[0])
         labels.append("PSNR shown (dB, right)")
-    ax.legend(handles, labels, fontsize=7, loc="upper right")
+    ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)  # below: the lines stay clear
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

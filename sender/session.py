@@ -1116,7 +1116,7 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                "background": track.background.summary() if track.background is not None else track.background_stats,
                **({"capture": track.capture_stats()} if isinstance(track, LiveLowResTrack) else {}),
                **({"probes": prober.summary(track._started_at or 0.0)} if prober is not None else {}),
-               **({"shape_log": track.shape_log, "shape_table": track.table.source}
+               **({"shape_log": track.shape_log, "shape_table": track.table.source, "shape_table_setting": track.table.setting}
                   if isinstance(track, AdaptiveLowResTrack) else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )

@@ -306,6 +306,7 @@ def test_a_call_whose_shape_changes_keeps_one_output_per_source_frame(model_byte
     stats, result = asyncio.run(run())
     log = result.extra["shape_log"]
     assert [s["shape"] for s in log] == ["plain", "s8t4", "s4t2"], log
+    assert result.extra["shape_table_setting"] == table.setting  # how its table was measured, in the report
     firsts = [s["first"] for s in log]
     assert stats["frames_out"] == len(frames) * loops == result.receiver_frames_out
     assert [run[0] for run in stats["shape_runs"]][1:] == firsts  # the receiver followed each change at its key
