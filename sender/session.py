@@ -513,7 +513,7 @@ class LowResTrack(MediaStreamTrack):
         if kbps < self.kbps:
             self._lowered_at = now
         self.kbps, self._rate_changed, self.keyframe_wanted = kbps, now, True
-        at = round(now - self._started_at, 2) if self._started_at else 0.0
+        at = self._call_time(now)
         self.rate_changes.append((at, round(kbps, 2)))
         self.rate_log.append({"t": at, "kbps": round(kbps, 2), "wire_kbps": round(self.wire_kbps(kbps), 2), "reason": why})
         log.warning("vsae send: %s: video target %.1f kbps", why, kbps)
