@@ -441,12 +441,7 @@ class BandwidthEstimator:
             ceiling = math.inf if sending_kbps is None else max(self.loss_kbps, sending_kbps * ahead)
             if self.loss_kbps < low:
                 ceiling = min(ceiling, max(self.loss_kbps, low))  # the fast climb stops at the capacity's edge
-            # A REMB heard bounds the climb, unless transport feedback reads the queue itself (FEEDBACK_FRESH_S): the
-            # climb gets here only where it read none lately, and aiortc's REMB follows what arrives. At the floor
-            # after a drain it read 10.2-10.6 kbps, the floor's own rate, and held the lab's 15 kbps cap there for the
-            # call's last 8 s (28.8 dB).
-            if (self.remb_heard_kbps is not None and now - self.remb_heard_at <= REMB_STALE_S
-                    and now - self.feedback_at > FEEDBACK_FRESH_S):
+            if self.remb_heard_kbps is not None and now - self.remb_heard_at <= REMB_STALE_S:
                 ceiling = min(ceiling, max(self.loss_kbps, self.remb_heard_kbps))
             self.loss_kbps = self._clamp(min(self.loss_kbps * factor, ceiling))
             self.start_steps += self.starting

@@ -250,32 +250,6 @@ def test_a_remb_not_believed_as_a_cut_still_bounds_the_climb():
     assert e.on_report(7.0, 0.0, sending_kbps=12.0) == pytest.approx(12.0 * FAST_INCREASE)  # stale: bounds nothing
 
 
-def test_while_transport_feedback_reads_no_queue_a_remb_that_follows_what_arrives_does_not_bound_the_climb():
-    """aiortc's REMB reads about what arrives: at the floor after a drain it pinned the estimate there. The feedback
-    reads the queue itself; where it reads none, the climb goes on past such a REMB (not past what is sent by more
-    than the climb allows)."""
-    from sender.bwe import FEEDBACK_FRESH_S
-
-    fed, plain = (BandwidthEstimator(start_kbps=11.0, min_kbps=11.0, max_kbps=40.0) for _ in range(2))
-    for e in (fed, plain):
-        e.capacity_kbps = 15.0  # after a cut
-        e.on_remb(0.5, 10.5)  # the floor's own rate, as it arrives
-    t = 1.0
-    for _ in range(4):
-        fed.on_feedback(t - 0.25, 0.01, None, sending_kbps=11.0)
-        for e in (fed, plain):
-            e.on_remb(t - 0.1, 10.5)
-            e.on_report(t, 0.0, sending_kbps=e.estimate(t), expected=30)
-        t += 1.0
-    assert plain.estimate(t) == pytest.approx(11.0)  # held at the REMB's floor
-    assert fed.estimate(t) > 13.0
-    # Once the feedback stops, the REMB bounds the climb again.
-    late = t + FEEDBACK_FRESH_S + 0.5
-    fed.on_remb(late - 0.1, 10.5)
-    level = fed.estimate(late)
-    assert fed.on_report(late, 0.0, sending_kbps=level, expected=30) == pytest.approx(level)
-
-
 def test_nacks_for_a_heavy_share_of_recent_packets_cut_before_the_next_report():
     nacks = NackLoss()
     for i in range(20):  # 7.5 packets a second for ~2.7 s
