@@ -529,51 +529,6 @@ def test_an_unknown_switch_mode_is_one_clear_error(name):
         asyncio.run(send(np.zeros((2, 16, 16, 3), np.uint8), 15.0, b"", SendOptions(**{name: "maybe"})))
 
 
-@pytest.mark.parametrize("share,reading,passes", [(0.9, 0.02, True), (0.9, 0.25, False), (0.8, 0.02, False)])
-def test_a_probe_a_little_slow_passes_only_when_the_feedback_read_no_queue_beside_it(share, reading, passes):
-    from tests.test_probe import Clock, Link
-    from protocol import messages as msg
-    from sender.probe import ACCEPT_SHARE, PROBE_MESSAGES, QUIET_SUCCESS_SHARE, SUCCESS_SHARE, Prober, wire_bytes
-
-    assert QUIET_SUCCESS_SHARE < share < SUCCESS_SHARE or share < QUIET_SUCCESS_SHARE
-    link = Link(estimate=14.0)
-    clock = Clock()
-    clock.t = 50.0
-    link.estimator.on_feedback(49.0, 0.02, None, sending_kbps=14.0)
-    sleep = clock.sleep
-
-    async def sleep_and_hear(s: float) -> None:
-        await sleep(s)
-        link.estimator.on_feedback(clock.t, reading, None, sending_kbps=14.0)
-
-    clock.sleep = sleep_and_hear
-    sent: list[bytes] = []
-    prober = Prober(link, sent.append, clock=clock, sleep=clock.sleep)
-
-    async def go():
-        task = asyncio.ensure_future(prober.probe())
-        while len(sent) < PROBE_MESSAGES:
-            await asyncio.sleep(0)
-        gap = prober.plan(clock())[3]
-        span = gap * (PROBE_MESSAGES - 1) / share  # every message came, at `share` of the rate it left at
-        prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=PROBE_MESSAGES, span_us=round(span * 1e6)))
-        return await task
-
-    outcome = asyncio.run(go())
-    assert outcome.measured_kbps == pytest.approx(share * outcome.padding_kbps, rel=0.01)
-    assert outcome.ok is passes and outcome.quiet is passes
-    if passes:
-        padding = wire_bytes(len(sent[0])) * 8 / 1000 * (PROBE_MESSAGES - 1) / span_of(outcome)
-        assert link.successes == [pytest.approx(ACCEPT_SHARE * (14.0 + padding), rel=0.01)]
-    else:
-        assert not link.successes and outcome.confirmed is (reading > 0.1)
-
-
-def span_of(outcome) -> float:
-    """The span the receiver timed, from the rate it read."""
-    return outcome.sent_ms / 1000 * outcome.padding_kbps / outcome.measured_kbps
-
-
 def test_a_probe_is_judged_against_the_rate_its_messages_left_at():
     """A sender's loop that sleeps past each gap sends its cluster slower than planned; a link that carries that
     cluster at the rate it left at is not a failed probe."""
@@ -603,5 +558,5 @@ def test_a_probe_is_judged_against_the_rate_its_messages_left_at():
         return await task
 
     outcome = asyncio.run(go())
-    assert outcome.ok and not outcome.quiet and link.successes
+    assert outcome.ok and link.successes
     assert outcome.sent_ms == pytest.approx(1000 * (prober.plan(clock())[3] + late) * (PROBE_MESSAGES - 1), rel=0.01)
