@@ -290,6 +290,30 @@ def test_once_the_queue_drained_the_estimate_goes_back_to_under_the_link_at_once
     assert bwe.on_feedback(11.7, 0.0, None, sending_kbps=after) == after
 
 
+def test_a_slow_starts_queue_once_drained_goes_back_to_its_last_steps_base():
+    """A queue read inside the slow start, after a step, is that step's overshoot: the cut drains it, then the estimate
+    goes back to the step's base (as a REMB ending the start goes), not to RESTORE_SHARE of a delivered rate that reads
+    near the floor."""
+    from sender.bwe import FAST_INCREASE
+
+    def stepped() -> BandwidthEstimator:
+        bwe = BandwidthEstimator(start_kbps=13.5, min_kbps=10.96, max_kbps=27.0)
+        bwe.on_report(0.5, 0.0, sending_kbps=13.5)  # the start's first step
+        assert bwe.starting and bwe.estimate(0.5) == pytest.approx(13.5 * FAST_INCREASE)
+        return bwe
+
+    bwe = stepped()
+    sent = bwe.estimate(0.5)
+    cut = bwe.on_feedback(1.0, 0.38, 14.8, sending_kbps=sent)  # the lab's 15 kbps cap: to the floor, to drain it
+    assert cut == pytest.approx(10.96) and not bwe.starting
+    assert bwe.on_feedback(1.0 + FEEDBACK_HOLD_S + 0.1, 0.01, None, sending_kbps=cut) == pytest.approx(sent / FAST_INCREASE)
+    assert RESTORE_SHARE * 14.8 < sent / FAST_INCREASE
+    # Past the start a queue's cut goes back to RESTORE_SHARE of the delivered rate, as before.
+    bwe = narrowed(kbps=sent)
+    cut = bwe.on_feedback(10.0, 0.38, 14.8, sending_kbps=sent)
+    assert bwe.on_feedback(10.0 + FEEDBACK_HOLD_S + 0.1, 0.01, None, sending_kbps=cut) == pytest.approx(RESTORE_SHARE * 14.8)
+
+
 def test_a_narrow_links_readings_falling_say_it_widened():
     from sender.bwe import WIDENED_HISTORY_S, WIDENED_QUEUE_S
 
