@@ -589,13 +589,6 @@ class BandwidthEstimator:
             self.capacity_kbps = back if self.start_steps else sending_kbps
             self.start_ended_at = now
             self.start_end_queue_s = self.readings[-1][1] if self.readings else 0.0
-            if now - self.feedback_full_at <= FEEDBACK_HOLD_CLIMB_S:
-                # The feedback read the queue the REMB speaks of (one that holds the climb): the start filled the link,
-                # which shows itself full as after a cut for a standing queue (no blind probe into it for a while,
-                # sender/probe.py). Under the lab's 15 kbps cap 60 of 62 starts the REMB ended had such a reading in
-                # their last second, no start in another row of the table; blind probes there failed 83 of 83 times,
-                # and 11 of the 16 calls cut to the floor were cut within 2.5 s of one.
-                self.full_seen_at = now
             self.loss_kbps = self._clamp(min(self.loss_kbps, back if self.start_steps else max(kbps, back)))
             return self._note(now, before, f"REMB {kbps:.1f} kbps under the {sending_kbps:.1f} sent: end of the start")
         if kbps < before and now - self.loss_cut_at < DECREASE_HOLD_S:
@@ -744,8 +737,7 @@ class BandwidthEstimator:
     def full_at(self) -> float:
         """When the link last showed itself full: a cut for a standing queue (the transport feedback) or for a queue's
         loss (a receiver report, NACKs), each of which sets `overflow_at`, or a queue standing at the link's measured rate
-        (FULL_QUEUE_S), or a REMB ending the slow start while the feedback read a queue that holds the climb. Not a REMB's
-        trim, nor a probe's jump taken back."""
+        (FULL_QUEUE_S). Not a REMB's trim, nor a probe's jump taken back."""
         return max(self.overflow_at, self.full_seen_at)
 
     def quiet_since(self) -> float:

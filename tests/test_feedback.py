@@ -290,30 +290,6 @@ def test_once_the_queue_drained_the_estimate_goes_back_to_under_the_link_at_once
     assert bwe.on_feedback(11.7, 0.0, None, sending_kbps=after) == after
 
 
-@pytest.mark.parametrize("reading,full", [(0.25, True), (0.03, False)])
-def test_a_remb_ending_the_start_over_a_queue_in_the_feedback_shows_the_link_full(reading, full):
-    """A REMB under what is sent ends the slow start; with a queue that holds the climb in the feedback's last second
-    the start filled the link, and no blind probe goes into it for QUIET_FEEDBACK_S. Without one (aiortc's REMB reads
-    a keyframe's burst as overuse) the link has shown nothing, and blind probes may go where the feedback reads room."""
-    from tests.test_probe import Link
-    from sender.probe import QUIET_FEEDBACK_S, QUIET_S, Prober
-
-    link = Link()
-    bwe = link.estimator = BandwidthEstimator(start_kbps=13.5, min_kbps=5.0, max_kbps=40.0)
-    bwe.on_report(1.0, 0.0, sending_kbps=13.5)  # a step up
-    bwe.on_feedback(1.5, reading, None, sending_kbps=bwe.estimate(1.5), packet_bits=120 * 8)
-    bwe.on_remb(2.0, 15.5, sending_kbps=bwe.estimate(2.0))
-    assert "end of the start" in bwe.reason
-    assert (bwe.full_at() == 2.0) is full
-    t = 2.0
-    while t < 2.0 + QUIET_S + 1.0:  # a quiet link after it: readings of the packets' own time at most
-        t += 0.25
-        bwe.on_feedback(t, 0.005, None, sending_kbps=bwe.estimate(t), packet_bits=120 * 8)
-    prober = Prober(link, lambda data: None)
-    assert prober.due(t) is not full
-    assert t - 2.0 < QUIET_FEEDBACK_S
-
-
 def test_a_slow_starts_queue_once_drained_goes_back_to_its_last_steps_base():
     """A queue read inside the slow start, after a step, is that step's overshoot: the cut drains it, then the estimate
     goes back to the step's base (as a REMB ending the start goes), not to RESTORE_SHARE of a delivered rate that reads
