@@ -161,9 +161,12 @@ FEEDBACK_HOLD_S = 0.4
 # notwithstanding: with a backoff of 3-6 s the stepped cap's first probe after the step up came 3-6 s late. Only
 # readings under FEEDBACK_HOLD_QUEUE_S count before, at least WIDENED_MIN_READINGS of them: a queue draining is not a
 # link widening (the lab's 15 kbps cap: after a failed probe's 120-210 ms, 8 and 14 ms sent a probe into the cap).
-# On a link narrow from the start the low is its own, and its small packets read 0-25 ms: no signal, nor a false one.
+# On a link narrow from the start the low is its own, and its small packets read 0-25 ms: no signal. Two or three such
+# readings in a row come, though, when the picture stills and its packets shrink (the lab's 15 kbps cap: 0-15 ms for
+# ~100-byte packets at 6-7 s, a probe into the cap, the clip's loop on top of its queue and a cut to the floor); the
+# link that widens reads 0-5 ms from the step on: four in a row.
 WIDENED_QUEUE_S = 0.015
-WIDENED_FEEDBACKS = 2
+WIDENED_FEEDBACKS = 4
 WIDENED_HISTORY_S = 3.0
 WIDENED_MIN_READINGS = 4
 # The signal holds this long for the probes (sender/probe.py): a probe's gates (another just answered, a queue read
