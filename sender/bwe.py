@@ -530,7 +530,7 @@ class BandwidthEstimator:
         if start_step and sending_kbps:
             # The slow start's queue is its last step's overshoot: once it has drained, back to that step's base, as a
             # REMB ending the start goes. The lab's 15 kbps cap read 14.8 kbps delivered there: 0.75 of it is the floor's
-            # neighbourhood (11.1 kbps), and the call climbed from it for 4-8 s (28.1-28.6 dB, against 29.3-30.0 where
+            # neighbourhood (11.1 kbps), and the call climbed from it for 4-8 s (27.7-28.6 dB, against 29.3-30.0 where
             # the REMB ended the start at the base, 13.5).
             restore = max(restore, self._clamp(min(basis, sending_kbps / FAST_INCREASE)))
         self.restore_kbps = restore if restore > target else None

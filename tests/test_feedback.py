@@ -560,31 +560,12 @@ def test_an_unknown_switch_mode_is_one_clear_error(name):
 def test_a_probe_is_judged_against_the_rate_its_messages_left_at():
     """A sender's loop that sleeps past each gap sends its cluster slower than planned; a link that carries that
     cluster at the rate it left at is not a failed probe."""
-    from tests.test_probe import Clock, Link
-    from protocol import messages as msg
-    from sender.probe import PROBE_MESSAGES, Prober
+    from tests.test_probe import Link, run_probe
+    from sender.probe import PROBE_MESSAGES
 
     link = Link(estimate=14.0)
-    clock = Clock()
     late = 0.012
-    sleep = clock.sleep
-
-    async def late_sleep(s: float) -> None:
-        await sleep(s + late)
-
-    clock.sleep = late_sleep
-    sent: list[bytes] = []
-    prober = Prober(link, sent.append, clock=clock, sleep=clock.sleep)
-
-    async def go():
-        task = asyncio.ensure_future(prober.probe())
-        while len(sent) < PROBE_MESSAGES:
-            await asyncio.sleep(0)
-        gap = prober.plan(clock())[3]
-        span = (gap + late) * (PROBE_MESSAGES - 1)  # arrived as it left: the link had room
-        prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=PROBE_MESSAGES, span_us=round(span * 1e6)))
-        return await task
-
-    outcome = asyncio.run(go())
+    prober, _ = run_probe(link, link_kbps=200.0, late=late)
+    outcome = prober.outcomes[-1]
     assert outcome.ok and link.successes
-    assert outcome.sent_ms == pytest.approx(1000 * (prober.plan(clock())[3] + late) * (PROBE_MESSAGES - 1), rel=0.01)
+    assert outcome.sent_ms == pytest.approx(1000 * (prober.plan(0.0)[3] + late) * (PROBE_MESSAGES - 1), rel=0.01)

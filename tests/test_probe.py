@@ -50,10 +50,19 @@ class Clock:
         await asyncio.sleep(0)
 
 
-def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None = None) -> tuple[Prober, list[bytes]]:
+def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None = None,
+              late: float = 0.0) -> tuple[Prober, list[bytes]]:
     """One probe through a link carrying `link_kbps` in all (the video's part of it first): the receiver sees the
-    padding spread at what is left of the link when that is less than it was sent at."""
+    padding spread at what is left of the link when that is less than it was sent at. `late`: the sender's loop
+    sleeps this much past each gap (the cluster leaves, and arrives, that much slower)."""
     clock = clock or Clock()
+    if late:
+        on_time = clock.sleep
+
+        async def late_sleep(s: float) -> None:
+            await on_time(s + late)
+
+        clock.sleep = late_sleep
     sent: list[bytes] = []
     prober = Prober(link, sent.append, clock=clock, sleep=clock.sleep)
 
@@ -62,7 +71,7 @@ def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None =
         while len(sent) < PROBE_MESSAGES:
             await asyncio.sleep(0)
         message_wire = probe_module.wire_bytes(len(sent[0]))
-        gap = prober.plan(clock())[3]
+        gap = prober.plan(clock())[3] + late
         sent_kbps = message_wire * 8 / 1000 / gap
         room = max(0.1, link_kbps - link.sending)
         span = gap * (PROBE_MESSAGES - 1) * max(1.0, sent_kbps / room)
