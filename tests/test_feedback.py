@@ -253,6 +253,32 @@ def test_a_loopback_call_with_feedback_on_carries_it_in_rtcp(model_bytes, tmp_pa
     assert stats["frames_out"] == 36
 
 
+def test_a_remb_under_what_is_sent_ends_the_start_only_where_the_feedback_reads_no_room():
+    def stepped(queue_s: float) -> BandwidthEstimator:
+        bwe = BandwidthEstimator(start_kbps=13.5, min_kbps=5.0, max_kbps=40.0)
+        bwe.on_report(1.0, 0.0, sending_kbps=13.5)  # a step up, to 17.55
+        for k in range(4):  # 300-byte packets: 137 ms each on the link at 17.5 kbps
+            bwe.on_feedback(1.2 + 0.25 * k, queue_s, None, sending_kbps=17.5, packet_bits=300 * 8)
+        return bwe
+
+    # The clean row: the feedback reads no queue, and aiortc's REMB climbs behind what is sent: the start goes on,
+    # at the step it took, bounded by the REMB.
+    clean = stepped(0.0)
+    assert clean.reads_room(2.0)
+    assert clean.on_remb(2.0, 17.4, sending_kbps=17.5) == pytest.approx(13.5 * 1.3)
+    assert clean.starting and clean.start_rembs_overruled == 1
+    clean.on_report(3.0, 0.0, sending_kbps=17.5, expected=30)
+    assert clean.estimate(3.0) == pytest.approx(17.55)  # the REMB heard bounds the next step
+    clean.on_remb(3.5, 18.4, sending_kbps=17.5)
+    clean.on_report(4.0, 0.0, sending_kbps=17.5, expected=30)
+    assert clean.estimate(4.0) == pytest.approx(18.4)
+    # Over a cap the feedback reads a queue (over the packets' own time): the same REMB ends the start at the base.
+    capped = stepped(0.25)
+    assert not capped.reads_room(2.0)
+    assert capped.on_remb(2.0, 17.4, sending_kbps=17.5) == pytest.approx(17.5 / 1.3)
+    assert not capped.starting and "end of the start" in capped.reason
+
+
 def test_the_queue_the_slow_starts_last_step_built_drains_behind_its_end():
     def ended() -> tuple[BandwidthEstimator, float]:
         bwe = BandwidthEstimator(start_kbps=13.5, min_kbps=5.0, max_kbps=40.0)
