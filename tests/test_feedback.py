@@ -518,7 +518,16 @@ def test_no_trim_in_the_slow_start_nor_from_a_probes_own_queue():
     start = BandwidthEstimator(start_kbps=60.0, min_kbps=5.0)
     assert start.starting
     standing(start, 10.0, [40.0] * 6)
-    assert start.estimate(11.0) == 60.0  # the start ends on the REMB or a cut, back to the last step's base
+    assert start.estimate(11.0) == 60.0 and start.starting  # before any step: nothing to take back
+    # After a step the standing queue is that step's overshoot: the start ends there, back to the step's base
+    # (not to the rate delivered), as a REMB under what is sent ends it.
+    stepped = BandwidthEstimator(start_kbps=13.5, min_kbps=5.0, max_kbps=40.0)
+    stepped.on_report(1.0, 0.0, sending_kbps=13.5)
+    t = standing(stepped, 1.2, [14.8] * 2)
+    assert stepped.starting and stepped.estimate(t) == pytest.approx(13.5 * 1.3)  # a moment's queue: a frame's burst
+    t = standing(stepped, t + 0.2, [14.8] * 2)
+    assert not stepped.starting and stepped.estimate(t) == pytest.approx(13.5)
+    assert "standing in the start: end of the start" in stepped.reason and stepped.start_ended_at == t
     bwe = narrowed()
     bwe.on_probe_sent(10.0)
     t = standing(bwe, 10.0, [30.0] * 4)  # the padding's share of the link: the video's rate reads low
