@@ -340,6 +340,7 @@ class BandwidthEstimator:
     restored_at: float = field(default=-math.inf, init=False)  # ... and when it last went there
     start_ended_at: float = field(default=-math.inf, init=False)  # a REMB ended the slow start (taking back its step) ...
     start_end_queue_s: float = field(default=0.0, init=False)  # ... with the feedback's last reading this
+    busy_since: float = field(default=math.inf, init=False)  # the first of the feedbacks in a row that measured a delivered rate
     readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
     widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
     room: deque = field(default_factory=deque, init=False)  # (time, reading over the mean packet's time at the estimate)
@@ -506,6 +507,10 @@ class BandwidthEstimator:
                 self.standing.popleft()  # the rate of the last second: the estimate may have moved since
         else:  # none yet, or a probe's own queue: its padding took a share of the link (the lab's 15 kbps cap: 9.8 read)
             self.standing.clear()
+        if delivered_kbps is None:
+            self.busy_since = math.inf
+        elif self.busy_since == math.inf:
+            self.busy_since = now
         if delivered_kbps is None or now - self.probed_at < FEEDBACK_PROBE_S or self._in_outage(now):
             return before
         if queue_s < FEEDBACK_QUEUE_S:
@@ -550,20 +555,22 @@ class BandwidthEstimator:
         FULL_SHARE of the median rate the link delivered in the last second of it, never under where the last trim
         left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
         second trim on the start's draining queue, at 11.4 kbps delivered, held the call at 11-13 kbps: 28.5 dB).
-        In the slow start no trim: such a queue ends the start, back to the last step's base (`_end_start`; the lab's
+        In the slow start no trim: a link busy there ends the start, back to the last step's base (`_end_start`; the lab's
         15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the data channels' share, ended the start
         at 16.8 kbps, over the cap, with packets lost each second for 4 s)."""
-        if not self.standing or now - self.standing_since < FULL_STANDING_S:
-            return before
         if self.starting:
-            # The slow start's last step over the link: its end takes the step back, as a REMB under what is sent
-            # does, and that REMB came 0.4-1.2 s after such a queue stood (the lab's 15 kbps cap, 6 of 8 runs),
-            # the link dropping 1-2 packets a second meanwhile.
-            if not self.start_steps or not sending_kbps:
-                return before
-            return self._end_start(now, before, sending_kbps, sending_kbps,
-                                   f"a {queue_s * 1000:.0f} ms queue standing in the start")
-        if self._draining(now, queue_s, self.trimmed_at, self.trimmed_queue_s):
+            # The slow start's last step over the link: the link busy (every feedback measuring the rate it
+            # delivered, which it does over a queue of FEEDBACK_HOLD_QUEUE_S or more) for FULL_STANDING_S. Its end
+            # takes the step back, as a REMB under what is sent does; over the lab's 15 kbps cap that REMB came 1.2-1.5 s
+            # after the link was busy (2 of 4 runs), the link dropping 1-2 packets a second meanwhile. Not the
+            # trim's criterion (the queue over the packets' own time): at 17.5 kbps a packet's own time is ~0.1 s and
+            # the readings, 150-300 ms, cross its 0.1 s over it every other feedback.
+            if self.start_steps and sending_kbps and now - self.busy_since >= FULL_STANDING_S:
+                return self._end_start(now, before, sending_kbps, sending_kbps,
+                                       f"the link busy for {now - self.busy_since:.1f} s in the start ({queue_s * 1000:.0f} ms queue)")
+            return before
+        if (not self.standing or now - self.standing_since < FULL_STANDING_S
+                or self._draining(now, queue_s, self.trimmed_at, self.trimmed_queue_s)):
             return before
         rates = sorted(kbps for _, kbps in self.standing)
         delivered_kbps = rates[len(rates) // 2]
