@@ -340,7 +340,6 @@ class BandwidthEstimator:
     restored_at: float = field(default=-math.inf, init=False)  # ... and when it last went there
     start_ended_at: float = field(default=-math.inf, init=False)  # a REMB ended the slow start (taking back its step) ...
     start_end_queue_s: float = field(default=0.0, init=False)  # ... with the feedback's last reading this
-    busy_since: float = field(default=math.inf, init=False)  # the first of the feedbacks in a row that measured a delivered rate
     readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
     widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
     room: deque = field(default_factory=deque, init=False)  # (time, reading over the mean packet's time at the estimate)
@@ -507,10 +506,6 @@ class BandwidthEstimator:
                 self.standing.popleft()  # the rate of the last second: the estimate may have moved since
         else:  # none yet, or a probe's own queue: its padding took a share of the link (the lab's 15 kbps cap: 9.8 read)
             self.standing.clear()
-        if delivered_kbps is None:
-            self.busy_since = math.inf
-        elif self.busy_since == math.inf:
-            self.busy_since = now
         if delivered_kbps is None or now - self.probed_at < FEEDBACK_PROBE_S or self._in_outage(now):
             return before
         if queue_s < FEEDBACK_QUEUE_S:
@@ -555,21 +550,10 @@ class BandwidthEstimator:
         FULL_SHARE of the median rate the link delivered in the last second of it, never under where the last trim
         left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
         second trim on the start's draining queue, at 11.4 kbps delivered, held the call at 11-13 kbps: 28.5 dB).
-        In the slow start no trim: a link busy there ends the start, back to the last step's base (`_end_start`; the lab's
+        Not in the slow start: its overshoot ends on the REMB or a cut, back to the last step's base (the lab's
         15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the data channels' share, ended the start
         at 16.8 kbps, over the cap, with packets lost each second for 4 s)."""
-        if self.starting:
-            # The slow start's last step over the link: the link busy (every feedback measuring the rate it
-            # delivered, which it does over a queue of FEEDBACK_HOLD_QUEUE_S or more) for FULL_STANDING_S. Its end
-            # takes the step back, as a REMB under what is sent does; over the lab's 15 kbps cap that REMB came 1.2-1.5 s
-            # after the link was busy (2 of 4 runs), the link dropping 1-2 packets a second meanwhile. Not the
-            # trim's criterion (the queue over the packets' own time): at 17.5 kbps a packet's own time is ~0.1 s and
-            # the readings, 150-300 ms, cross its 0.1 s over it every other feedback.
-            if self.start_steps and sending_kbps and now - self.busy_since >= FULL_STANDING_S:
-                return self._end_start(now, before, sending_kbps, sending_kbps,
-                                       f"the link busy for {now - self.busy_since:.1f} s in the start ({queue_s * 1000:.0f} ms queue)")
-            return before
-        if (not self.standing or now - self.standing_since < FULL_STANDING_S
+        if (not self.standing or now - self.standing_since < FULL_STANDING_S or self.starting
                 or self._draining(now, queue_s, self.trimmed_at, self.trimmed_queue_s)):
             return before
         rates = sorted(kbps for _, kbps in self.standing)
@@ -612,7 +596,12 @@ class BandwidthEstimator:
             # over the cap until 12 % loss and a keyframe storm: 36 concealed). Before any step, to the REMB, no
             # lower than a step down. The capacity is noted at the base too, so the climb from there is the slow
             # one near it.
-            return self._end_start(now, before, sending_kbps, kbps, f"REMB {kbps:.1f} kbps under the {sending_kbps:.1f} sent")
+            back = sending_kbps / FAST_INCREASE
+            self.capacity_kbps = back if self.start_steps else sending_kbps
+            self.start_ended_at = now
+            self.start_end_queue_s = self.readings[-1][1] if self.readings else 0.0
+            self.loss_kbps = self._clamp(min(self.loss_kbps, back if self.start_steps else max(kbps, back)))
+            return self._note(now, before, f"REMB {kbps:.1f} kbps under the {sending_kbps:.1f} sent: end of the start")
         if kbps < before and now - self.loss_cut_at < DECREASE_HOLD_S:
             # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
             # keyframe: a REMB lower than the estimate then says nothing new.
@@ -624,16 +613,6 @@ class BandwidthEstimator:
             self.capacity_kbps = before
         self.remb_kbps, self.remb_at = max(0.0, kbps), now
         return self._note(now, before, f"REMB {kbps:.1f} kbps", sending_kbps)
-
-    def _end_start(self, now: float, before: float, sending_kbps: float, heard_kbps: float, why: str) -> float:
-        """End the slow start on a sign that its last step went over the link: back to that step's base (before any
-        step, to `heard_kbps`, no lower than a step down), the capacity noted there."""
-        back = sending_kbps / FAST_INCREASE
-        self.capacity_kbps = back if self.start_steps else sending_kbps
-        self.start_ended_at = now
-        self.start_end_queue_s = self.readings[-1][1] if self.readings else 0.0
-        self.loss_kbps = self._clamp(min(self.loss_kbps, back if self.start_steps else max(heard_kbps, back)))
-        return self._note(now, before, f"{why}: end of the start")
 
     def on_nack(self, now: float) -> float:
         """A packet was NACKed for the first time: loss is happening (evidence for a lower REMB, and the end of a
