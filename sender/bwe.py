@@ -317,8 +317,6 @@ class BandwidthEstimator:
     rembs: int = field(default=0, init=False)
     rembs_ignored: int = field(default=0, init=False)
     start_rembs_overruled: int = field(default=0, init=False)  # REMBs under what is sent the start went on past
-    probed_through_kbps: float = field(default=0.0, init=False)  # what the last probe that got through measured ...
-    probed_through_at: float = field(default=-math.inf, init=False)  # ... and when
     remb_heard_kbps: float | None = field(default=None, init=False)  # the latest REMB, believed or not
     remb_heard_at: float = field(default=-math.inf, init=False)
     capacity_kbps: float | None = field(default=None, init=False)  # where the last congestion signal came
@@ -447,8 +445,7 @@ class BandwidthEstimator:
             ceiling = math.inf if sending_kbps is None else max(self.loss_kbps, sending_kbps * ahead)
             if self.loss_kbps < low:
                 ceiling = min(ceiling, max(self.loss_kbps, low))  # the fast climb stops at the capacity's edge
-            if (self.remb_heard_kbps is not None and now - self.remb_heard_at <= REMB_STALE_S
-                    and not self._remb_behind_probe()):
+            if self.remb_heard_kbps is not None and now - self.remb_heard_at <= REMB_STALE_S:
                 ceiling = min(ceiling, max(self.loss_kbps, self.remb_heard_kbps))
             self.loss_kbps = self._clamp(min(self.loss_kbps * factor, ceiling))
             self.start_steps += self.starting
@@ -654,17 +651,9 @@ class BandwidthEstimator:
         back = min(before, self.trial_back_kbps) if now < self.trial_until else before
         self.trial_until, self.trial_back_kbps = now + PROBE_TRIAL_S, back
         self.loss_kbps = self._clamp(max(self.loss_kbps, kbps))
-        self.probed_through_kbps, self.probed_through_at = kbps, now
         self.remb_kbps = None  # older news than the probe
         self.delay_kbps = None  # no queue held it back
         return self._note(now, before, f"probe: {kbps:.1f} kbps got through")
-
-    def _remb_behind_probe(self) -> bool:
-        """Whether the REMB heard is under what the last probe got through, with nothing lowering the estimate or filling
-        the link since: aiortc's rate control climbing behind the probe's jump (the lab's stepped cap with shapes: 32 to
-        50 kbps over the 6 s after a probe measured 54.9, which it bounded the climb under), not news of the link."""
-        return (self.remb_heard_kbps is not None and self.remb_heard_kbps < self.probed_through_kbps
-                and max(self.lowered_at, self.full_at()) < self.probed_through_at)
 
     def on_probe_sent(self, now: float) -> None:
         """A bandwidth probe's cluster has just gone out (its echo in the REMB is ignored for PROBE_ECHO_S)."""
