@@ -341,6 +341,7 @@ class BandwidthEstimator:
     start_ended_at: float = field(default=-math.inf, init=False)  # a REMB ended the slow start (taking back its step) ...
     start_end_queue_s: float = field(default=0.0, init=False)  # ... with the feedback's last reading this
     readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
+    delivered_log: deque = field(default_factory=deque, init=False)  # (time, kbps) the recent feedbacks measured delivered
     widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
     room: deque = field(default_factory=deque, init=False)  # (time, reading over the mean packet's time at the estimate)
     trimmed_kbps: float = field(default=0.0, init=False)  # where the last trim for a full link left the estimate
@@ -476,6 +477,10 @@ class BandwidthEstimator:
         self.readings.append((now, queue_s))
         while self.readings and self.readings[0][0] < now - WIDENED_HISTORY_S:
             self.readings.popleft()
+        if delivered_kbps is not None:
+            self.delivered_log.append((now, delivered_kbps))
+        while self.delivered_log and self.delivered_log[0][0] < now - PROBE_TRIAL_S:
+            self.delivered_log.popleft()
         if self.link_widened(now):
             self.widened_at = now
         if packet_bits > 0:
@@ -620,10 +625,20 @@ class BandwidthEstimator:
         self.evidence_at = now
         before = self.estimate(now)
         if now < self.trial_until and self.loss_kbps > self.trial_back_kbps:
+            # No lower than RESTORE_SHARE of what the link delivered since the jump (the feedback's median, while a queue
+            # stood): a chain of jumps goes back to where the first started, and the lab's stepped cap with shapes went
+            # from 64.1 back to 14.3 kbps on the cap's 60 (the feedback read 41-60 kbps delivered meanwhile), s8t2 for
+            # the call's last 4 s at 26-31 dB. Over the 15 kbps cap, where the chain rule comes from, 0.75 of the ~18
+            # read is the chain's start, 13.5.
+            jumped_at = self.trial_until - PROBE_TRIAL_S
+            rates = sorted(kbps for t, kbps in self.delivered_log if t >= jumped_at)
+            back = self.trial_back_kbps
+            if rates:
+                back = min(self.loss_kbps, max(back, self._clamp(RESTORE_SHARE * rates[len(rates) // 2])))
             self.trial_until = -math.inf
-            self.loss_kbps = self.capacity_kbps = self.trial_back_kbps
+            self.loss_kbps = self.capacity_kbps = back
             self.loss_cut_at = now
-            return self._note(now, before, f"a packet lost right after a probe's jump: back to {self.trial_back_kbps:.1f} kbps")
+            return self._note(now, before, f"a packet lost right after a probe's jump: back to {back:.1f} kbps")
         return before
 
     def on_fast_loss(self, now: float, nacked: int, sent: int, sending_kbps: float) -> float:

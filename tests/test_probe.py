@@ -10,7 +10,7 @@ import pytest
 from protocol import messages as msg
 from receiver.probes import CLUSTER_WAIT_S, MAX_OPEN_CLUSTERS, ProbeTimer
 from sender import probe as probe_module
-from sender.bwe import PROBE_TRIAL_S, BandwidthEstimator
+from sender.bwe import PROBE_TRIAL_S, RESTORE_SHARE, BandwidthEstimator
 from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_S, FAILED_RAISE, PROBE_GAIN, PROBE_MESSAGES, PROBE_S,
                           QUIET_S, RAISE_MIN_PAYLOAD, Prober)
 
@@ -304,6 +304,27 @@ def test_a_packet_lost_right_after_a_probes_jump_takes_the_estimate_back():
     kept.on_probe(10.0, 21.9)
     kept.on_nack(10.0 + PROBE_TRIAL_S + 0.1)  # after the trial: loss as any other, for the reports to judge
     assert kept.estimate(13.0) == 21.9
+
+
+def test_a_jump_taken_back_goes_no_lower_than_what_the_link_delivered_meanwhile():
+    def chain(delivered: list[float]) -> BandwidthEstimator:
+        bwe = BandwidthEstimator(start_kbps=14.3, min_kbps=5.0, max_kbps=70.0)
+        bwe.capacity_kbps = 14.3  # the lab's stepped cap with shapes, 1.7 s after the step up to 60 kbps
+        for t, kbps in ((17.7, 25.6), (18.2, 49.0), (18.8, 64.1)):  # three jumps, each on the last one's trial
+            bwe.on_probe_sent(t - 0.2)
+            bwe.on_probe(t, kbps)
+        for k, kbps in enumerate(delivered):  # the queue over the cap, and what it let through
+            bwe.on_feedback(19.0 + 0.2 * k, 0.25, kbps, sending_kbps=64.1)
+        bwe.on_nack(20.0)
+        return bwe
+
+    wide = chain([56.1, 41.4, 45.0, 54.2, 59.6])
+    assert wide.estimate(20.0) == pytest.approx(RESTORE_SHARE * 54.2) and wide.capacity_kbps == wide.estimate(20.0)
+    assert "back to 40.7 kbps" in wide.reason
+    # Without a measure, back to where the chain started; over a 15 kbps cap (~18 read with the data channels'
+    # share), 0.75 of the rate delivered is under the chain's start, which holds.
+    assert chain([]).estimate(20.0) == pytest.approx(14.3)
+    assert chain([17.9, 18.0, 17.8]).estimate(20.0) == pytest.approx(14.3)
 
 
 def test_a_failed_probe_that_still_timed_a_much_wider_link_raises_the_estimate():
