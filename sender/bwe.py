@@ -589,7 +589,8 @@ class BandwidthEstimator:
             # the REMB is aiortc's rate control climbing behind the start's steps (the lab's clean row: 17.4, 18.4,
             # 19.4 kbps a REMB apart against 17.5 sent, the feedback reading no queue), not news of the link. Ending
             # the start there took the video to the step's base for 3 s (13.5 kbps of a 20 kbps request, 4 kbps of
-            # video at 15). The REMB still bounds the climb, as every REMB heard does.
+            # video at 15). The REMB still bounds the climb, as every REMB heard does, and below it is judged as any
+            # REMB (believed with loss as evidence: it then caps the estimate, a trim rather than the step taken back).
             self.start_rembs_overruled += 1
         elif self.starting and sending_kbps is not None and kbps < sending_kbps:
             # In the slow start a REMB under what is sent, believed or not, ends the fast climb and takes back its
