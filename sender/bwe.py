@@ -134,13 +134,14 @@ PROBE_TRIAL_S = 2.0
 FEEDBACK_QUEUE_S = 0.35
 DRAIN_S = 1.5
 FEEDBACK_MIN_SHARE = 0.5
-# The feedback's delivered rate counts the data channels' usual share (sender/session.py) though over a few tenths of
-# a second the video may have had the link to itself: the lab's 15 kbps cap read 17.9-18.0. Its capacity is noted
-# this share of it lower, and once the queue has drained the estimate goes back to RESTORE_SHARE of it (the lab's
-# 15 kbps cap: 13.5 kbps, where its slow start ends; at DELIVERED_SHARE, 15.2, over the link: 19 frames concealed;
-# with the video's share alone, 11.0 read, under the floor, and the call held there 8 s: 28.0 dB).
-DELIVERED_OVER_READ = 0.15
-RESTORE_SHARE = 0.75
+# The feedback's delivered rate counts the data channels' usual share (sender/session.py adds it: `data_kbps` here)
+# though over a few tenths of a second the video may have had the link to itself: the lab's 15 kbps cap read 17.9-18.0,
+# its 60 kbps cap 62-63. The over-read is that share, the same at any rate, not a share of the rate: the link's own
+# rate is the reading less `data_kbps` (`link_kbps`), where its capacity is noted, and once a cut's queue has drained
+# the estimate goes back to RESTORE_SHARE of it (the lab's 15 kbps cap: 13.4 kbps, where its slow start ends; at
+# DELIVERED_SHARE of the reading, 15.2, over the link: 19 frames concealed). As a share of the reading (0.75 of it) the
+# same restore left the 60 kbps cap at 46-47 kbps, under the 51 that count as climbed back.
+RESTORE_SHARE = 0.9
 # A queue this long holds the climb (GCC's hold state): the link is full, a clean report there is no room to take.
 # Reports within FEEDBACK_HOLD_CLIMB_S of such a feedback do not raise the estimate, nor does a probe go out
 # (sender/probe.py): its padding would queue behind the video and overflow. The reading less the feedback's mean
@@ -185,8 +186,8 @@ ROOM_READINGS = 3
 # A smaller queue that stands (FULL_QUEUE_S over the packets' own time, for FULL_STANDING_S of busy feedbacks that
 # measure the link's rate) says the video fills the link, perhaps a little over it. No probe goes over it for a while
 # (sender/probe.py: the lab's stepped cap sent four to 78 kbps in the 6 s after the step up, its queue at 140-230 ms),
-# and the estimate goes to FULL_SHARE of the median rate the link delivered, without a drain: the lab's stepped cap
-# came back to 60 kbps where the video needs 51 kbps of it in every second to count as climbed back, and its 0.3 s
+# and the estimate goes to FULL_SHARE of the median rate the link delivered (`link_kbps`), without a drain: the lab's
+# stepped cap came back to 60 kbps where the video needs 51 kbps of it in every second to count as climbed back, and its 0.3 s
 # queue stood at 230-320 ms for 3 s at 58-63 kbps delivered until it overflowed (a cut to 30 kbps on NACKs). The
 # median, not the last reading: over a quarter of a second the rate read 55-63 kbps on that link.
 FULL_QUEUE_S = 0.1
@@ -302,6 +303,7 @@ class BandwidthEstimator:
     start_kbps: float
     min_kbps: float
     max_kbps: float | None = None
+    data_kbps: float = 0.0  # the data channels' share each delivered rate counts, used or not (`link_kbps`)
     loss_kbps: float = field(init=False)
     remb_kbps: float | None = field(default=None, init=False)
     remb_at: float = field(default=-math.inf, init=False)
@@ -527,17 +529,17 @@ class BandwidthEstimator:
         if target >= before or (held and target >= REMEASURED_SHARE * before):
             return before
         self.pooled.clear()  # the loss after a cut is the new rate's
-        self.capacity_kbps = min(basis, (1 - DELIVERED_OVER_READ) * delivered_kbps)
+        self.capacity_kbps = min(basis, self.link_kbps(delivered_kbps))
         self.loss_kbps = target
         self.trial_until = -math.inf  # a probe's jump is over: the link answered it
         self.loss_cut_at = self.overflow_at = self.feedback_cut_at = now
         self.feedback_cut_queue_s = queue_s
-        restore = self._clamp(min(basis, RESTORE_SHARE * delivered_kbps))
+        restore = self._clamp(min(basis, RESTORE_SHARE * self.link_kbps(delivered_kbps)))
         if start_step and sending_kbps:
             # The slow start's queue is its last step's overshoot: once it has drained, back to that step's base, as a
-            # REMB ending the start goes. The lab's 15 kbps cap read 14.8 kbps delivered there: 0.75 of it is the floor's
-            # neighbourhood (11.1 kbps), and the call climbed from it for 4-8 s (27.7-28.6 dB, against 29.3-30.0 where
-            # the REMB ended the start at the base, 13.5).
+            # REMB ending the start goes. The lab's 15 kbps cap read 14.8 kbps delivered there: RESTORE_SHARE of its link
+            # is the floor's neighbourhood (10.6 kbps), and the call climbed from it for 4-8 s (27.7-28.6 dB, against
+            # 29.3-30.0 where the REMB ended the start at the base, 13.5).
             restore = max(restore, self._clamp(min(basis, sending_kbps / FAST_INCREASE)))
         self.restore_kbps = restore if restore > target else None
         return self._note(now, before, f"a {queue_s * 1000:.0f} ms queue, {delivered_kbps:.1f} kbps delivered", sending_kbps)
@@ -552,8 +554,8 @@ class BandwidthEstimator:
     def _trim_to_link(self, now: float, before: float, queue_s: float, sending_kbps: float | None) -> float:
         """A queue that has stood for FULL_STANDING_S (FULL_QUEUE_S over the mean packet's own time, `standing`)
         while the link's rate is measured: the video fills the link, perhaps a little over it. The estimate goes to
-        FULL_SHARE of the median rate the link delivered in the last second of it, never under where the last trim
-        left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
+        FULL_SHARE of the median rate the link delivered in the last second of it (`link_kbps`), never under where the
+        last trim left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
         second trim on the start's draining queue, at 11.4 kbps delivered, held the call at 11-13 kbps: 28.5 dB).
         Not in the slow start: its overshoot ends on the REMB or a cut, back to the last step's base (the lab's
         15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the data channels' share, ended the start
@@ -565,13 +567,13 @@ class BandwidthEstimator:
         delivered_kbps = rates[len(rates) // 2]
         # Never under where the last trim left it: a competing flow's queue stands whatever the video sends, and trim after
         # trim would hand it the link a step at a time (loss and the longer queue's cut still take the estimate lower).
-        target = self._clamp(max(FULL_SHARE * delivered_kbps, self.trimmed_kbps))
+        target = self._clamp(max(FULL_SHARE * self.link_kbps(delivered_kbps), self.trimmed_kbps))
         if target >= before:
             return before
         self.loss_kbps = min(self.loss_kbps, target)
         self.remb_kbps = None if self.remb_kbps is None else min(self.remb_kbps, target)
         self.delay_kbps = None if self.delay_kbps is None else min(self.delay_kbps, target)
-        self.capacity_kbps = min(self.capacity_kbps or math.inf, (1 - DELIVERED_OVER_READ) * delivered_kbps)
+        self.capacity_kbps = min(self.capacity_kbps or math.inf, self.link_kbps(delivered_kbps))
         self.trial_until = -math.inf  # a probe's jump is over: the link answered it
         self.trimmed_kbps, self.trimmed_at, self.trimmed_queue_s = target, now, queue_s
         self.standing_since = now  # what stands from here stands at the new rate
@@ -635,7 +637,7 @@ class BandwidthEstimator:
             rates = sorted(kbps for t, kbps in self.delivered_log if t >= jumped_at)
             back = self.trial_back_kbps
             if rates:
-                back = min(self.loss_kbps, max(back, self._clamp(RESTORE_SHARE * rates[len(rates) // 2])))
+                back = min(self.loss_kbps, max(back, self._clamp(RESTORE_SHARE * self.link_kbps(rates[len(rates) // 2]))))
             self.trial_until = -math.inf
             self.loss_kbps = self.capacity_kbps = back
             self.loss_cut_at = now
@@ -755,6 +757,10 @@ class BandwidthEstimator:
         before = sorted(q for t, q in self.readings if since - PROBE_BEFORE_S <= t < since)
         after = [q for t, q in self.readings if t >= since]
         return bool(before and after) and max(after) - before[len(before) // 2] >= PROBE_RISE_S
+
+    def link_kbps(self, delivered_kbps: float) -> float:
+        """The link's own rate from a delivered rate that counts the data channels' share (`data_kbps`, RESTORE_SHARE)."""
+        return max(0.0, delivered_kbps - self.data_kbps)
 
     def reads_room(self, now: float) -> bool:
         """Whether the feedback says the link is much faster than the estimate (ROOM_RATIO): room for a blind probe."""

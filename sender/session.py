@@ -262,7 +262,7 @@ class LowResTrack(MediaStreamTrack):
         # The estimate is of the link (wire kbps), from START_SHARE of the request's cost there unless told.
         start_wire = self.wire_kbps(kbps) * START_SHARE if start_kbps is None else self.wire_kbps(min(kbps, start_kbps))
         self.estimator = BandwidthEstimator(start_kbps=start_wire, min_kbps=self.wire_kbps(self.min_kbps),
-                                            max_kbps=self.wire_kbps(kbps))
+                                            max_kbps=self.wire_kbps(kbps), data_kbps=DATA_HEADROOM_KBPS)
         self.kbps = self._target_for(self.estimator.estimate(clock()))
         self.start_kbps = self.kbps
         h, w = low.shape[1:3]
@@ -400,7 +400,7 @@ class LowResTrack(MediaStreamTrack):
         if span >= FEEDBACK_RATE_S:
             # With the data channels' usual share, as a receiver report's delivered rate: over a few tenths of a second
             # the video's packets may have had the link to themselves, and this then over-reads it by up to that share
-            # (the lab's 15 kbps cap: 17.9-18.0). sender/bwe.py allows for it (RESTORE_SHARE, DELIVERED_OVER_READ).
+            # (the lab's 15 kbps cap: 17.9-18.0). sender/bwe.py takes it off again (`link_kbps`).
             delivered = bits / 1000 / span + DATA_HEADROOM_KBPS
         mean_bits = (feedback.bytes / max(1, feedback.packets) + PACKET_OVERHEAD_BYTES - transport_feedback.RTP_HEADER) * 8
         self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits)

@@ -15,7 +15,7 @@ from protocol.messages import ProtocolError
 from protocol.feedback import RTP_HEADER
 from receiver.feedback import ABS_SEND_TIME_UNIT, FEEDBACK_S, ArrivalFeedback
 from sender import rtcp
-from sender.bwe import (DECREASE_HOLD_S, DELIVERED_OVER_READ, DELIVERED_SHARE, DRAIN_S, RESTORE_SHARE, FEEDBACK_HOLD_CLIMB_S, FEEDBACK_HOLD_QUEUE_S,
+from sender.bwe import (DECREASE_HOLD_S, DELIVERED_SHARE, DRAIN_S, RESTORE_SHARE, FEEDBACK_HOLD_CLIMB_S, FEEDBACK_HOLD_QUEUE_S,
                         FEEDBACK_HOLD_S,
                         FEEDBACK_MIN_SHARE, FEEDBACK_PROBE_S, FEEDBACK_QUEUE_S, FULL_QUEUE_S, FULL_SHARE, FULL_STANDING_S, PROBE_RISE_S,
                         REMEASURED_SHARE, BandwidthEstimator)
@@ -141,7 +141,7 @@ def test_a_standing_queue_cuts_under_what_the_link_delivered_deep_enough_to_drai
     bwe = narrowed()
     assert bwe.on_feedback(10.0, 0.6, 16.0, sending_kbps=45.0) == pytest.approx(
         16.0 * max(FEEDBACK_MIN_SHARE, DELIVERED_SHARE - 0.6 / DRAIN_S))
-    assert bwe.capacity_kbps == pytest.approx(16.0 * (1 - DELIVERED_OVER_READ)) and bwe.overflow_at == 10.0  # resends pause, as after a cut for a full queue
+    assert bwe.capacity_kbps == pytest.approx(bwe.link_kbps(16.0)) and bwe.overflow_at == 10.0  # resends pause, as after a cut for a full queue
     assert bwe.history[-1].reason == "a 600 ms queue, 16.0 kbps delivered"
     bwe = narrowed()
     assert bwe.on_feedback(10.0, FEEDBACK_QUEUE_S, 40.0, sending_kbps=45.0) == pytest.approx(
@@ -277,6 +277,27 @@ def test_a_remb_under_what_is_sent_ends_the_start_only_where_the_feedback_reads_
     assert not capped.reads_room(2.0)
     assert capped.on_remb(2.0, 17.4, sending_kbps=17.5) == pytest.approx(17.5 / 1.3)
     assert not capped.starting and "end of the start" in capped.reason
+
+
+def test_the_link_is_the_delivered_rate_less_the_data_channels_share_at_any_rate():
+    """The sender adds the data channels' usual share to each delivered rate; the over-read is that share whatever the
+    link's rate, so a drained cut goes back to RESTORE_SHARE of the rest, and the capacity is noted there. As a share of
+    the reading (0.75) the lab's 60 kbps cap was restored to 46.8 kbps, under the 51 that count as climbed back."""
+    from sender.session import DATA_HEADROOM_KBPS
+
+    def drained(link: float) -> BandwidthEstimator:
+        bwe = BandwidthEstimator(start_kbps=link, min_kbps=5.0, max_kbps=70.0, data_kbps=DATA_HEADROOM_KBPS)
+        bwe.capacity_kbps = link
+        read = link + DATA_HEADROOM_KBPS  # the video had the link to itself while the queue stood
+        cut = bwe.on_feedback(10.0, 0.4, read, sending_kbps=link)
+        assert cut < link and bwe.capacity_kbps == pytest.approx(link)
+        bwe.on_feedback(10.0 + 0.4 + FEEDBACK_HOLD_S + 0.1, 0.01, None, sending_kbps=cut)
+        assert bwe.history[-1].reason.startswith("the queue drained")
+        return bwe
+
+    assert drained(15.0).estimate(11.0) == pytest.approx(RESTORE_SHARE * 15.0)  # 13.5: the 15 kbps cap's as before
+    wide = drained(59.4).estimate(11.0)
+    assert wide == pytest.approx(RESTORE_SHARE * 59.4) and wide >= 0.85 * 60.0
 
 
 def test_the_queue_the_slow_starts_last_step_built_drains_behind_its_end():

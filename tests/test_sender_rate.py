@@ -279,12 +279,12 @@ def test_a_drains_way_back_does_not_wait_for_the_next_climb(track):
     bwe.on_feedback(clock(), 0.5, 16.0, sending_kbps=sending)  # a queue: the estimate drains it under the link
     track.follow_estimate()
     drained = track.kbps
-    assert drained < track.video_kbps(RESTORE_SHARE * 16.0)
+    assert drained < track.video_kbps(RESTORE_SHARE * bwe.link_kbps(16.0))
     clock.now += FEEDBACK_HOLD_S + 0.1
     bwe.on_feedback(clock(), FEEDBACK_HOLD_QUEUE_S / 2, None, sending_kbps=track.wire_kbps(drained))
     assert bwe.history[-1].reason.startswith("the queue drained")
     track.follow_estimate()  # at once, well within RETARGET_UP_S of the cut
-    assert clock() - 100.0 < RETARGET_UP_S and track.kbps == pytest.approx(track.video_kbps(RESTORE_SHARE * 16.0))
+    assert clock() - 100.0 < RETARGET_UP_S and track.kbps == pytest.approx(track.video_kbps(RESTORE_SHARE * bwe.link_kbps(16.0)))
     before = track.kbps
     clock.now += 0.1
     bwe.loss_kbps *= 1.5  # any other way up (a climb on clean reports, a probe) ...
