@@ -323,6 +323,7 @@ class BandwidthEstimator:
     remb_heard_at: float = field(default=-math.inf, init=False)
     capacity_kbps: float | None = field(default=None, init=False)  # where the last congestion signal came
     evidence_at: float = field(default=-math.inf, init=False)  # the last report with loss or a queue in it
+    lost_at: float = field(default=-math.inf, init=False)  # the last sign of a packet lost (a report's loss, a NACK)
     queue_at: float = field(default=-math.inf, init=False)  # the last report whose RTT showed a queue
     pooled: deque = field(default_factory=deque, init=False)  # (lost, expected) of the reports since the last cut
     report_at: float | None = field(default=None, init=False)  # the last receiver report
@@ -390,7 +391,7 @@ class BandwidthEstimator:
             loss, judged = (lost / total if total else 0.0), total >= LOSS_MIN_PACKETS
             clean = loss < LOSS_LOW if judged else lost < 0.5  # too few packets yet: clean only without any loss
         if fraction_lost >= LOSS_LOW:
-            self.evidence_at = now  # this report's own loss (the pool may hold older reports')
+            self.evidence_at = self.lost_at = now  # this report's own loss (the pool may hold older reports')
         span = "" if expected is None else f" of {sum(e for _, e in self.pooled)}"
         delay_why = self._on_rtt(now, rtt_s, sending_kbps) if rtt_s is not None and rtt_s >= 0 else None
         # Congestion, as far as delay tells: a queue in the RTT, or the receiver's delay estimate (REMB, believed
@@ -614,7 +615,12 @@ class BandwidthEstimator:
             # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
             # keyframe: a REMB lower than the estimate then says nothing new.
             return before
-        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S):
+        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S
+                              or (now - self.lost_at > REMB_EVIDENCE_S and self.reads_room(now))):
+            # Nor where nothing was lost and the transport feedback reads the link much faster than the estimate
+            # (`reads_room`), whatever the RTT says: the RTT's queue is then the busy receiver's (the lab's stepped cap
+            # with shapes, s4t1 at 15 frames/s on a 60 kbps link: RTT 125 ms over a low of 50, the feedback reading
+            # 0-29 ms with nothing dropped, and REMBs believed as evidence took the estimate from 57 to 36 kbps).
             self.rembs_ignored += 1
             return before
         if kbps < before:
@@ -625,7 +631,7 @@ class BandwidthEstimator:
     def on_nack(self, now: float) -> float:
         """A packet was NACKed for the first time: loss is happening (evidence for a lower REMB, and the end of a
         probe's jump on trial)."""
-        self.evidence_at = now
+        self.evidence_at = self.lost_at = now
         before = self.estimate(now)
         if now < self.trial_until and self.loss_kbps > self.trial_back_kbps:
             # No lower than RESTORE_SHARE of what the link delivered since the jump (the feedback's median, while a queue
@@ -653,7 +659,7 @@ class BandwidthEstimator:
         # sync frames (uncounted), and 5 NACKs of 0 packets sent read as 100 % (the fault lab's TCP row).
         if min(nacked, sent) < NACK_MIN_PACKETS or fraction <= FAST_LOSS or self._in_outage(now):
             return before
-        self.evidence_at = now
+        self.evidence_at = self.lost_at = now
         why = f"{nacked} of {sent} packets NACKed in {NACK_WINDOW_S:g} s"
         self._cut_loss(now, 1 - 0.5 * fraction, sending_kbps * (1 - fraction), at_kbps=sending_kbps)
         return self._note(now, before, why)

@@ -279,6 +279,29 @@ def test_a_remb_under_what_is_sent_ends_the_start_only_where_the_feedback_reads_
     assert not capped.starting and "end of the start" in capped.reason
 
 
+def test_a_lower_remb_with_an_rtt_queue_is_not_believed_where_the_feedback_reads_room_and_nothing_is_lost():
+    """The RTT's queue is evidence for a lower REMB, but not where the transport feedback reads the link much faster than
+    the estimate and nothing was lost: that RTT is the busy receiver's (the lab's stepped cap with shapes, s4t1 on a
+    60 kbps link: RTT 125 ms over a low of 50, the feedback reading 0-29 ms, REMBs believed from 57 to 36 kbps)."""
+    def busy(queue_s: float) -> BandwidthEstimator:
+        bwe = narrowed(kbps=57.0)
+        bwe.on_report(20.0, 0.0, rtt_s=0.05, sending_kbps=57.0)
+        bwe.on_report(21.0, 0.0, rtt_s=0.40, sending_kbps=57.0)  # smoothed 0.225 s: a queue, by the RTT
+        for k in range(4):  # 1400-byte packets: 196 ms each on the link at 57 kbps
+            bwe.on_feedback(21.0 + 0.25 * k, queue_s, None, sending_kbps=57.0, packet_bits=1400 * 8)
+        return bwe
+
+    roomy = busy(0.01)
+    assert roomy.reads_room(22.0)
+    assert roomy.on_remb(22.0, 46.0, sending_kbps=57.0) == 57.0 and roomy.rembs_ignored == 1
+    roomy.on_nack(22.1)  # a packet lost: the REMB is news of the link again
+    assert roomy.on_remb(22.2, 46.0, sending_kbps=57.0) == pytest.approx(46.0)
+    # Where the feedback reads a queue of the packets' own time or more, the RTT's evidence stands, as before.
+    full = busy(0.2)
+    assert not full.reads_room(22.0)
+    assert full.on_remb(22.0, 46.0, sending_kbps=57.0) == pytest.approx(46.0)
+
+
 def test_the_link_is_the_delivered_rate_less_the_data_channels_share_at_any_rate():
     """The sender adds the data channels' usual share to each delivered rate; the over-read is that share whatever the
     link's rate, so a drained cut goes back to RESTORE_SHARE of the rest, and the capacity is noted there. As a share of
