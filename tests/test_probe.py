@@ -11,8 +11,8 @@ from protocol import messages as msg
 from receiver.probes import CLUSTER_WAIT_S, MAX_OPEN_CLUSTERS, ProbeTimer
 from sender import probe as probe_module
 from sender.bwe import PROBE_TRIAL_S, RESTORE_SHARE, BandwidthEstimator
-from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_S, FAILED_RAISE, PROBE_GAIN, PROBE_MESSAGES, PROBE_S,
-                          QUIET_S, RAISE_MIN_PAYLOAD, Prober)
+from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_FEEDBACK_S, BACKOFF_S, FAILED_RAISE, PROBE_GAIN,
+                          PROBE_MESSAGES, PROBE_S, QUIET_S, RAISE_MIN_PAYLOAD, UNCONFIRMED_RETRY_S, Prober)
 from sender.session import DATA_HEADROOM_KBPS
 
 
@@ -129,6 +129,32 @@ async def _fail_once(prober: Prober, link: Link) -> None:
     await asyncio.sleep(0)
     prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=2, span_us=400_000))
     await task
+
+
+def test_a_widened_links_probe_that_fails_unconfirmed_is_retried_soon_whatever_failed_before():
+    """The lab's stepped cap with shapes: a probe failed (confirmed) at the step down; 8 s later the link widened, its
+    first probe arrived at 93 % of its rate with no queue in the feedback (the cluster's noise), and no probe followed:
+    the old failure still counted, and blind probes wait QUIET_FEEDBACK_S after the cut at the step down."""
+    clock = Clock()
+    clock.t = 17.5
+    link = Link(estimate=14.0)
+    bwe = link.estimator
+    bwe.overflow_at = 9.3  # the cut at the step down
+    prober = Prober(link, lambda data: None, clock=clock, sleep=clock.sleep)
+    prober.failures_in_a_row, prober.last_probe_at, prober.wait_s = 1, 9.45, BACKOFF_FEEDBACK_S[0]
+    bwe.on_feedback(17.0, 0.002, None, sending_kbps=14.0)  # feedback comes, reading no queue
+    bwe.widened_at = 17.2
+    asyncio.run(_fail_once(prober, link))
+    assert prober.outcomes[-1].confirmed is False
+    assert prober.failures_in_a_row == 0 and prober.wait_s == UNCONFIRMED_RETRY_S
+    assert prober.due(prober.last_probe_at + UNCONFIRMED_RETRY_S)
+    # Without a widening since, the old failure counts: the backoff, and no blind probe so soon after the cut.
+    old = Prober(Link(estimate=14.0), lambda data: None, clock=clock, sleep=clock.sleep)
+    old.link.estimator.overflow_at = 9.3
+    old.failures_in_a_row, old.last_probe_at = 1, 9.45
+    old.link.estimator.on_feedback(clock.t, 0.002, None, sending_kbps=14.0)
+    asyncio.run(_fail_once(old, old.link))
+    assert old.failures_in_a_row == 1 and not old.due(old.last_probe_at + UNCONFIRMED_RETRY_S)
 
 
 def test_a_lost_padding_message_is_a_failed_probe():
