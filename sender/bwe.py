@@ -186,8 +186,8 @@ ROOM_READINGS = 3
 # A smaller queue that stands (FULL_QUEUE_S over the packets' own time, for FULL_STANDING_S of busy feedbacks that
 # measure the link's rate) says the video fills the link, perhaps a little over it. No probe goes over it for a while
 # (sender/probe.py: the lab's stepped cap sent four to 78 kbps in the 6 s after the step up, its queue at 140-230 ms),
-# and the estimate goes to FULL_SHARE of the median rate the link delivered (`link_kbps`), without a drain: the lab's
-# stepped cap came back to 60 kbps where the video needs 51 kbps of it in every second to count as climbed back, and its 0.3 s
+# and the estimate goes to FULL_SHARE of the median rate the link delivered, without a drain: the lab's stepped cap
+# came back to 60 kbps where the video needs 51 kbps of it in every second to count as climbed back, and its 0.3 s
 # queue stood at 230-320 ms for 3 s at 58-63 kbps delivered until it overflowed (a cut to 30 kbps on NACKs). The
 # median, not the last reading: over a quarter of a second the rate read 55-63 kbps on that link.
 FULL_QUEUE_S = 0.1
@@ -555,8 +555,8 @@ class BandwidthEstimator:
     def _trim_to_link(self, now: float, before: float, queue_s: float, sending_kbps: float | None) -> float:
         """A queue that has stood for FULL_STANDING_S (FULL_QUEUE_S over the mean packet's own time, `standing`)
         while the link's rate is measured: the video fills the link, perhaps a little over it. The estimate goes to
-        FULL_SHARE of the median rate the link delivered in the last second of it (`link_kbps`), never under where the
-        last trim left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
+        FULL_SHARE of the median rate the link delivered in the last second of it, never under where the last trim
+        left it (so once per climb), and not while the queue the last trim saw drains (the lab's 15 kbps cap: a
         second trim on the start's draining queue, at 11.4 kbps delivered, held the call at 11-13 kbps: 28.5 dB).
         Not in the slow start: its overshoot ends on the REMB or a cut, back to the last step's base (the lab's
         15 kbps cap: a trim there, to 0.94 of a delivered rate that counts the data channels' share, ended the start
@@ -568,7 +568,10 @@ class BandwidthEstimator:
         delivered_kbps = rates[len(rates) // 2]
         # Never under where the last trim left it: a competing flow's queue stands whatever the video sends, and trim after
         # trim would hand it the link a step at a time (loss and the longer queue's cut still take the estimate lower).
-        target = self._clamp(max(FULL_SHARE * self.link_kbps(delivered_kbps), self.trimmed_kbps))
+        # Of the reading, not of the link's share of it (`link_kbps`): while the queue stands the data channels' packets may
+        # be among the video's, and the lab's 15 kbps cap read 14.3 kbps so, the trim to 0.95 of the 11.3 left held the
+        # call at the floor for 8 s (27.9 dB).
+        target = self._clamp(max(FULL_SHARE * delivered_kbps, self.trimmed_kbps))
         if target >= before:
             return before
         self.loss_kbps = min(self.loss_kbps, target)

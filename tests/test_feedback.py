@@ -558,6 +558,22 @@ def test_a_queue_standing_at_a_full_link_trims_to_its_rate_once_per_climb():
     assert bwe.estimate(t) == pytest.approx(FULL_SHARE * 60.0)
 
 
+def test_the_trim_takes_its_share_of_the_reading_not_of_the_links_share_of_it():
+    """A trim goes to FULL_SHARE of the delivered rate as read, data channels' share and all: while a queue stands their
+    packets may be among the video's (the lab's 15 kbps cap read 14.3 kbps so, and 0.95 of the 11.3 left held the call
+    at the floor for 8 s). The capacity is noted at the link's share (`link_kbps`)."""
+    from sender.session import DATA_HEADROOM_KBPS
+
+    bwe = BandwidthEstimator(start_kbps=13.5, min_kbps=10.96, max_kbps=27.0, data_kbps=DATA_HEADROOM_KBPS)
+    bwe.capacity_kbps = 15.0  # past the slow start
+    bwe.loss_kbps = 14.9
+    own = STANDING_BITS / 1000 / 14.9
+    for k in range(4):
+        bwe.on_feedback(10.0 + 0.2 * k, own + FULL_QUEUE_S + 0.01, 14.3, sending_kbps=14.9, packet_bits=STANDING_BITS)
+    assert bwe.estimate(11.0) == pytest.approx(FULL_SHARE * 14.3) and "the link is full" in bwe.reason
+    assert bwe.capacity_kbps == pytest.approx(14.3 - DATA_HEADROOM_KBPS)
+
+
 def test_no_trim_in_the_slow_start_nor_from_a_probes_own_queue():
     start = BandwidthEstimator(start_kbps=60.0, min_kbps=5.0)
     assert start.starting
