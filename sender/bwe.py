@@ -638,10 +638,10 @@ class BandwidthEstimator:
         before = self.estimate(now)
         if now < self.trial_until and self.loss_kbps > self.trial_back_kbps:
             # No lower than RESTORE_SHARE of what the link delivered since the jump (the feedback's median, while a queue
-            # stood): a chain of jumps goes back to where the first started, and the lab's stepped cap with shapes went
-            # from 64.1 back to 14.3 kbps on the cap's 60 (the feedback read 41-60 kbps delivered meanwhile), s8t2 for
-            # the call's last 4 s at 26-31 dB. Over the 15 kbps cap, where the chain rule comes from, 0.75 of the ~18
-            # read is the chain's start, 13.5.
+            # stood, less the data channels' share: `link_kbps`): a chain of jumps goes back to where the first started,
+            # and the lab's stepped cap with shapes went from 64.1 back to 14.3 kbps on the cap's 60 (the feedback read
+            # 41-60 kbps delivered meanwhile), s8t2 for the call's last 4 s at 26-31 dB. Over the 15 kbps cap, where the
+            # chain rule comes from, RESTORE_SHARE of the ~15 the ~18 read leaves is under the chain's start, 13.5-14.
             jumped_at = self.trial_until - PROBE_TRIAL_S
             rates = sorted(kbps for t, kbps in self.delivered_log if t >= jumped_at)
             back = self.trial_back_kbps
