@@ -19,6 +19,8 @@ from typing import Awaitable, Callable
 
 from aiortc import RTCDataChannel
 
+from protocol.feedback import RTP_HEADER
+
 # What a data-channel message costs on the link besides its bytes, per SCTP packet: IPv4 20 + UDP 8 + a DTLS
 # record's 37 (header 13, AES-GCM's explicit nonce 8 and tag 16; ChaCha20 has 8 fewer) + SCTP's common header
 # 12 + its DATA chunk header 16.
@@ -37,10 +39,21 @@ MIN_WAIT_S = 0.001
 RATE_WINDOW_S = 2.0
 
 
+# Each video packet carries besides its share of the frame: IPv4 20 + UDP 8 + RTP 12 + aiortc's header
+# extensions (mid, abs-send-time) 12 + VP8 payload descriptor 4 + SRTP tag 10 bytes (4 kbps at 7.5 frames/s).
+PACKET_OVERHEAD_BYTES = 66
+
+
 def wire_bytes(message_bytes: int) -> int:
     """What a data-channel message of `message_bytes` puts on the link."""
     packets = max(1, -(-message_bytes // SCTP_PACKET_PAYLOAD_BYTES))
     return message_bytes + packets * SCTP_PACKET_OVERHEAD_BYTES
+
+
+def rtp_wire_bytes(packets: int, counted_bytes: int) -> int:
+    """What `packets` RTP packets of the video put on the link, counted at `counted_bytes` by the receiver (payload and
+    RTP fixed header, protocol/feedback.py), which PACKET_OVERHEAD_BYTES includes too."""
+    return counted_bytes + packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER)
 
 
 class BackgroundPacer:

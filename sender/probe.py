@@ -12,7 +12,9 @@ The receiver times their arrival (receiver/probes.py) and answers with how many 
 them, at no less than SUCCESS_SHARE of the rate they were sent at: the link carries the video and the padding
 together, and the estimate jumps to ACCEPT_SHARE of that. Otherwise the probe failed and the next waits twice as
 long (BACKOFF_S), so a link that really is narrow is probed rarely: each failed probe queues about
-PROBE_S x (PROBE_GAIN - 1) of the estimate.
+PROBE_S x (PROBE_GAIN - 1) of the estimate. A failed probe still reads the link: everything that arrived in the
+cluster's span, the video's packets and other messages beside the padding; the estimate goes up to that where it is
+higher (FAILED_RAISE).
 
 Probes run only after the slow start (itself a probe), while the estimate is under what the video asks for, once
 the estimate has not gone under what is sent (nor a queue shown) for QUIET_S, and while no background flow shares
@@ -33,7 +35,7 @@ from typing import Callable
 from protocol import messages as msg
 
 from .bwe import FEEDBACK_HOLD_CLIMB_S, WIDENED_FRESH_S
-from .pacer import wire_bytes
+from .pacer import SCTP_PACKET_OVERHEAD_BYTES, rtp_wire_bytes, wire_bytes
 
 log = logging.getLogger("vsae.sender")
 
@@ -59,11 +61,14 @@ PROBE_MESSAGES = 3
 # concealed), while on wide links the share read 1.0-1.5.
 SUCCESS_SHARE = 0.95
 ACCEPT_SHARE = 0.9
-# A failed probe still times what got through: the link's rate, as far as the cluster shows (the lab's stepped cap:
-# a probe to 67 kbps over the 60 kbps link arrived at 72 %, and the estimate stayed at 34 kbps for the rest of the
-# call). When that is this much above the estimate, the estimate goes there as after a success, and the next probe
-# follows soon; a little above it is the noise of a full narrow link (the lab's 15 kbps cap: 0.9-1.2x).
-FAILED_RAISE = 1.25
+# A failed probe still times the link: everything that arrived between its first and last message (the receiver
+# counts the video's packets and the data channels' messages beside the padding, receiver/probes.py) crossed the
+# bottleneck in that span, which a queue kept busy, so it came at the link's rate and no faster. The estimate goes
+# to ACCEPT_SHARE of that (no more than was sent) when that is this much above it, as after a success, and the next
+# probe follows soon. Before, a failed probe read the video as sent plus the padding as it arrived: the lab's
+# stepped cap's 60 kbps link read 41-81 kbps (median 68, over 71 probes), so the estimate either stayed where it
+# was (45-51 kbps, under the 51 that count as climbed back) or went over the link and overflowed its queue.
+FAILED_RAISE = 1.05
 # ... when its messages carried at least this much padding each: messages of headers alone (a narrow link's probe)
 # are too few bytes for the link to spread them, and their timing is noise (the lab's 15 kbps cap: failed probes
 # arrived at 72-93 % of their rate where the link let through about 20 %, and raised the estimate over the cap).
@@ -122,6 +127,7 @@ class ProbeOutcome:
     confirmed: bool | None = None  # failed, and the transport feedback showed the queue it built (None: no feedback)
     sent_ms: float | None = None  # the cluster's span as sent (the sender's loop may sleep past a gap)
     through_kbps: float | None = None  # what got through, as the estimate would take it (ACCEPT_SHARE of it)
+    link_kbps: float | None = None  # everything that arrived in the cluster's span, padding and the rest (on the wire)
 
 
 @dataclass
@@ -218,10 +224,14 @@ class Prober:
             measured = message_wire * 8 / 1000 * (result.received - 1) / (result.span_us / 1e6)
         whole = result is not None and result.received == PROBE_MESSAGES and measured is not None
         ok = whole and measured >= SUCCESS_SHARE * sent_kbps
-        # What got through: the video as sent and the padding as it arrived (ACCEPT_SHARE of it). A probe over a link
-        # arrives at what the link leaves the video: scaling the video down by the padding's share too made a failed
-        # probe understate the link (the lab's stepped cap: 47 kbps read of a 60 kbps link, under FAILED_RAISE).
-        got_through = ACCEPT_SHARE * (self.link.sent_kbps() + min(measured, sent_kbps)) if whole else None
+        link_read = self._link_read(result, message_wire)
+        # What got through: after a success, the video as sent and the padding as it arrived; after a failure, the link
+        # as everything that arrived in the cluster's span read it (FAILED_RAISE), no more than was sent. ACCEPT_SHARE
+        # of either.
+        got_through = None
+        if whole:
+            sent_total = self.link.sent_kbps() + min(measured, sent_kbps) if ok else self.link.sent_kbps() + sent_kbps
+            got_through = ACCEPT_SHARE * (sent_total if ok else min(link_read, sent_total))
         raised = (not ok and got_through is not None and payload >= RAISE_MIN_PAYLOAD
                   and got_through >= FAILED_RAISE * self.link.estimator.estimate(now))
         confirmed = None
@@ -233,7 +243,8 @@ class Prober:
         outcome = ProbeOutcome(round(now, 3), round(total, 2), round(sent_kbps, 2),
                                None if measured is None else round(measured, 2), 0 if result is None else result.received, ok,
                                raised, confirmed, round(sent_span * 1000, 1),
-                               None if got_through is None else round(got_through, 2))
+                               None if got_through is None else round(got_through, 2),
+                               None if link_read is None else round(link_read, 2))
         self.outcomes.append(outcome)
         if ok or raised:
             self.failures_in_a_row = self.unconfirmed_in_a_row = 0
@@ -257,6 +268,16 @@ class Prober:
                 self.wait_s = UNCONFIRMED_RETRY_S
             self.last_probe_at = now
         return outcome
+
+    @staticmethod
+    def _link_read(result: msg.ProbeResult | None, message_wire: int) -> float | None:
+        """kbps on the wire of everything that arrived after the cluster's first message and up to its last (None: fewer
+        than two came)."""
+        if result is None or result.received < 2 or result.span_us <= 0:
+            return None
+        others = (rtp_wire_bytes(result.rtp_packets, result.rtp_bytes)
+                  + result.data_bytes + result.data_messages * SCTP_PACKET_OVERHEAD_BYTES)
+        return (message_wire * (result.received - 1) + others) * 8 / 1000 / (result.span_us / 1e6)
 
     def on_result(self, result: msg.ProbeResult) -> None:
         """The receiver's answer (control channel)."""

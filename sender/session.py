@@ -42,7 +42,7 @@ from . import rtcp
 from .bwe import FEEDBACK_HOLD_QUEUE_S, NACK_WINDOW_S, BandwidthEstimator, NackLoss, SentRate
 from .closedloop import ClosedLoop, RefreshOptions
 from .encoder import RealtimeEncoder
-from .pacer import BackgroundPacer
+from .pacer import PACKET_OVERHEAD_BYTES, BackgroundPacer, rtp_wire_bytes
 from .probe import Prober
 from .rtx import RetransmissionGate
 from .shapes import Shape, ShapeTable
@@ -82,10 +82,8 @@ START_SHARE = 0.5
 RETARGET_SHARE = 0.10
 RETARGET_UP_S = 2.0
 # The estimate is of what the link carries (sender/bwe.py works in wire kbps: loss and RTT are about packets
-# on the wire), the video target is of encoded bytes; at a few kbps the difference is a third of the link.
-# Each video packet carries besides its share of the frame: IPv4 20 + UDP 8 + RTP 12 + aiortc's header
-# extensions (mid, abs-send-time) 12 + VP8 payload descriptor 4 + SRTP tag 10 bytes (4 kbps at 7.5 frames/s).
-PACKET_OVERHEAD_BYTES = 66
+# on the wire), the video target is of encoded bytes; at a few kbps the difference is a third of the link: each
+# video packet's PACKET_OVERHEAD_BYTES (sender/pacer.py).
 # A frame larger than this RTP payload goes in several packets (aiortc's packetizers split near 1300 bytes).
 PACKET_PAYLOAD_BYTES = 1200
 # What else this side sends on the same path during a call: frame metadata once a second (137 bytes on the
@@ -363,8 +361,7 @@ class LowResTrack(MediaStreamTrack):
             if interval is None and self._report_at is not None:
                 interval = now - self._report_at
             if interval is not None and interval >= MIN_REPORT_GAP_S:
-                # `size` counts the RTP fixed header, which PACKET_OVERHEAD_BYTES includes too.
-                delivered = (size + packets * (PACKET_OVERHEAD_BYTES - rtcp.RTP_HEADER)) * 8 / 1000 / interval
+                delivered = rtp_wire_bytes(packets, size) * 8 / 1000 / interval
                 delivered += DATA_HEADROOM_KBPS
         self._report_at = now
         self.estimator.on_report(now, fraction_lost, rtt_s, sending_kbps=self.sending_kbps(), expected=expected,
@@ -391,7 +388,7 @@ class LowResTrack(MediaStreamTrack):
         if queue < FEEDBACK_HOLD_QUEUE_S:
             self._busy.clear()
         elif feedback.span_us > 0:
-            bits = (feedback.bytes + feedback.packets * (PACKET_OVERHEAD_BYTES - transport_feedback.RTP_HEADER)) * 8
+            bits = rtp_wire_bytes(feedback.packets, feedback.bytes) * 8
             self._busy.append((feedback.span_us / 1e6, bits))
         while len(self._busy) > 1 and sum(x[0] for x in self._busy) - self._busy[0][0] >= FEEDBACK_RATE_S:
             self._busy.popleft()
@@ -402,7 +399,7 @@ class LowResTrack(MediaStreamTrack):
             # the video's packets may have had the link to themselves, and this then over-reads it by up to that share
             # (the lab's 15 kbps cap: 17.9-18.0). sender/bwe.py takes it off again (`link_kbps`).
             delivered = bits / 1000 / span + DATA_HEADROOM_KBPS
-        mean_bits = (feedback.bytes / max(1, feedback.packets) + PACKET_OVERHEAD_BYTES - transport_feedback.RTP_HEADER) * 8
+        mean_bits = rtp_wire_bytes(1, feedback.bytes / max(1, feedback.packets)) * 8
         self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits)
         if len(self.feedback_log) < FEEDBACK_LOG_MAX:
             self.feedback_log.append({"t": self._call_time(now), "queue_ms": round(queue * 1000, 1),

@@ -13,6 +13,8 @@ from sender import probe as probe_module
 from sender.bwe import PROBE_TRIAL_S, RESTORE_SHARE, BandwidthEstimator
 from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_FEEDBACK_S, BACKOFF_S, FAILED_RAISE, PROBE_GAIN,
                           PROBE_MESSAGES, PROBE_S, QUIET_S, RAISE_MIN_PAYLOAD, UNCONFIRMED_RETRY_S, Prober)
+from protocol.feedback import RTP_HEADER
+from sender.pacer import PACKET_OVERHEAD_BYTES
 from sender.session import DATA_HEADROOM_KBPS
 
 
@@ -52,10 +54,12 @@ class Clock:
 
 
 def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None = None,
-              late: float = 0.0) -> tuple[Prober, list[bytes]]:
+              late: float = 0.0, padding_kbps: float | None = None, video_kbps: float | None = None) -> tuple[Prober, list[bytes]]:
     """One probe through a link carrying `link_kbps` in all (the video's part of it first): the receiver sees the
-    padding spread at what is left of the link when that is less than it was sent at. `late`: the sender's loop
-    sleeps this much past each gap (the cluster leaves, and arrives, that much slower)."""
+    padding spread at what is left of the link when that is less than it was sent at, and counts the video's packets
+    that arrived meanwhile, at what is sent. `late`: the sender's loop sleeps this much past each gap (the cluster
+    leaves, and arrives, that much slower). `padding_kbps` / `video_kbps`: the rates the two arrived at instead (a
+    cluster's timing is noisy; 0 video: a receiver that predates the counts)."""
     clock = clock or Clock()
     if late:
         on_time = clock.sleep
@@ -75,10 +79,14 @@ def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None =
         gap = prober.plan(clock())[3] + late
         sent_kbps = message_wire * 8 / 1000 / gap
         room = max(0.1, link_kbps - link.sending)
-        span = gap * (PROBE_MESSAGES - 1) * max(1.0, sent_kbps / room)
+        arrived = padding_kbps if padding_kbps is not None else min(sent_kbps, room)
+        span = gap * (PROBE_MESSAGES - 1) * sent_kbps / arrived
         received = PROBE_MESSAGES - lost
-        prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=received,
-                                         span_us=round(span * (received - 1) / (PROBE_MESSAGES - 1) * 1e6)))
+        span = span * (received - 1) / (PROBE_MESSAGES - 1)
+        video_wire = (link.sending if video_kbps is None else video_kbps) * 125 * span
+        packets = max(1, round(span * 7.5)) if video_wire else 0
+        prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=received, span_us=round(span * 1e6),
+                                         rtp_packets=packets, rtp_bytes=round(max(0.0, video_wire - packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER)))))
         return await task
 
     asyncio.run(go())
@@ -355,16 +363,73 @@ def test_a_jump_taken_back_goes_no_lower_than_what_the_link_delivered_meanwhile(
     assert chain([17.9, 18.0, 17.8]).estimate(20.0) == pytest.approx(14.3)
 
 
-def test_a_failed_probe_that_still_timed_a_much_wider_link_raises_the_estimate():
+def test_a_failed_probe_that_still_timed_a_wider_link_raises_the_estimate():
     link = Link(estimate=40.0, request=100.0)
     prober, _ = run_probe(link, link_kbps=69.0)  # 80 planned: the padding arrives at 29/40 of its rate
     outcome = prober.outcomes[-1]
-    assert not outcome.ok and outcome.raised
-    assert link.successes[0] == pytest.approx(ACCEPT_SHARE * 69.0, rel=0.05)  # the video as sent, the padding as it came
+    assert not outcome.ok and outcome.raised and outcome.link_kbps == pytest.approx(69.0, rel=0.02)
+    assert link.successes[0] == pytest.approx(ACCEPT_SHARE * 69.0, rel=0.02)  # everything that arrived in the span
     assert link.successes[0] >= FAILED_RAISE * 40.0 and prober.wait_s == AFTER_SUCCESS_S
     near = Link(estimate=40.0, request=100.0)
-    prober, _ = run_probe(near, link_kbps=50.0)  # 10/40 arrives: about what the estimate says, no raise
+    prober, _ = run_probe(near, link_kbps=46.0)  # 6/40 arrives: 0.9 of the link is about what the estimate says
     assert not prober.outcomes[-1].raised and not near.successes and prober.wait_s == BACKOFF_S[0]
     narrow = Link(estimate=14.0)
     prober, _ = run_probe(narrow, link_kbps=24.0)  # messages of headers alone: their timing says too little
     assert prober.plan(0.0)[2] < RAISE_MIN_PAYLOAD and not prober.outcomes[-1].raised and not narrow.successes
+
+
+def test_a_failed_probe_reads_the_link_from_everything_that_arrived_in_its_span():
+    """The lab's stepped cap: on the 60 kbps link the video sent ~35 kbps of a 46 kbps estimate, and the chain's last
+    probe, to 73.7 kbps, failed. Its padding's own timing, two gaps between three messages, read 41-81 kbps of the link
+    with the video as sent: under FAILED_RAISE x the estimate (it stayed at 46, short of the 51 that count as climbed
+    back) or over the link (the estimate went there and the queue overflowed). The receiver counts the video's packets
+    that arrived in the cluster's span too: through a full link all of it came at the link's rate."""
+    def probe(padding_kbps: float, video_kbps: float | None) -> tuple[Prober, Link]:
+        link = Link(estimate=46.0, request=67.0)
+        link.sending = 35.0
+        prober, _ = run_probe(link, link_kbps=60.0, padding_kbps=padding_kbps, video_kbps=video_kbps)
+        return prober, link
+
+    for padding in (21.0, 25.0, 31.0, 36.0):  # the cluster's noise: the padding's share of a full link's span
+        prober, link = probe(padding, 60.0 - padding)
+        outcome = prober.outcomes[-1]
+        assert prober.plan(0.0)[0] == pytest.approx(1.1 * 67.0) and not outcome.ok and outcome.raised
+        assert outcome.link_kbps == pytest.approx(60.0, rel=0.02)
+        assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * 60.0, rel=0.02)
+    # A receiver that counts nothing beside the padding (it predates the counts): the padding alone is no measure of
+    # the link, and the estimate stays (the old reading, the video as sent plus the padding, put it at 63.9 kbps).
+    prober, link = probe(36.0, 0.0)
+    assert not prober.outcomes[-1].raised and link.estimator.estimate(0.0) == pytest.approx(46.0)
+    # Never more than was sent: a cluster whose span the receiver's loop squeezed reads more than the link.
+    prober, link = probe(36.0, 80.0)
+    assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * (35.0 + prober.outcomes[-1].padding_kbps), rel=0.01)
+
+
+def test_the_receiver_counts_what_else_arrived_between_a_clusters_first_and_last_message():
+    timer = ProbeTimer()
+
+    def probe(seq: int, now: float) -> list[msg.ProbeResult]:
+        return timer.on_probe(msg.Probe(cluster=1, seq=seq, count=3, data=b""), now)
+
+    timer.on_rtp(500)  # before the cluster: not in its span
+    timer.on_data(100)
+    assert probe(0, 0.0) == []
+    timer.on_rtp(500)
+    timer.on_rtp(300)
+    assert probe(1, 0.1) == []
+    timer.on_data(137)
+    timer.on_rtp(200)
+    (result,) = probe(2, 0.2)
+    assert (result.received, result.span_us) == (3, 200_000)
+    assert (result.rtp_packets, result.rtp_bytes) == (3, 1000 + 3 * RTP_HEADER)
+    assert (result.data_messages, result.data_bytes) == (1, 137)
+    timer.on_rtp(900)  # after it: nothing open
+    assert timer.open == {}
+    # An incomplete cluster counts up to its last message that came, not to its answer.
+    timer.on_probe(msg.Probe(cluster=2, seq=0, count=3, data=b""), 1.0)
+    timer.on_rtp(100)
+    timer.on_probe(msg.Probe(cluster=2, seq=1, count=3, data=b""), 1.1)
+    timer.on_rtp(700)
+    (late,) = timer.expire(1.0 + CLUSTER_WAIT_S)
+    assert (late.received, late.rtp_packets, late.rtp_bytes) == (2, 1, 100 + RTP_HEADER)
+    assert msg.decode(msg.encode(late)) == late
