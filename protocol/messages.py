@@ -22,7 +22,7 @@ Session (sender -> receiver unless marked <-):
       keyframe of source frame `first` on, the video is every `temporal`-th frame ÷`scale` (plain: the codec's
       own frames at full size, shown as decoded, no model) (sender/shapes.py)
   Probe(cluster, seq, count, data) x count  -- padding of a bandwidth probe (Config.probes), paced on the meta channel
-  <- ProbeResult(cluster, received, span_us, rtp_packets, rtp_bytes, data_messages, data_bytes)  -- how many of them
+  <- ProbeResult(cluster, received, span_us, counted, rtp_packets, ...)  -- how many of them
       arrived, between the first and the last, and what else arrived meanwhile (sender/probe.py)
   <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
@@ -38,8 +38,9 @@ transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild;
 has arrived (the model chunks then travel during the stream); `Config.chunk_size`, model chunks smaller than
 CHUNK_BYTES (an in-call transfer over a narrow link); `Config.shapes`, a stream whose shape may change at
 keyframes (`shape` messages); `Config.probes`, a sender that probes the link with padding (`probe` messages on
-the meta channel, each cluster answered by a `probe_result`), and `ProbeResult.rtp_packets` / `rtp_bytes` /
-`data_messages` / `data_bytes`, what else arrived during a probe (a sender that predates them reads zeros); `Config.feedback`, a sender that asks for transport
+the meta channel, each cluster answered by a `probe_result`), and `ProbeResult.counted` with `rtp_packets` /
+`rtp_bytes` / `data_messages` / `data_bytes`, what else arrived during a probe (without them the sender reads the link
+from the padding alone); `Config.feedback`, a sender that asks for transport
 feedback (RTCP, not a message here: protocol/feedback.py). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
@@ -261,6 +262,7 @@ class ProbeResult(Message):
     cluster: int
     received: int
     span_us: int
+    counted: bool = False  # the receiver counts what else arrived (the four below)
     rtp_packets: int = 0
     rtp_bytes: int = 0
     data_messages: int = 0
@@ -268,7 +270,7 @@ class ProbeResult(Message):
     limits: ClassVar[dict] = {"cluster": (0, MAX_PROBES), "received": (0, MAX_PROBE_MESSAGES), "span_us": (0, 60_000_000),
                               "rtp_packets": (0, MAX_PROBE_ARRIVALS), "rtp_bytes": (0, MAX_PROBE_ARRIVAL_BYTES),
                               "data_messages": (0, MAX_PROBE_ARRIVALS), "data_bytes": (0, MAX_PROBE_ARRIVAL_BYTES)}
-    omit_empty: ClassVar[tuple[str, ...]] = ("rtp_packets", "rtp_bytes", "data_messages", "data_bytes")
+    omit_empty: ClassVar[tuple[str, ...]] = ("counted", "rtp_packets", "rtp_bytes", "data_messages", "data_bytes")
 
 
 @dataclass(frozen=True)

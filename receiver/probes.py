@@ -99,6 +99,7 @@ class ProbeTimer:
         span = round((cluster.last_at - cluster.first_at) * 1e6) if cluster.received > 1 else 0
         others = cluster.up_to_last
         return msg.ProbeResult(cluster=key, received=min(cluster.received, msg.MAX_PROBE_MESSAGES), span_us=min(span, 60_000_000),
+                               counted=True,
                                rtp_packets=min(others.rtp_packets, msg.MAX_PROBE_ARRIVALS),
                                rtp_bytes=min(others.rtp_bytes, msg.MAX_PROBE_ARRIVAL_BYTES),
                                data_messages=min(others.data_messages, msg.MAX_PROBE_ARRIVALS),

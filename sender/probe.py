@@ -225,14 +225,18 @@ class Prober:
         whole = result is not None and result.received == PROBE_MESSAGES and measured is not None
         ok = whole and measured >= SUCCESS_SHARE * sent_kbps
         link_read = self._link_read(result, message_wire)
-        # What got through: after a success, the video as sent and the padding as it arrived; after a failure, the link
-        # as everything that arrived in the cluster's span read it (FAILED_RAISE), no more than was sent. ACCEPT_SHARE
-        # of either.
+        # What got through: everything that arrived in the cluster's span (FAILED_RAISE), no more than the video as sent
+        # and the padding; ACCEPT_SHARE of it. The video as sent and the padding as it arrived alone read a success over
+        # a full link past it: the lab's stepped cap, 65-71 kbps of the 60 kbps link where the span read 59.5-59.6 (the
+        # padding came at full rate while the queue took the video's frames).
+        # A receiver that counts only the padding (`counted` unset): the video as sent and the padding as it arrived, and
+        # a failure raises nothing.
         got_through = None
         if whole:
-            sent_total = self.link.sent_kbps() + min(measured, sent_kbps) if ok else self.link.sent_kbps() + sent_kbps
-            got_through = ACCEPT_SHARE * (sent_total if ok else min(link_read, sent_total))
-        raised = (not ok and got_through is not None and payload >= RAISE_MIN_PAYLOAD
+            video = self.link.sent_kbps()
+            got_through = ACCEPT_SHARE * (video + min(measured, sent_kbps) if link_read is None
+                                          else min(link_read, video + sent_kbps))
+        raised = (not ok and got_through is not None and link_read is not None and payload >= RAISE_MIN_PAYLOAD
                   and got_through >= FAILED_RAISE * self.link.estimator.estimate(now))
         confirmed = None
         if not (ok or raised) and self.link.estimator.feedbacks:
@@ -272,8 +276,8 @@ class Prober:
     @staticmethod
     def _link_read(result: msg.ProbeResult | None, message_wire: int) -> float | None:
         """kbps on the wire of everything that arrived after the cluster's first message and up to its last (None: fewer
-        than two came)."""
-        if result is None or result.received < 2 or result.span_us <= 0:
+        than two came, or a receiver that counts only the padding)."""
+        if result is None or not result.counted or result.received < 2 or result.span_us <= 0:
             return None
         others = (rtp_wire_bytes(result.rtp_packets, result.rtp_bytes)
                   + result.data_bytes + result.data_messages * SCTP_PACKET_OVERHEAD_BYTES)

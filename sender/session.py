@@ -81,6 +81,10 @@ MIN_VIDEO_KBPS = 4.0
 START_SHARE = 0.5
 RETARGET_SHARE = 0.10
 RETARGET_UP_S = 2.0
+# ... but a probe's jump (sender/probe.py) moves it up when it is this far: a chain of probes after the link widens reads
+# the link from below, and its last step is often the smaller (the lab's stepped cap: 50.0 -> 53.8 kbps on the 60 kbps
+# link left the target at 50.0, under the 51 that count as climbed back).
+PROBE_RETARGET_SHARE = 0.02
 # The estimate is of what the link carries (sender/bwe.py works in wire kbps: loss and RTT are about packets
 # on the wire), the video target is of encoded bytes; at a few kbps the difference is a third of the link: each
 # video packet's PACKET_OVERHEAD_BYTES (sender/pacer.py).
@@ -279,6 +283,7 @@ class LowResTrack(MediaStreamTrack):
         self._requests: list[float] = []  # times of recent keyframe requests
         self._rate_changed = -math.inf
         self._lowered_at = -math.inf  # the last move down
+        self._probe_jump_at = -math.inf  # the last probe's jump (sender/probe.py)
         self._started_at: float | None = None  # clock() at the first real frame
         self.encoded_bytes = 0  # over every encoder this track has had
         self.rate_changes: list[tuple[float, float]] = []  # (seconds into the session, new kbps)
@@ -331,7 +336,8 @@ class LowResTrack(MediaStreamTrack):
     def on_probe_success(self, kbps: float) -> None:
         """A bandwidth probe got through at `kbps` on the wire (sender/probe.py): the estimate jumps there, and the
         target may follow at the next frame (no wait since the last move up: the probe is the evidence)."""
-        self.estimator.on_probe(self._clock(), kbps)
+        self._probe_jump_at = self._clock()
+        self.estimator.on_probe(self._probe_jump_at, kbps)
         self._rate_changed = -math.inf
 
     def request_keyframe(self) -> None:
@@ -478,7 +484,10 @@ class LowResTrack(MediaStreamTrack):
         """At a frame boundary: move the video target to the estimate when it is far enough away."""
         now = self._clock()
         target = self._target_for(self.estimator.estimate(now))
-        if target == self.kbps or (target != self.target_kbps and abs(target - self.kbps) <= RETARGET_SHARE * self.kbps):
+        # A probe's jump up is taken however small (PROBE_RETARGET_SHARE): it is measured, and a chain of them is a few
+        # moves after a widening, not the churn of every report.
+        share = PROBE_RETARGET_SHARE if target > self.kbps and self._probe_jump_at > self._rate_changed else RETARGET_SHARE
+        if target == self.kbps or (target != self.target_kbps and abs(target - self.kbps) <= share * self.kbps):
             return
         # A drain's way back (sender/bwe.py: the queue a feedback cut saw has drained) ends that cut: it does not wait
         # out RETARGET_UP_S (the lab's 15 kbps cap held the video at its 4 kbps floor for 2 s after a 0.5 s drain).

@@ -54,12 +54,14 @@ class Clock:
 
 
 def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None = None,
-              late: float = 0.0, padding_kbps: float | None = None, video_kbps: float | None = None) -> tuple[Prober, list[bytes]]:
+              late: float = 0.0, padding_kbps: float | None = None, video_kbps: float | None = None,
+              counted: bool = True) -> tuple[Prober, list[bytes]]:
     """One probe through a link carrying `link_kbps` in all (the video's part of it first): the receiver sees the
     padding spread at what is left of the link when that is less than it was sent at, and counts the video's packets
     that arrived meanwhile, at what is sent. `late`: the sender's loop sleeps this much past each gap (the cluster
     leaves, and arrives, that much slower). `padding_kbps` / `video_kbps`: the rates the two arrived at instead (a
-    cluster's timing is noisy; 0 video: a receiver that predates the counts)."""
+    cluster's timing is noisy). `counted`: the receiver counts what else arrived (a receiver that predates the counts
+    does not)."""
     clock = clock or Clock()
     if late:
         on_time = clock.sleep
@@ -84,9 +86,10 @@ def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None =
         received = PROBE_MESSAGES - lost
         span = span * (received - 1) / (PROBE_MESSAGES - 1)
         video_wire = (link.sending if video_kbps is None else video_kbps) * 125 * span
-        packets = max(1, round(span * 7.5)) if video_wire else 0
+        packets = max(1, round(span * 7.5)) if video_wire and counted else 0
+        counted_bytes = round(max(0.0, video_wire - packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER))) if packets else 0
         prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=received, span_us=round(span * 1e6),
-                                         rtp_packets=packets, rtp_bytes=round(max(0.0, video_wire - packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER)))))
+                                         counted=counted, rtp_packets=packets, rtp_bytes=counted_bytes))
         return await task
 
     asyncio.run(go())
@@ -291,6 +294,8 @@ def test_a_probed_loopback_call_climbs_by_its_probes(model_bytes, tmp_path, monk
     assert probes["probes"] >= 1 and probes["succeeded"] >= 1, probes
     assert stats["probe_results"] == probes["probes"]
     assert any(e["reason"].startswith("probe") for e in result.extra["estimate_log"])
+    # The receiver counted the video's packets that arrived in the clusters' spans: the link read from all of it.
+    assert any(o["link_kbps"] > 1.05 * o["measured_kbps"] for o in probes["outcomes"] if o["link_kbps"] is not None), probes
     assert stats["frames_out"] == 48
 
 
@@ -384,10 +389,10 @@ def test_a_failed_probe_reads_the_link_from_everything_that_arrived_in_its_span(
     with the video as sent: under FAILED_RAISE x the estimate (it stayed at 46, short of the 51 that count as climbed
     back) or over the link (the estimate went there and the queue overflowed). The receiver counts the video's packets
     that arrived in the cluster's span too: through a full link all of it came at the link's rate."""
-    def probe(padding_kbps: float, video_kbps: float | None) -> tuple[Prober, Link]:
+    def probe(padding_kbps: float, video_kbps: float | None, counted: bool = True) -> tuple[Prober, Link]:
         link = Link(estimate=46.0, request=67.0)
         link.sending = 35.0
-        prober, _ = run_probe(link, link_kbps=60.0, padding_kbps=padding_kbps, video_kbps=video_kbps)
+        prober, _ = run_probe(link, link_kbps=60.0, padding_kbps=padding_kbps, video_kbps=video_kbps, counted=counted)
         return prober, link
 
     for padding in (21.0, 25.0, 31.0, 36.0):  # the cluster's noise: the padding's share of a full link's span
@@ -398,11 +403,17 @@ def test_a_failed_probe_reads_the_link_from_everything_that_arrived_in_its_span(
         assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * 60.0, rel=0.02)
     # A receiver that counts nothing beside the padding (it predates the counts): the padding alone is no measure of
     # the link, and the estimate stays (the old reading, the video as sent plus the padding, put it at 63.9 kbps).
-    prober, link = probe(36.0, 0.0)
-    assert not prober.outcomes[-1].raised and link.estimator.estimate(0.0) == pytest.approx(46.0)
+    prober, link = probe(36.0, 0.0, counted=False)
+    assert prober.outcomes[-1].link_kbps is None and not prober.outcomes[-1].raised
+    assert link.estimator.estimate(0.0) == pytest.approx(46.0)
     # Never more than was sent: a cluster whose span the receiver's loop squeezed reads more than the link.
     prober, link = probe(36.0, 80.0)
     assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * (35.0 + prober.outcomes[-1].padding_kbps), rel=0.01)
+    # A success over the full link: the padding came at its full rate while the queue held the video's frames back, and
+    # the span read the link; the video as sent and the padding as it arrived (0.9 x 73.7 = 66.3 kbps) would overflow it.
+    prober, link = probe(38.7, 21.3)
+    assert prober.outcomes[-1].ok and prober.outcomes[-1].link_kbps == pytest.approx(60.0, rel=0.02)
+    assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * 60.0, rel=0.02)
 
 
 def test_the_receiver_counts_what_else_arrived_between_a_clusters_first_and_last_message():

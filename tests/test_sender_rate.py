@@ -294,3 +294,26 @@ def test_a_drains_way_back_does_not_wait_for_the_next_climb(track):
     clock.now += RETARGET_UP_S
     track.follow_estimate()
     assert track.kbps > before
+
+
+def test_a_probes_small_jump_up_moves_the_target_where_a_small_climb_does_not():
+    """The lab's stepped cap: a chain of probes read the widened 60 kbps link from below, 50.0 then 53.8 kbps; the
+    second step, under RETARGET_SHARE, left the target at 50.0 for the rest of the call (short of the 51 that count
+    as climbed back). A probe's jump is measured and rare: taken however small; a climb's small step is not."""
+    from sender.session import PROBE_RETARGET_SHARE
+
+    clock = Clock()
+    track = LowResTrack(np.zeros((4, 36, 44, 3), np.uint8), [0, 2, 4, 6], 15.0, 6000, "vp8", 60.0, 2, clock=clock,
+                        start_kbps=40.0)
+    before = track.kbps
+    clock.now += 0.1
+    track.on_probe_success(1.06 * track.wire_kbps(before))
+    track.follow_estimate()
+    assert before * (1 + PROBE_RETARGET_SHARE) < track.kbps < before * (1 + RETARGET_SHARE)
+    assert track.rate_log[-1]["reason"].startswith("probe")
+    probed = track.kbps
+    clock.now += RETARGET_UP_S + 0.1
+    track.estimator.loss_kbps = 1.06 * track.wire_kbps(probed)  # a climb as small, after the probe's move
+    assert track._target_for(track.estimator.estimate(clock())) > probed * (1 + PROBE_RETARGET_SHARE)
+    track.follow_estimate()
+    assert track.kbps == probed
