@@ -22,7 +22,7 @@ Session (sender -> receiver unless marked <-):
       keyframe of source frame `first` on, the video is every `temporal`-th frame ÷`scale` (plain: the codec's
       own frames at full size, shown as decoded, no model) (sender/shapes.py)
   Probe(cluster, seq, count, data) x count  -- padding of a bandwidth probe (Config.probes), paced on the meta channel
-  <- ProbeResult(cluster, received, span_us, counted, rtp_packets, ...)  -- how many of them
+  <- ProbeResult(cluster, received, span_us, counted, datagrams, datagram_bytes)  -- how many of them
       arrived, between the first and the last, and what else arrived meanwhile (sender/probe.py)
   <- Keyframe()    -- the receiver wants a fresh keyframe (vsae's receiver asks by RTCP PLI instead)
   Bye(frames, video_bytes, ...)   <- Bye(frames)
@@ -38,9 +38,9 @@ transfer; `Hello.rebuild_method` / `rebuild_iterations`, the receiver's rebuild;
 has arrived (the model chunks then travel during the stream); `Config.chunk_size`, model chunks smaller than
 CHUNK_BYTES (an in-call transfer over a narrow link); `Config.shapes`, a stream whose shape may change at
 keyframes (`shape` messages); `Config.probes`, a sender that probes the link with padding (`probe` messages on
-the meta channel, each cluster answered by a `probe_result`), and `ProbeResult.counted` with `rtp_packets` /
-`rtp_bytes` / `data_messages` / `data_bytes`, what else arrived during a probe (without them the sender reads the link
-from the padding alone); `Config.feedback`, a sender that asks for transport
+the meta channel, each cluster answered by a `probe_result`), and `ProbeResult.counted` with `datagrams` /
+`datagram_bytes`, everything that arrived during a probe (without them the sender reads the link from the padding
+alone); `Config.feedback`, a sender that asks for transport
 feedback (RTCP, not a message here: protocol/feedback.py). A peer that predates these kinds refuses them as `unknown_kind`; they are sent only
 when the feature is on. Anything incompatible bumps VERSION.
 """
@@ -81,7 +81,7 @@ TAG_HEX = 64  # Config.auth: an HMAC-SHA256, hex
 MAX_PROBES = 1_000_000
 MAX_PROBE_MESSAGES = 64
 MAX_PROBE_BYTES = 1200
-# What else a probe result may count between its first and last message (a span of at most 60 s: ProbeResult.span_us).
+# The datagrams a probe result may count between its first and last message (a span of at most 60 s: ProbeResult.span_us).
 MAX_PROBE_ARRIVALS = 1_000_000
 MAX_PROBE_ARRIVAL_BYTES = 1 << 32
 
@@ -253,24 +253,21 @@ class Probe(Message):
 @dataclass(frozen=True)
 class ProbeResult(Message):
     """The receiver's timing of probe `cluster`: `received` of its messages arrived, the first and the last
-    `span_us` microseconds apart (0 when fewer than two came); and what else arrived after the first and up to the
-    last: the video's RTP packets (`rtp_bytes`: payload and RTP fixed header, as protocol/feedback.py counts them) and
-    the data channels' other messages (`data_bytes`: their length). Through a full link all of it crossed the
-    bottleneck in that span: the sender reads the link's rate from it (sender/probe.py)."""
+    `span_us` microseconds apart (0 when fewer than two came); and (`counted`) every datagram the receiver's connection
+    took in after the first and up to the last, the later messages' own included (`datagram_bytes`: UDP payloads).
+    Through a full link all of them crossed the bottleneck in that span: the sender reads the link's rate from them
+    (sender/probe.py)."""
 
     kind: ClassVar[str] = "probe_result"
     cluster: int
     received: int
     span_us: int
-    counted: bool = False  # the receiver counts what else arrived (the four below)
-    rtp_packets: int = 0
-    rtp_bytes: int = 0
-    data_messages: int = 0
-    data_bytes: int = 0
+    counted: bool = False  # the receiver counts the datagrams in the span (the two below)
+    datagrams: int = 0
+    datagram_bytes: int = 0
     limits: ClassVar[dict] = {"cluster": (0, MAX_PROBES), "received": (0, MAX_PROBE_MESSAGES), "span_us": (0, 60_000_000),
-                              "rtp_packets": (0, MAX_PROBE_ARRIVALS), "rtp_bytes": (0, MAX_PROBE_ARRIVAL_BYTES),
-                              "data_messages": (0, MAX_PROBE_ARRIVALS), "data_bytes": (0, MAX_PROBE_ARRIVAL_BYTES)}
-    omit_empty: ClassVar[tuple[str, ...]] = ("counted", "rtp_packets", "rtp_bytes", "data_messages", "data_bytes")
+                              "datagrams": (0, MAX_PROBE_ARRIVALS), "datagram_bytes": (0, MAX_PROBE_ARRIVAL_BYTES)}
+    omit_empty: ClassVar[tuple[str, ...]] = ("counted", "datagrams", "datagram_bytes")
 
 
 @dataclass(frozen=True)

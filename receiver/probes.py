@@ -2,10 +2,10 @@
 meta channel and say how much came and over how long (a `probe_result` on the control channel). The sender
 (sender/probe.py) turns that into the rate the link carried.
 
-Between a cluster's first and last message the rest of the call crosses the link too: the video's RTP packets
-(`on_rtp`) and the data channels' other messages (`on_data`). The answer counts those that arrived after the first
-message and up to the last: through a full bottleneck every byte of that span went at the link's rate, so the whole
-of it is the link's rate, where the padding alone is only the share the video left it.
+Between a cluster's first and last message the rest of the call crosses the link too. The answer also counts every
+datagram the connection received after the first message and up to the last, the later messages' own included
+(`datagrams`, receiver/transport.py): through a full bottleneck all of that span's bytes went at the link's rate, so
+together they read the link's rate, where the padding alone is only the share the video left it.
 
 A cluster is answered once: when all its messages are in, or CLUSTER_WAIT_S after its first one arrived (the rest
 were lost: the meta channel never retransmits). At most MAX_OPEN_CLUSTERS are timed at once; older ones are
@@ -14,25 +14,15 @@ answered as they stand when a newer one needs the room (a flood of cluster ids h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 from protocol import messages as msg
-from protocol.feedback import RTP_HEADER
 
 # How long after a cluster's first message the receiver answers for it even if some never came: the sender
 # spreads a cluster over less than half a second, and the lab's bottleneck queue adds at most 0.3 s.
 CLUSTER_WAIT_S = 1.0
 MAX_OPEN_CLUSTERS = 4
-
-
-@dataclass
-class _Others:
-    """What else arrived: RTP packets (bytes: payload and RTP fixed header) and data-channel messages."""
-
-    rtp_packets: int = 0
-    rtp_bytes: int = 0
-    data_messages: int = 0
-    data_bytes: int = 0
 
 
 @dataclass
@@ -42,14 +32,16 @@ class _Cluster:
     last_at: float
     received: int = 1
     seqs: frozenset = frozenset()
-    since_first: _Others = field(default_factory=_Others)  # everything else since the first message
-    up_to_last: _Others = field(default_factory=_Others)  # ... as it stood when the latest message arrived
+    first_count: tuple[int, int] | None = None  # (datagrams, bytes) received up to the first message, itself included
+    last_count: tuple[int, int] | None = None  # ... up to the latest
 
 
 class ProbeTimer:
-    """Arrival times of probe clusters; `on_probe` and `expire` return the answers that are due."""
+    """Arrival times of probe clusters; `on_probe` and `expire` return the answers that are due. `datagrams()`: the
+    (datagrams, bytes) the connection received so far (receiver/transport.py; None: the answers count nothing else)."""
 
-    def __init__(self) -> None:
+    def __init__(self, datagrams: Callable[[], tuple[int, int]] | None = None) -> None:
+        self.datagrams = datagrams
         self.open: dict[int, _Cluster] = {}
         self.answered: set[int] = set()  # bounded below: only recent ids are kept
         self.results = 0
@@ -59,32 +51,21 @@ class ProbeTimer:
             return []  # a straggler of a cluster already answered for
         cluster = self.open.get(probe.cluster)
         due: list[msg.ProbeResult] = []
+        count = self.datagrams() if self.datagrams is not None else None
         if cluster is None:
             if len(self.open) >= MAX_OPEN_CLUSTERS:
                 oldest = min(self.open, key=lambda k: self.open[k].first_at)
                 due.append(self._answer(oldest))
-            self.open[probe.cluster] = _Cluster(probe.count, now, now, 1, frozenset({probe.seq}))
+            self.open[probe.cluster] = _Cluster(probe.count, now, now, 1, frozenset({probe.seq}), count, count)
         elif probe.seq not in cluster.seqs:
             cluster.received += 1
             cluster.last_at = now
             cluster.seqs = cluster.seqs | {probe.seq}
-            cluster.up_to_last = _Others(**vars(cluster.since_first))
+            cluster.last_count = count
         cluster = self.open[probe.cluster]
         if cluster.received >= cluster.count:
             due.append(self._answer(probe.cluster))
         return due
-
-    def on_rtp(self, payload_bytes: int) -> None:
-        """An RTP packet of the video arrived (counted for the clusters open now)."""
-        for cluster in self.open.values():
-            cluster.since_first.rtp_packets += 1
-            cluster.since_first.rtp_bytes += payload_bytes + RTP_HEADER
-
-    def on_data(self, message_bytes: int) -> None:
-        """A data-channel message other than a probe's arrived."""
-        for cluster in self.open.values():
-            cluster.since_first.data_messages += 1
-            cluster.since_first.data_bytes += message_bytes
 
     def expire(self, now: float) -> list[msg.ProbeResult]:
         """The clusters whose wait is over, answered as they stand."""
@@ -97,10 +78,9 @@ class ProbeTimer:
             self.answered = {k for k in self.answered if k > key - 32}
         self.results += 1
         span = round((cluster.last_at - cluster.first_at) * 1e6) if cluster.received > 1 else 0
-        others = cluster.up_to_last
+        counted = cluster.first_count is not None and cluster.last_count is not None
+        packets, size = ((cluster.last_count[0] - cluster.first_count[0], cluster.last_count[1] - cluster.first_count[1])
+                         if counted else (0, 0))
         return msg.ProbeResult(cluster=key, received=min(cluster.received, msg.MAX_PROBE_MESSAGES), span_us=min(span, 60_000_000),
-                               counted=True,
-                               rtp_packets=min(others.rtp_packets, msg.MAX_PROBE_ARRIVALS),
-                               rtp_bytes=min(others.rtp_bytes, msg.MAX_PROBE_ARRIVAL_BYTES),
-                               data_messages=min(others.data_messages, msg.MAX_PROBE_ARRIVALS),
-                               data_bytes=min(others.data_bytes, msg.MAX_PROBE_ARRIVAL_BYTES))
+                               counted=counted, datagrams=max(0, min(packets, msg.MAX_PROBE_ARRIVALS)),
+                               datagram_bytes=max(0, min(size, msg.MAX_PROBE_ARRIVAL_BYTES)))

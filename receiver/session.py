@@ -44,6 +44,7 @@ from . import jitter
 from .feedback import ArrivalFeedback
 from .probes import CLUSTER_WAIT_S, ProbeTimer
 from .sampler import Sampler, worker_counters
+from .transport import DatagramCounter
 from .worker import MAX_PENDING_SHAPES, ReconstructWorker, StreamInfo
 
 log = logging.getLogger("vsae.receiver")
@@ -156,15 +157,11 @@ class Session:
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label == "control":
             self.control = channel
-            channel.on("message", self._on_control_arrival)
+            channel.on("message", lambda data: self._spawn(self._on_control(data)))
         elif channel.label == "meta":
             channel.on("message", self._on_meta)
         else:
             self._spawn(self.refuse("unexpected", f"unknown data channel {channel.label[:40]!r}"))
-
-    def _on_control_arrival(self, data) -> None:
-        self.probes.on_data(len(data))  # as it arrives: the handler runs later, in a task of its own
-        self._spawn(self._on_control(data))
 
     def _on_meta(self, data) -> None:
         self.datachannel_bytes += len(data)
@@ -173,8 +170,6 @@ class Session:
         except msg.ProtocolError as exc:
             self._spawn(self.refuse(exc.code, f"meta channel: {exc}"))
             return
-        if not isinstance(message, msg.Probe):
-            self.probes.on_data(len(data))
         if isinstance(message, msg.Probe) and self.config is not None and self.config.probes:
             # Timed while the video runs; a straggler after the bye (the meta channel is unordered, the bye is not)
             # has nothing left to tell.
@@ -202,21 +197,16 @@ class Session:
 
             asyncio.get_running_loop().call_later(CLUSTER_WAIT_S, check)
 
-    def _watch_arrivals(self, feedback: bool) -> None:
-        """Count the video's packets as they arrive: for the probes open (receiver/probes.py), and with `feedback`, to tell
-        the sender how they arrive (receiver/feedback.py), in RTCP (protocol/feedback.py)."""
-        arrivals = self.arrivals = ArrivalFeedback() if feedback else None
-        probes = self.probes
+    def _start_feedback(self) -> None:
+        """Tell the sender how the video's packets arrive (receiver/feedback.py), in RTCP (protocol/feedback.py)."""
+        self.arrivals = arrivals = ArrivalFeedback()
         for buffer in self.jitter_buffers:
 
             def on_arrival(packet, now: float, buffer=buffer) -> None:
-                probes.on_rtp(len(packet.payload))
-                if arrivals is None:
-                    return
                 arrivals.on_packet(now, len(packet.payload), packet.extensions.abs_send_time)
-                report = arrivals.due(now)
-                if report is not None:
-                    buffer.send_feedback(packet.ssrc, transport_feedback.pack(report))
+                feedback = arrivals.due(now)
+                if feedback is not None:
+                    buffer.send_feedback(packet.ssrc, transport_feedback.pack(feedback))
 
             buffer.on_arrival = on_arrival
 
@@ -303,8 +293,8 @@ class Session:
         if not await self._authenticate(config):
             return
         self.config = config
-        if config.feedback or config.probes:
-            self._watch_arrivals(config.feedback)
+        if config.feedback:
+            self._start_feedback()
         if self.options.reference is not None and len(self.options.reference) < config.frames and not self.options.reference_loop:
             log.warning("reference has %d frames, the stream %d: metrics cover the overlap", len(self.options.reference), config.frames)
         codec = self.options.models.get(self.hello.model_sha256)
@@ -697,6 +687,7 @@ class Receiver:
         session.done.add_done_callback(lambda done: self._session_done(session, done))
         await session.pc.setRemoteDescription(offer)
         session.jitter_buffers = jitter.install(session.pc)
+        session.probes.datagrams = DatagramCounter(session.pc)  # what arrives beside a probe's padding
         await session.pc.setLocalDescription(await session.pc.createAnswer())
         asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._check_handshake, session)
         return session.pc.localDescription

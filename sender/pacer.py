@@ -21,6 +21,8 @@ from aiortc import RTCDataChannel
 
 from protocol.feedback import RTP_HEADER
 
+# What each datagram carries on the link besides its UDP payload: IPv4 20 + UDP 8.
+UDP_IP_BYTES = 28
 # What a data-channel message costs on the link besides its bytes, per SCTP packet: IPv4 20 + UDP 8 + a DTLS
 # record's 37 (header 13, AES-GCM's explicit nonce 8 and tag 16; ChaCha20 has 8 fewer) + SCTP's common header
 # 12 + its DATA chunk header 16.

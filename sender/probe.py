@@ -13,8 +13,8 @@ them, at no less than SUCCESS_SHARE of the rate they were sent at: the link carr
 together, and the estimate jumps to ACCEPT_SHARE of that. Otherwise the probe failed and the next waits twice as
 long (BACKOFF_S), so a link that really is narrow is probed rarely: each failed probe queues about
 PROBE_S x (PROBE_GAIN - 1) of the estimate. A failed probe still reads the link: everything that arrived in the
-cluster's span, the video's packets and other messages beside the padding; the estimate goes up to that where it is
-higher (FAILED_RAISE).
+cluster's span, the video's packets and every other datagram beside the padding; the estimate goes up to that where
+it is higher (FAILED_RAISE).
 
 Probes run only after the slow start (itself a probe), while the estimate is under what the video asks for, once
 the estimate has not gone under what is sent (nor a queue shown) for QUIET_S, and while no background flow shares
@@ -35,7 +35,7 @@ from typing import Callable
 from protocol import messages as msg
 
 from .bwe import FEEDBACK_HOLD_CLIMB_S, WIDENED_FRESH_S
-from .pacer import SCTP_PACKET_OVERHEAD_BYTES, rtp_wire_bytes, wire_bytes
+from .pacer import UDP_IP_BYTES, wire_bytes
 
 log = logging.getLogger("vsae.sender")
 
@@ -62,8 +62,8 @@ PROBE_MESSAGES = 3
 SUCCESS_SHARE = 0.95
 ACCEPT_SHARE = 0.9
 # A failed probe still times the link: everything that arrived between its first and last message (the receiver
-# counts the video's packets and the data channels' messages beside the padding, receiver/probes.py) crossed the
-# bottleneck in that span, which a queue kept busy, so it came at the link's rate and no faster. The estimate goes
+# counts every datagram its connection took in, receiver/probes.py) crossed the bottleneck in that span, which a queue
+# kept busy, so it came at the link's rate and no faster. The estimate goes
 # to ACCEPT_SHARE of that (no more than was sent) when that is this much above it, as after a success, and the next
 # probe follows soon. Before, a failed probe read the video as sent plus the padding as it arrived: the lab's
 # stepped cap's 60 kbps link read 41-81 kbps (median 68, over 71 probes), so the estimate either stayed where it
@@ -224,7 +224,7 @@ class Prober:
             measured = message_wire * 8 / 1000 * (result.received - 1) / (result.span_us / 1e6)
         whole = result is not None and result.received == PROBE_MESSAGES and measured is not None
         ok = whole and measured >= SUCCESS_SHARE * sent_kbps
-        link_read = self._link_read(result, message_wire)
+        link_read = self._link_read(result)
         # What got through: everything that arrived in the cluster's span (FAILED_RAISE), no more than the video as sent
         # and the padding; ACCEPT_SHARE of it. The video as sent and the padding as it arrived alone read a success over
         # a full link past it: the lab's stepped cap, 65-71 kbps of the 60 kbps link where the span read 59.5-59.6 (the
@@ -274,14 +274,12 @@ class Prober:
         return outcome
 
     @staticmethod
-    def _link_read(result: msg.ProbeResult | None, message_wire: int) -> float | None:
+    def _link_read(result: msg.ProbeResult | None) -> float | None:
         """kbps on the wire of everything that arrived after the cluster's first message and up to its last (None: fewer
         than two came, or a receiver that counts only the padding)."""
         if result is None or not result.counted or result.received < 2 or result.span_us <= 0:
             return None
-        others = (rtp_wire_bytes(result.rtp_packets, result.rtp_bytes)
-                  + result.data_bytes + result.data_messages * SCTP_PACKET_OVERHEAD_BYTES)
-        return (message_wire * (result.received - 1) + others) * 8 / 1000 / (result.span_us / 1e6)
+        return (result.datagram_bytes + result.datagrams * UDP_IP_BYTES) * 8 / 1000 / (result.span_us / 1e6)
 
     def on_result(self, result: msg.ProbeResult) -> None:
         """The receiver's answer (control channel)."""

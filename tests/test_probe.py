@@ -13,8 +13,7 @@ from sender import probe as probe_module
 from sender.bwe import PROBE_TRIAL_S, RESTORE_SHARE, BandwidthEstimator
 from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_FEEDBACK_S, BACKOFF_S, FAILED_RAISE, PROBE_GAIN,
                           PROBE_MESSAGES, PROBE_S, QUIET_S, RAISE_MIN_PAYLOAD, UNCONFIRMED_RETRY_S, Prober)
-from protocol.feedback import RTP_HEADER
-from sender.pacer import PACKET_OVERHEAD_BYTES
+from sender.pacer import UDP_IP_BYTES
 from sender.session import DATA_HEADROOM_KBPS
 
 
@@ -85,11 +84,12 @@ def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None =
         span = gap * (PROBE_MESSAGES - 1) * sent_kbps / arrived
         received = PROBE_MESSAGES - lost
         span = span * (received - 1) / (PROBE_MESSAGES - 1)
-        video_wire = (link.sending if video_kbps is None else video_kbps) * 125 * span
-        packets = max(1, round(span * 7.5)) if video_wire and counted else 0
-        counted_bytes = round(max(0.0, video_wire - packets * (PACKET_OVERHEAD_BYTES - RTP_HEADER))) if packets else 0
+        # Every datagram after the first message and up to the last: the later messages, the video's packets.
+        wire = message_wire * (received - 1) + (link.sending if video_kbps is None else video_kbps) * 125 * span
+        datagrams = received - 1 + max(1, round(span * 7.5))
         prober.on_result(msg.ProbeResult(cluster=prober.cluster, received=received, span_us=round(span * 1e6),
-                                         counted=counted, rtp_packets=packets, rtp_bytes=counted_bytes))
+                                         counted=counted, datagrams=datagrams if counted else 0,
+                                         datagram_bytes=round(wire - datagrams * UDP_IP_BYTES) if counted else 0))
         return await task
 
     asyncio.run(go())
@@ -416,31 +416,61 @@ def test_a_failed_probe_reads_the_link_from_everything_that_arrived_in_its_span(
     assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * 60.0, rel=0.02)
 
 
-def test_the_receiver_counts_what_else_arrived_between_a_clusters_first_and_last_message():
-    timer = ProbeTimer()
+def test_the_receiver_counts_the_datagrams_between_a_clusters_first_and_last_message():
+    counts = [0, 0]
 
-    def probe(seq: int, now: float) -> list[msg.ProbeResult]:
-        return timer.on_probe(msg.Probe(cluster=1, seq=seq, count=3, data=b""), now)
+    def arrive(size: int) -> None:  # a datagram the connection took in (a padding message's own too)
+        counts[0] += 1
+        counts[1] += size
 
-    timer.on_rtp(500)  # before the cluster: not in its span
-    timer.on_data(100)
+    timer = ProbeTimer(datagrams=lambda: tuple(counts))
+
+    def probe(seq: int, now: float, cluster: int = 1) -> list[msg.ProbeResult]:
+        arrive(300)
+        return timer.on_probe(msg.Probe(cluster=cluster, seq=seq, count=3, data=b""), now)
+
+    arrive(500)  # before the cluster: not in its span
     assert probe(0, 0.0) == []
-    timer.on_rtp(500)
-    timer.on_rtp(300)
+    arrive(500)
+    arrive(120)  # an RTCP sender report, an SCTP acknowledgement: counted as well
     assert probe(1, 0.1) == []
-    timer.on_data(137)
-    timer.on_rtp(200)
+    arrive(200)
     (result,) = probe(2, 0.2)
-    assert (result.received, result.span_us) == (3, 200_000)
-    assert (result.rtp_packets, result.rtp_bytes) == (3, 1000 + 3 * RTP_HEADER)
-    assert (result.data_messages, result.data_bytes) == (1, 137)
-    timer.on_rtp(900)  # after it: nothing open
-    assert timer.open == {}
+    assert (result.received, result.span_us, result.counted) == (3, 200_000, True)
+    assert (result.datagrams, result.datagram_bytes) == (5, 500 + 120 + 200 + 2 * 300)
+    arrive(900)  # after it
     # An incomplete cluster counts up to its last message that came, not to its answer.
-    timer.on_probe(msg.Probe(cluster=2, seq=0, count=3, data=b""), 1.0)
-    timer.on_rtp(100)
-    timer.on_probe(msg.Probe(cluster=2, seq=1, count=3, data=b""), 1.1)
-    timer.on_rtp(700)
+    probe(0, 1.0, cluster=2)
+    arrive(100)
+    probe(1, 1.1, cluster=2)
+    arrive(700)
     (late,) = timer.expire(1.0 + CLUSTER_WAIT_S)
-    assert (late.received, late.rtp_packets, late.rtp_bytes) == (2, 1, 100 + RTP_HEADER)
+    assert (late.received, late.datagrams, late.datagram_bytes) == (2, 2, 100 + 300)
     assert msg.decode(msg.encode(late)) == late
+    # Without a counter the answer says it counted nothing, and the sender reads the padding alone.
+    bare = ProbeTimer()
+    bare.on_probe(msg.Probe(cluster=1, seq=0, count=2, data=b""), 0.0)
+    (result,) = bare.on_probe(msg.Probe(cluster=1, seq=1, count=2, data=b""), 0.1)
+    assert not result.counted and msg.decode(msg.encode(result)) == result
+
+
+def test_the_datagram_counter_reads_aiortcs_transport_counts_and_fails_loudly_without_them():
+    from aiortc import RTCPeerConnection
+
+    from receiver.transport import _PRIVATE, DatagramCounter
+
+    async def run() -> None:
+        pc = RTCPeerConnection()
+        try:
+            transport = pc.addTransceiver("video", direction="recvonly").receiver.transport
+            assert DatagramCounter(pc)() == (0, 0)
+            setattr(transport, _PRIVATE[0], 3)
+            setattr(transport, _PRIVATE[1], 1200)
+            assert DatagramCounter(pc)() == (3, 1200)
+            delattr(transport, _PRIVATE[1])
+            with pytest.raises(RuntimeError, match="receiver.transport"):
+                DatagramCounter(pc)
+        finally:
+            await pc.close()
+
+    asyncio.run(run())
