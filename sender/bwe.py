@@ -20,7 +20,7 @@ it; sender/session.py converts). Two controllers; the lower one is the estimate,
   holds the climb, so the estimate does not creep past a link it already fills, and one that stands trims the
   estimate to just under the rate the link delivers (FULL_SHARE) and tells the probes the link is full.
 - **Probes** (sender/probe.py): a probe that got through lifts the estimate at once; the lift is on trial for
-  PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe is its echo.
+  PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe, or climbing back after it, is its echo.
 
 Pure logic, no network and no aiortc: sender/rtcp.py feeds it what the RTCP says, tests feed it synthetic
 report sequences. Times are seconds of a monotonic clock.
@@ -117,6 +117,10 @@ LOWERED_SHARE = 0.1
 # call). A lower REMB this soon after a probe is the probe's echo, not news of the link: the loss the probe caused
 # is reported up to a report interval (~1 s) later and counts as evidence REMB_EVIDENCE_S after that.
 PROBE_ECHO_S = 3.0
+# ... and past that while the REMB climbs back, nothing lost since: aiortc's rate control climbs ~8 % a second from the
+# 0.85x cut the probe's queue caused, so the echo outlasts PROBE_ECHO_S (the lab's stepped cap with shapes: REMBs of
+# 37 -> 43 kbps a second each, 2.8-3.3 s after a probe over the 60 kbps link, believed on the probe's own queue as
+# evidence, took the estimate from 54 to 42 kbps). A REMB lower than the one before it is news again.
 # A probe's jump is on trial this long: at a narrow link's rates a cluster's timing can pass a probe well over the
 # link (the lab's 15 kbps cap: one at 21.9 kbps arrived at 104 % of its rate), and the loss that follows shows in a
 # receiver report seconds later (3.5 s over the cap, 37 frames concealed). A packet NACKed in that time takes the
@@ -330,6 +334,7 @@ class BandwidthEstimator:
     outage_ended_at: float = field(default=-math.inf, init=False)  # the report that ended a silence
     history: list[Change] = field(default_factory=list, init=False)
     probed_at: float = field(default=-math.inf, init=False)  # the last probe's cluster went out
+    remb_fell_at: float = field(default=-math.inf, init=False)  # the last REMB lower than the one before it
     trial_until: float = field(default=-math.inf, init=False)  # a probe's jump is on trial until then ...
     trial_back_kbps: float = field(default=0.0, init=False)  # ... from this estimate
     start_steps: int = field(default=0, init=False)  # the slow start's steps up so far
@@ -588,7 +593,11 @@ class BandwidthEstimator:
     def on_remb(self, now: float, kbps: float, sending_kbps: float | None = None) -> float:
         """The receiver's estimated maximum bitrate. `sending_kbps`: what the sender sends now."""
         self.rembs += 1
+        if self.remb_heard_kbps is not None and kbps < self.remb_heard_kbps:
+            self.remb_fell_at = now
         self.remb_heard_kbps, self.remb_heard_at = max(0.0, kbps), now
+        echo_ends = self.probed_at + PROBE_ECHO_S
+        echo = now < echo_ends or (self.remb_fell_at < echo_ends and self.lost_at < echo_ends)
         before = self.estimate(now)
         if self.starting and sending_kbps is not None and kbps < sending_kbps and self.reads_room(now):
             # Not where the transport feedback reads the link much faster than what is sent (`reads_room`): there
@@ -618,7 +627,7 @@ class BandwidthEstimator:
             # Right after a loss cut the receiver still measures the old rate's queue and the new encoder's
             # keyframe: a REMB lower than the estimate then says nothing new.
             return before
-        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or now - self.probed_at < PROBE_ECHO_S
+        if kbps < before and (now - self.evidence_at > REMB_EVIDENCE_S or echo
                               or (now - self.lost_at > REMB_EVIDENCE_S and self.reads_room(now))):
             # Nor where nothing was lost and the transport feedback reads the link much faster than the estimate
             # (`reads_room`), whatever the RTT says: the RTT's queue is then the busy receiver's (the lab's stepped cap

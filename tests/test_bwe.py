@@ -462,3 +462,30 @@ def test_received_since_counts_what_the_report_says_arrived_sized_from_the_packe
 def test_a_report_is_timed_by_the_receivers_clock():
     assert rtcp.report_time(0, 100) is None  # no SR yet: the receiver's clock is unknown
     assert rtcp.report_time(3 * 65536, 65536 // 2) == pytest.approx(3.5)
+
+
+def test_a_remb_climbing_back_after_a_probe_is_still_its_echo_until_it_falls_again():
+    """The lab's stepped cap with shapes: a probe over the 60 kbps link queued, aiortc's REMB cut to 37 kbps and climbed
+    back ~8 % a second; past PROBE_ECHO_S its REMBs of 41-43 kbps were believed on the probe's own queue as evidence and
+    took the estimate from 54 to 42 kbps."""
+    def probed() -> BandwidthEstimator:
+        e = BandwidthEstimator(start_kbps=54.0, min_kbps=5.0, max_kbps=70.0)
+        e.capacity_kbps = 54.0  # past the start
+        e.on_report(9.0, 0.0, rtt_s=0.05, sending_kbps=54.0)  # the RTT's low
+        e.loss_kbps = 54.0
+        e.on_probe_sent(10.0)
+        e.on_nack(10.4)  # the probe's queue cost a packet
+        assert e.on_remb(10.5, 37.0, sending_kbps=54.0) == 54.0
+        e.on_nack(12.0)  # ... reported late: evidence until 14.0
+        return e
+
+    e = probed()
+    for k, kbps in enumerate((38.0, 39.2, 40.4, 41.6)):  # climbing back, past the echo's 3 s, the evidence fresh
+        assert e.on_remb(13.1 + k * 0.25, kbps, sending_kbps=54.0) == 54.0
+    assert e.rembs_ignored == 5
+    e.on_report(13.9, 0.0, rtt_s=0.4, sending_kbps=54.0)  # a queue in the RTT: evidence
+    assert e.on_remb(14.0, 40.0, sending_kbps=54.0) == 40.0  # lower than the one before: news of the link again
+    # Loss after the echo's 3 s ends it too, the REMB climbing or not.
+    f = probed()
+    f.on_nack(13.2)
+    assert f.on_remb(13.5, 41.0, sending_kbps=54.0) == 41.0
