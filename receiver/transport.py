@@ -4,7 +4,7 @@ probe's timing (receiver/probes.py) reads the counts at each padding message: wh
 everything that crossed the link meanwhile, not only the video's packets and the messages this side sees.
 
 aiortc keeps the counts private (`RTCDtlsTransport` reports them only through the whole connection's `getStats`), so
-`DatagramCounter` reads them by name (`_PRIVATE`) and fails loudly, not silently, if a future aiortc renames them (as
+`DatagramCounter` reads them by name (`COUNTERS`) and fails loudly, not silently, if a future aiortc renames them (as
 receiver/jitter.py does).
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from aiortc import RTCDtlsTransport, RTCPeerConnection
 
-_PRIVATE = ("_RTCDtlsTransport__rx_packets", "_RTCDtlsTransport__rx_bytes")
+# The private counters read, by name.
+COUNTERS = ("_RTCDtlsTransport__rx_packets", "_RTCDtlsTransport__rx_bytes")
 
 
 class DatagramCounter:
@@ -22,7 +23,7 @@ class DatagramCounter:
     def __init__(self, pc: RTCPeerConnection) -> None:
         self.pc = pc
         for transport in self.transports():
-            missing = [name for name in _PRIVATE if not hasattr(transport, name)]
+            missing = [name for name in COUNTERS if not hasattr(transport, name)]
             if missing:
                 raise RuntimeError(f"aiortc's RTCDtlsTransport has no {', '.join(missing)}: this aiortc version is not "
                                    "supported by receiver.transport (pin aiortc or update the probes' datagram count)")
@@ -41,6 +42,6 @@ class DatagramCounter:
     def __call__(self) -> tuple[int, int]:
         packets = size = 0
         for transport in self.transports():
-            packets += getattr(transport, _PRIVATE[0])
-            size += getattr(transport, _PRIVATE[1])
+            packets += getattr(transport, COUNTERS[0])
+            size += getattr(transport, COUNTERS[1])
         return packets, size

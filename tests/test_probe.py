@@ -457,17 +457,17 @@ def test_the_receiver_counts_the_datagrams_between_a_clusters_first_and_last_mes
 def test_the_datagram_counter_reads_aiortcs_transport_counts_and_fails_loudly_without_them():
     from aiortc import RTCPeerConnection
 
-    from receiver.transport import _PRIVATE, DatagramCounter
+    from receiver.transport import COUNTERS, DatagramCounter
 
     async def run() -> None:
         pc = RTCPeerConnection()
         try:
             transport = pc.addTransceiver("video", direction="recvonly").receiver.transport
             assert DatagramCounter(pc)() == (0, 0)
-            setattr(transport, _PRIVATE[0], 3)
-            setattr(transport, _PRIVATE[1], 1200)
+            setattr(transport, COUNTERS[0], 3)
+            setattr(transport, COUNTERS[1], 1200)
             assert DatagramCounter(pc)() == (3, 1200)
-            delattr(transport, _PRIVATE[1])
+            delattr(transport, COUNTERS[1])
             with pytest.raises(RuntimeError, match="receiver.transport"):
                 DatagramCounter(pc)
         finally:
