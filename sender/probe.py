@@ -63,11 +63,11 @@ SUCCESS_SHARE = 0.95
 ACCEPT_SHARE = 0.9
 # A failed probe still times the link: everything that arrived between its first and last message (the receiver
 # counts every datagram its connection took in, receiver/probes.py) crossed the bottleneck in that span, which a queue
-# kept busy, so it came at the link's rate and no faster. The estimate goes
-# to ACCEPT_SHARE of that (no more than was sent) when that is this much above it, as after a success, and the next
-# probe follows soon. Before, a failed probe read the video as sent plus the padding as it arrived: the lab's
-# stepped cap's 60 kbps link read 41-81 kbps (median 68, over 71 probes), so the estimate either stayed where it
-# was (45-51 kbps, under the 51 that count as climbed back) or went over the link and overflowed its queue.
+# kept busy, so it came at the link's rate and no faster. The estimate goes to ACCEPT_SHARE of that (no more than was
+# sent) when that is this much above it, as after a success, and the next probe follows soon. Before, a failed probe
+# read the video as sent plus the padding as it arrived: the lab's stepped cap's 60 kbps link read 41-81 kbps (median
+# 68, over 71 probes), so the estimate either stayed where it was (45-51 kbps, under the 51 that count as climbed back)
+# or went over the link and overflowed its queue.
 FAILED_RAISE = 1.05
 # ... when its messages carried at least this much padding each: messages of headers alone (a narrow link's probe)
 # are too few bytes for the link to spread them, and their timing is noise (the lab's 15 kbps cap: failed probes
