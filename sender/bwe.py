@@ -20,7 +20,8 @@ it; sender/session.py converts). Two controllers; the lower one is the estimate,
   holds the climb, so the estimate does not creep past a link it already fills, and one that stands trims the
   estimate to just under the rate the link delivers (FULL_SHARE) and tells the probes the link is full.
 - **Probes** (sender/probe.py): a probe that got through lifts the estimate at once; the lift is on trial for
-  PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe, or climbing back after it, is its echo.
+  PROBE_TRIAL_S (a first NACK takes it back), and a lower REMB within PROBE_ECHO_S of a probe, or climbing back after
+  it, is its echo.
 
 Pure logic, no network and no aiortc: sender/rtcp.py feeds it what the RTCP says, tests feed it synthetic
 report sequences. Times are seconds of a monotonic clock.

@@ -455,12 +455,11 @@ def test_the_receiver_counts_the_datagrams_between_a_clusters_first_and_last_mes
 
 
 def test_the_datagram_counter_reads_aiortcs_transport_counts_and_fails_loudly_without_them():
-    from aiortc import RTCPeerConnection
-
+    from protocol.peer import new_peer_connection
     from receiver.transport import COUNTERS, DatagramCounter
 
     async def run() -> None:
-        pc = RTCPeerConnection()
+        pc = new_peer_connection()  # no ICE servers, loopback host candidates only
         try:
             transport = pc.addTransceiver("video", direction="recvonly").receiver.transport
             assert DatagramCounter(pc)() == (0, 0)
