@@ -69,12 +69,14 @@ ACCEPT_SHARE = 0.9
 # 68, over 71 probes), so the estimate either stayed where it was (45-51 kbps, under the 51 that count as climbed back)
 # or went over the link and overflowed its queue.
 FAILED_RAISE = 1.05
-# A narrow link's probe raises as any other. Its messages are mostly headers, and their own timing is noise (the lab's
-# 15 kbps cap: failed probes arrived at 72-93 % of their rate where the link let through about 20 %), so until stop 36
-# a failure with under 200 bytes of padding a message raised nothing. The span's reading is not the messages' timing: no
-# more than the link carries arrives in a span that a queue keeps busy. The guard held the stepped cap's first probe on
-# the widened link where its span read 27-46 kbps, 1.7-2.6x the estimate (3 of stop 35's 22 stepped rows missed the
-# climb back that way).
+# ... at once where its messages carried at least this much padding each. Messages of hardly more than headers (a
+# narrow link's probe) raise only once the transport feedback read no queue from the video's packets sent beside them
+# (CONFIRM_S): over a narrow link a probe at twice the estimate builds one, and the span's reading there is only as
+# good as the relay's and the receiver's timing (a cluster with a message lost read the lab's 15 kbps link at 24 kbps).
+# Without that, such a failure raised nothing, and the stepped cap's first probe on the widened link, whose padding
+# arrived at 83-94 % of its rate with no queue behind it while its span read 27-46 kbps (1.7-2.6x the estimate), left
+# the climb back 4-5 s long (5 of 46 stepped rows with the stop-35 code, over stop 35's runs and stop 36's).
+RAISE_MIN_PAYLOAD = 200
 # Probing waits this long after the estimate last went down (a believed REMB too: under the lab's 15 kbps cap they
 # come every second or three, and a probe right after the slow start's end met a full queue: 1 of 5 arrived), and
 # this long after the last probe: after a success
@@ -238,13 +240,15 @@ class Prober:
             video = self.link.sent_kbps()
             got_through = ACCEPT_SHARE * (video + min(measured, sent_kbps) if link_read is None
                                           else min(link_read, video + sent_kbps))
-        raised = (not ok and got_through is not None and link_read is not None
-                  and got_through >= FAILED_RAISE * self.link.estimator.estimate(now))
+        wider = (not ok and got_through is not None and link_read is not None
+                 and got_through >= FAILED_RAISE * self.link.estimator.estimate(now))
+        raised = wider and payload >= RAISE_MIN_PAYLOAD
         confirmed = None
         if not (ok or raised) and self.link.estimator.feedbacks:
             await self.sleep(CONFIRM_S)  # the feedback on the video's packets sent beside the padding
             bwe = self.link.estimator
             confirmed = max(bwe.feedback_full_at, bwe.full_at()) >= started or bwe.queue_rose(started)
+            raised = wider and not confirmed  # small messages: the link took them with no queue
         now = self.clock()
         outcome = ProbeOutcome(round(now, 3), round(total, 2), round(sent_kbps, 2),
                                None if measured is None else round(measured, 2), 0 if result is None else result.received, ok,

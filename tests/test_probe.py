@@ -12,7 +12,7 @@ from receiver.probes import CLUSTER_WAIT_S, MAX_OPEN_CLUSTERS, ProbeTimer
 from sender import probe as probe_module
 from sender.bwe import PROBE_TRIAL_S, RESTORE_SHARE, BandwidthEstimator
 from sender.probe import (ACCEPT_SHARE, AFTER_SUCCESS_S, BACKOFF_FEEDBACK_S, BACKOFF_S, FAILED_RAISE, PROBE_GAIN,
-                          PROBE_MESSAGES, PROBE_S, QUIET_S, UNCONFIRMED_RETRY_S, Prober)
+                          PROBE_MESSAGES, PROBE_S, QUIET_S, RAISE_MIN_PAYLOAD, UNCONFIRMED_RETRY_S, Prober)
 from sender.pacer import UDP_IP_BYTES
 from sender.session import DATA_HEADROOM_KBPS
 
@@ -378,13 +378,35 @@ def test_a_failed_probe_that_still_timed_a_wider_link_raises_the_estimate():
     near = Link(estimate=40.0, request=100.0)
     prober, _ = run_probe(near, link_kbps=46.0)  # 6/40 arrives: 0.9 of the link is about what the estimate says
     assert not prober.outcomes[-1].raised and not near.successes and prober.wait_s == BACKOFF_S[0]
-    # The stepped cap's first probe on the widened link: messages of hardly more than headers (their own timing is
-    # noise), whose span read 1.7-2.6x the estimate. What arrived in it raises the estimate as any other's.
-    narrow = Link(estimate=14.0)
-    assert Prober(narrow, lambda data: None).plan(0.0)[2] < 200  # bytes of padding a message
-    prober, _ = run_probe(narrow, link_kbps=24.0)
-    assert prober.outcomes[-1].raised
-    assert narrow.successes[0] == pytest.approx(ACCEPT_SHARE * 24.0, rel=0.03)
+
+
+@pytest.mark.parametrize("reading,raised", [(None, False), (0.01, True), (0.25, False)])
+def test_a_narrow_links_failed_probe_raises_only_where_the_feedback_read_no_queue(reading, raised):
+    """The stepped cap's first probe on the widened link: messages of hardly more than headers, whose padding arrived
+    at 83-94 % of its rate while the span read 1.7-2.6x the estimate, and no queue in the feedback: the link took it
+    all. Over a narrow link the same probe builds a queue, and there the span's reading is only the timing's.
+    Without feedback such a failure raises nothing."""
+    link = Link(estimate=14.0)
+    assert Prober(link, lambda data: None).plan(0.0)[2] < RAISE_MIN_PAYLOAD  # bytes of padding a message
+    clock = Clock()
+    clock.t = 50.0
+    if reading is not None:
+        link.estimator.on_feedback(49.0, 0.02, None, sending_kbps=14.0)
+        sleep = clock.sleep
+
+        async def sleep_and_hear(s: float) -> None:  # the video's packets sent beside the padding
+            await sleep(s)
+            link.estimator.on_feedback(clock.t, reading, None, sending_kbps=14.0)
+
+        clock.sleep = sleep_and_hear
+    prober, _ = run_probe(link, link_kbps=24.0, clock=clock, padding_kbps=9.0)  # the padding at 83 % of its rate
+    outcome = prober.outcomes[-1]
+    assert not outcome.ok and outcome.raised is raised
+    assert outcome.confirmed is (None if reading is None else not raised)
+    if raised:
+        assert link.successes == [pytest.approx(ACCEPT_SHARE * 24.0, rel=0.05)] and prober.wait_s == AFTER_SUCCESS_S
+    else:
+        assert not link.successes
 
 
 def test_a_failed_probe_reads_the_link_from_everything_that_arrived_in_its_span():
