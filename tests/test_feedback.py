@@ -419,11 +419,13 @@ def test_a_narrow_link_draining_over_a_few_readings_still_widened():
     for t, ms in readings:
         bwe.on_feedback(t, ms / 1000, None, sending_kbps=15.0)
         assert bwe.link_widened(t) is (t == 17.6)
-    # A run with a reading of a queue in it (twice WIDENED_QUEUE_S or more) is no drain: only its end counts.
-    other = narrowed(kbps=15.0)
-    for t, ms in readings[:-3] + [(16.7, 40), (16.8, 2), (17.1, 7), (17.4, 11), (17.6, 4)]:
-        other.on_feedback(t, ms / 1000, None, sending_kbps=15.0)
-    assert not other.link_widened(17.6)  # before: 21, 0, 8, 40, 44 ... under the hold: median 21 ms
+    # A link whose small packets read low before too has not widened: the low run reaches back into its readings,
+    # and what is left before it reads a median under twice WIDENED_QUEUE_S (10, 20, 25, 45 ms).
+    low = narrowed(kbps=15.0)
+    for t, ms in [(14.8, 20), (15.1, 25), (15.3, 10), (15.6, 45), (15.8, 18), (16.1, 8), (16.3, 0), (16.6, 21),
+                  (16.8, 2), (17.1, 7), (17.4, 11), (17.6, 4)]:
+        low.on_feedback(t, ms / 1000, None, sending_kbps=15.0)
+        assert not low.link_widened(t)
 
 
 def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_once():
