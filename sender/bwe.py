@@ -167,11 +167,10 @@ FEEDBACK_HOLD_S = 0.4
 # notwithstanding: with a backoff of 3-6 s the stepped cap's first probe after the step up came 3-6 s late. Only
 # readings under FEEDBACK_HOLD_QUEUE_S count before, at least WIDENED_MIN_READINGS of them: a queue draining is not a
 # link widening (the lab's 15 kbps cap: after a failed probe's 120-210 ms, 8 and 14 ms sent a probe into the cap).
-# The readings before are those older than the run of low ones (under twice WIDENED_QUEUE_S) that ends with the last
-# four: the readings of the drain itself are not the narrow link's. Counting them, the stepped cap's fixed row at stop
-# 35 (8, 0, 21, then 2, 7, 11, 4 ms after 29-60 ms) read a median of 29 ms before and sent no probe for the rest of the
-# call. Replayed over the feedback logs of stops 29-35's tables (21 capped rows), the rule adds that 17.6 s, and 3.4 s
-# in two shapes rows where the link was still 60 kbps wide; none under the 15 kbps cap.
+# Judged instead against the readings before the drain's run of low ones (stop 36: the stepped cap's fixed row at stop
+# 35 read 8, 0, 21, then 2, 7, 11, 4 ms after 29-60 ms, a median of 29 before, and sent no probe), the widening read
+# the link no sooner after a step up in 72 stepped rows, and under the 15 kbps cap it fired where this rule does not in
+# 2 of 18 calls' readings (a keyframe's 141 ms queue, then 0, 9, 6, 0, 7 ms).
 # On a link narrow from the start the low is its own, and its small packets read 0-25 ms: no signal. Two or three such
 # readings in a row come, though, when the picture stills and its packets shrink (the lab's 15 kbps cap: 0-15 ms for
 # ~100-byte packets at 6-7 s, a probe into the cap, the clip's loop on top of its queue and a cut to the floor); the
@@ -762,15 +761,10 @@ class BandwidthEstimator:
         recent = list(self.readings)
         if len(recent) <= WIDENED_FEEDBACKS or now - recent[-1][0] > WIDENED_FRESH_S:
             return False
-        if not all(q < WIDENED_QUEUE_S for _, q in recent[-WIDENED_FEEDBACKS:]):
-            return False
-        # Before: the readings older than the low run that ends here (all under twice WIDENED_QUEUE_S), not only
-        # those older than its last WIDENED_FEEDBACKS: a narrow link drains over a few readings.
-        start = len(recent)
-        while start > 0 and recent[start - 1][1] < 2 * WIDENED_QUEUE_S:
-            start -= 1
-        before = sorted(q for _, q in recent[:start] if q < FEEDBACK_HOLD_QUEUE_S)
-        return len(before) >= WIDENED_MIN_READINGS and before[len(before) // 2] >= 2 * WIDENED_QUEUE_S
+        last = recent[-WIDENED_FEEDBACKS:]
+        before = sorted(q for _, q in recent[:-WIDENED_FEEDBACKS] if q < FEEDBACK_HOLD_QUEUE_S)
+        return (len(before) >= WIDENED_MIN_READINGS and all(q < WIDENED_QUEUE_S for _, q in last)
+                and before[len(before) // 2] >= 2 * WIDENED_QUEUE_S)
 
     def _in_outage(self, now: float) -> bool:
         """A silence of receiver reports is under way, or just ended (OUTAGE_S, OUTAGE_GRACE_S)."""

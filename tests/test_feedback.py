@@ -409,25 +409,6 @@ def test_a_narrow_links_readings_falling_say_it_widened():
     assert len(wide.readings) <= WIDENED_HISTORY_S / 0.25 + 1
 
 
-def test_a_narrow_link_draining_over_a_few_readings_still_widened():
-    """The stepped cap's fixed row at stop 35: the narrow spell read 29-60 ms, the step up 8, 0, 21, then 2, 7, 11, 4 ms.
-    The drain's own readings are not the narrow link's: counted before the last four, they took the median under
-    twice WIDENED_QUEUE_S and no probe went for the rest of the call."""
-    bwe = narrowed(kbps=15.0)
-    readings = [(14.8, 44), (15.1, 29), (15.3, 162), (15.6, 44), (15.8, 60), (16.1, 8), (16.3, 0), (16.6, 21),
-                (16.8, 2), (17.1, 7), (17.4, 11), (17.6, 4)]
-    for t, ms in readings:
-        bwe.on_feedback(t, ms / 1000, None, sending_kbps=15.0)
-        assert bwe.link_widened(t) is (t == 17.6)
-    # A link whose small packets read low before too has not widened: the low run reaches back into its readings,
-    # and what is left before it reads a median under twice WIDENED_QUEUE_S (10, 20, 25, 45 ms).
-    low = narrowed(kbps=15.0)
-    for t, ms in [(14.8, 20), (15.1, 25), (15.3, 10), (15.6, 45), (15.8, 18), (16.1, 8), (16.3, 0), (16.6, 21),
-                  (16.8, 2), (17.1, 7), (17.4, 11), (17.6, 4)]:
-        low.on_feedback(t, ms / 1000, None, sending_kbps=15.0)
-        assert not low.link_widened(t)
-
-
 def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_once():
     from tests.test_probe import Link
     from sender.bwe import WIDENED_FEEDBACKS
