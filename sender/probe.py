@@ -74,8 +74,8 @@ FAILED_RAISE = 1.05
 # (CONFIRM_S): over a narrow link a probe at twice the estimate builds one, and the span's reading there is only as
 # good as the relay's and the receiver's timing (a cluster with a message lost read the lab's 15 kbps link at 24 kbps).
 # Without that, such a failure raised nothing, and the stepped cap's first probe on the widened link, whose padding
-# arrived at 83-94 % of its rate with no queue behind it while its span read 27-46 kbps (1.7-2.6x the estimate), left
-# the climb back 4-5 s long (5 of 46 stepped rows with the stop-35 code, over stop 35's runs and stop 36's).
+# arrived at 83-94 % of its rate with no queue behind it while its span read 27-47 kbps (1.7-2.6x the estimate), left
+# the climb back 4-5 s long (8 of 70 stepped rows with the stop-35 code, over stop 35's runs and stop 36's).
 RAISE_MIN_PAYLOAD = 200
 # Probing waits this long after the estimate last went down (a believed REMB too: under the lab's 15 kbps cap they
 # come every second or three, and a probe right after the slow start's end met a full queue: 1 of 5 arrived), and
