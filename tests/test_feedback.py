@@ -447,21 +447,12 @@ def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_
 
 @pytest.mark.parametrize("reading,queue_seen", [(0.25, True), (0.02 + PROBE_RISE_S + 0.01, True), (0.02, False)])
 def test_a_failed_probe_backs_off_long_only_when_the_feedback_showed_its_queue(reading, queue_seen):
-    from tests.test_probe import Clock, Link, run_probe
+    from tests.test_probe import Link, hearing_feedback, run_probe
     from sender.probe import BACKOFF_FEEDBACK_S, UNCONFIRMED_RETRY_S
 
     link = Link(estimate=14.0)
-    clock = Clock()
-    clock.t = 50.0
-    link.estimator.on_feedback(49.0, 0.02, None, sending_kbps=14.0)  # feedback comes; the link read empty before
-    sleep = clock.sleep
-
-    async def sleep_and_hear(s: float) -> None:  # the video's packets beside the padding: queued on a full link
-        await sleep(s)
-        link.estimator.on_feedback(clock.t, reading, None, sending_kbps=14.0)  # a queue, or one that rose over the one before
-
-    clock.sleep = sleep_and_hear
-    prober, _ = run_probe(link, link_kbps=15.0, clock=clock)
+    # The video's packets beside the padding: queued on a full link, or a queue risen over the one before.
+    prober, _ = run_probe(link, link_kbps=15.0, clock=hearing_feedback(link, reading))
     outcome = prober.outcomes[-1]
     assert not outcome.ok and outcome.confirmed is queue_seen
     assert prober.wait_s == (BACKOFF_FEEDBACK_S[0] if queue_seen else UNCONFIRMED_RETRY_S)

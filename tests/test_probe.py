@@ -52,6 +52,23 @@ class Clock:
         await asyncio.sleep(0)
 
 
+def hearing_feedback(link: Link, reading: float) -> Clock:
+    """A clock at 50 s for a probe whose sender hears transport feedback: the link read empty a second before, and
+    each sleep (the probe's gaps, its wait for the feedback on the video's packets sent beside the padding) ends with
+    a feedback reading `reading` s of queue."""
+    clock = Clock()
+    clock.t = 50.0
+    link.estimator.on_feedback(49.0, 0.02, None, sending_kbps=14.0)
+    sleep = clock.sleep
+
+    async def sleep_and_hear(s: float) -> None:
+        await sleep(s)
+        link.estimator.on_feedback(clock.t, reading, None, sending_kbps=14.0)
+
+    clock.sleep = sleep_and_hear
+    return clock
+
+
 def run_probe(link: Link, link_kbps: float, lost: int = 0, clock: Clock | None = None,
               late: float = 0.0, padding_kbps: float | None = None, video_kbps: float | None = None,
               counted: bool = True) -> tuple[Prober, list[bytes]]:
@@ -388,17 +405,7 @@ def test_a_narrow_links_failed_probe_raises_only_where_the_feedback_read_no_queu
     Without feedback such a failure raises nothing."""
     link = Link(estimate=14.0)
     assert Prober(link, lambda data: None).plan(0.0)[2] < RAISE_MIN_PAYLOAD  # bytes of padding a message
-    clock = Clock()
-    clock.t = 50.0
-    if reading is not None:
-        link.estimator.on_feedback(49.0, 0.02, None, sending_kbps=14.0)
-        sleep = clock.sleep
-
-        async def sleep_and_hear(s: float) -> None:  # the video's packets sent beside the padding
-            await sleep(s)
-            link.estimator.on_feedback(clock.t, reading, None, sending_kbps=14.0)
-
-        clock.sleep = sleep_and_hear
+    clock = Clock() if reading is None else hearing_feedback(link, reading)
     prober, _ = run_probe(link, link_kbps=24.0, clock=clock, padding_kbps=11.6)  # the padding at 83 % of its rate
     outcome = prober.outcomes[-1]
     assert not outcome.ok and outcome.raised is raised and outcome.link_kbps > 1.7 * 14.0
