@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from statistics import median
 
 # The draft's loss thresholds and increase factor (section 6).
 LOSS_HIGH = 0.10
@@ -179,6 +180,21 @@ WIDENED_QUEUE_S = 0.015
 WIDENED_FEEDBACKS = 4
 WIDENED_HISTORY_S = 3.0
 WIDENED_MIN_READINGS = 4
+# ... or from the packets' sizes (stop 37). A feedback of one packet reads that packet's own time on the link above the
+# least packet's, plus any queue: against its size, the readings lie on a line whose slope is the link's time per byte
+# (pathchar's way of timing a link). At a narrow link's rates most feedbacks are one packet. With the stepped cap's
+# narrow spell at s4t4 (one 150-400 byte frame every 4th source frame), the widened 60 kbps link read 0-35 ms, never
+# four in a row under WIDENED_QUEUE_S, and no probe went for the 8 s at 60 (3 of 48 stepped rows in stop 37's runs,
+# each after s4t4). The slope of the last SIZE_READINGS one-packet readings within SIZE_HISTORY_S (Theil-Sen, robust
+# to one outlier), spanning at least SIZE_SPREAD_BYTES of sizes, all under FEEDBACK_HOLD_QUEUE_S (a queue draining
+# while sizes vary tilts the line), read as a rate SIZE_RATE_RATIO x the estimate or more, says the link widened.
+# Replayed over the feedback logs of stop 37's A/B runs and the earlier ones still on the machine: it read the three
+# s4t4 misses 1.0-1.8 s after the step up, and fired in none of 68 calls under the 15 kbps cap nor in any of 136
+# stepped rows' narrow spells (without the hold, twice there, as a 150-280 ms queue drained).
+SIZE_READINGS = 5
+SIZE_HISTORY_S = 2.0
+SIZE_SPREAD_BYTES = 80
+SIZE_RATE_RATIO = 2.5
 # The signal holds this long for the probes (sender/probe.py): a probe's gates (another just answered, a queue read
 # under a second ago) may hold it for a moment, and the readings climb again as soon as the estimate does.
 WIDENED_FRESH_S = 1.0
@@ -304,6 +320,14 @@ class Change:
     reason: str
 
 
+def theil_sen_slope(xs: list[float], ys: list[float]) -> float | None:
+    """The median of the slopes between every two points of different x (Theil-Sen: one outlier does not tilt it), or
+    None where all x are equal. scipy.stats.theilslopes gives the same; importing it cost each sender process 0.75 s
+    on the 2-core EPYC (sender.session 1.63 -> 2.64 s), for five points."""
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]]
+    return median(slopes) if slopes else None
+
+
 @dataclass
 class BandwidthEstimator:
     """The estimate starts at `start_kbps`, within `min_kbps`..`max_kbps` (default: the start); below the top
@@ -354,6 +378,7 @@ class BandwidthEstimator:
     start_ended_at: float = field(default=-math.inf, init=False)  # a REMB ended the slow start (taking back its step) ...
     start_end_queue_s: float = field(default=0.0, init=False)  # ... with the feedback's last reading this
     readings: deque = field(default_factory=deque, init=False)  # (time, queue s) of the recent feedbacks
+    sized: deque = field(default_factory=deque, init=False)  # (time, bytes, queue s) of the recent one-packet feedbacks
     delivered_log: deque = field(default_factory=deque, init=False)  # (time, kbps) the recent feedbacks measured delivered
     widened_at: float = field(default=-math.inf, init=False)  # the last feedback that said the link widened
     room: deque = field(default_factory=deque, init=False)  # (time, reading over the mean packet's time at the estimate)
@@ -470,11 +495,12 @@ class BandwidthEstimator:
         return self._note(now, before, delay_why or why)
 
     def on_feedback(self, now: float, queue_s: float, delivered_kbps: float | None,
-                    sending_kbps: float | None = None, packet_bits: float = 0.0) -> float:
+                    sending_kbps: float | None = None, packet_bits: float = 0.0,
+                    packet_bytes: int | None = None) -> float:
         """Transport feedback (receiver/feedback.py): the queue the video's latest packets waited in (s) and the rate
         (wire kbps) the link delivered them at while it stood, when measured. `sending_kbps`: what is sent now.
         `packet_bits`: the feedback's mean packet on the wire; its own time on the link at the estimate is no queue
-        to hold the climb for.
+        to hold the climb for. `packet_bytes`: the packet's size where the feedback counted one (SIZE_READINGS).
 
         Once the queue a cut drained is gone (a reading under FEEDBACK_HOLD_QUEUE_S, FEEDBACK_HOLD_S or more after the
         cut) and nothing else cut since, the estimate goes back to RESTORE_SHARE of that delivered rate at once, as
@@ -490,6 +516,10 @@ class BandwidthEstimator:
         self.readings.append((now, queue_s))
         while self.readings and self.readings[0][0] < now - WIDENED_HISTORY_S:
             self.readings.popleft()
+        if packet_bytes is not None:
+            self.sized.append((now, packet_bytes, queue_s))
+            while len(self.sized) > SIZE_READINGS or self.sized[0][0] < now - SIZE_HISTORY_S:
+                self.sized.popleft()
         if delivered_kbps is not None:
             self.delivered_log.append((now, delivered_kbps))
         while self.delivered_log and self.delivered_log[0][0] < now - PROBE_TRIAL_S:
@@ -757,14 +787,30 @@ class BandwidthEstimator:
         return None
 
     def link_widened(self, now: float) -> bool:
-        """Whether the feedback says the link just got faster (WIDENED_QUEUE_S): worth a probe now."""
+        """Whether the feedback says the link just got faster (WIDENED_QUEUE_S, or SIZE_READINGS): worth a probe now."""
         recent = list(self.readings)
         if len(recent) <= WIDENED_FEEDBACKS or now - recent[-1][0] > WIDENED_FRESH_S:
             return False
         last = recent[-WIDENED_FEEDBACKS:]
         before = sorted(q for _, q in recent[:-WIDENED_FEEDBACKS] if q < FEEDBACK_HOLD_QUEUE_S)
-        return (len(before) >= WIDENED_MIN_READINGS and all(q < WIDENED_QUEUE_S for _, q in last)
-                and before[len(before) // 2] >= 2 * WIDENED_QUEUE_S)
+        if (len(before) >= WIDENED_MIN_READINGS and all(q < WIDENED_QUEUE_S for _, q in last)
+                and before[len(before) // 2] >= 2 * WIDENED_QUEUE_S):
+            return True
+        sized_kbps = self.sized_rate_kbps(now)
+        return sized_kbps is not None and sized_kbps >= SIZE_RATE_RATIO * self.estimate(now)
+
+    def sized_rate_kbps(self, now: float) -> float | None:
+        """The link's rate from the one-packet readings' slope against their sizes (SIZE_READINGS; kbps of the sizes
+        the receiver counts), or None where they are too few, too alike in size, or read a queue."""
+        sized = [x for x in self.sized if x[0] >= now - SIZE_HISTORY_S]
+        if len(sized) < SIZE_READINGS:
+            return None
+        sizes = [b for _, b, _ in sized]
+        queues = [q for _, _, q in sized]
+        if max(sizes) - min(sizes) < SIZE_SPREAD_BYTES or max(queues) >= FEEDBACK_HOLD_QUEUE_S:
+            return None
+        seconds_per_byte = theil_sen_slope(sizes, queues)
+        return 8 / seconds_per_byte / 1000 if seconds_per_byte is not None and seconds_per_byte > 0 else None
 
     def _in_outage(self, now: float) -> bool:
         """A silence of receiver reports is under way, or just ended (OUTAGE_S, OUTAGE_GRACE_S)."""

@@ -406,7 +406,8 @@ class LowResTrack(MediaStreamTrack):
             # (the lab's 15 kbps cap: 17.9-18.0). sender/bwe.py takes it off again (`link_kbps`).
             delivered = bits / 1000 / span + DATA_HEADROOM_KBPS
         mean_bits = rtp_wire_bytes(1, feedback.bytes / max(1, feedback.packets)) * 8
-        self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits)
+        self.estimator.on_feedback(now, queue, delivered, sending_kbps=self.sending_kbps(), packet_bits=mean_bits,
+                                   packet_bytes=feedback.bytes if feedback.packets == 1 else None)
         if len(self.feedback_log) < FEEDBACK_LOG_MAX:
             self.feedback_log.append({"t": self._call_time(now), "queue_ms": round(queue * 1000, 1),
                                       "delivered_kbps": None if delivered is None else round(delivered, 2),

@@ -206,7 +206,9 @@ def test_the_track_reads_the_delivered_rate_over_busy_feedbacks_and_ignores_bad_
     now = [100.0]
     track = LowResTrack(np.zeros((4, 36, 44, 3), np.uint8), [0, 1, 2, 3], 15.0, 6000, "vp8", 60.0, 2, clock=lambda: now[0])
     heard = []
-    track.estimator.on_feedback = lambda t, queue, delivered, sending_kbps=None, packet_bits=0.0: heard.append((queue, delivered))
+    sizes = []
+    track.estimator.on_feedback = lambda t, queue, delivered, sending_kbps=None, packet_bits=0.0, packet_bytes=None: (
+        heard.append((queue, delivered)), sizes.append(packet_bytes))
     send = lambda seq, queue_ms, span_ms=200, size=500, packets=2: track.on_feedback(fb.pack(  # noqa: E731
         fb.Feedback(seq=seq, packets=packets, bytes=size, span_us=span_ms * 1000, queue_us=queue_ms * 1000)))
     send(1, 400)
@@ -225,6 +227,9 @@ def test_the_track_reads_the_delivered_rate_over_busy_feedbacks_and_ignores_bad_
     track.on_feedback(b"VSAE\x07" + bytes(19))  # another version: counted, ignored
     assert track.feedback_refused == 1 and len(heard) == 3
     assert FEEDBACK_RATE_S <= 0.4
+    assert sizes == [None] * 3  # two packets a feedback: whose was the least delay is not said
+    send(4, 20, size=231, packets=1)
+    assert sizes[-1] == 231  # one packet: its size, as the receiver counted it (sender/bwe.py, SIZE_READINGS)
 
 
 def test_a_loopback_call_with_feedback_on_carries_it_in_rtcp(model_bytes, tmp_path):
@@ -407,6 +412,71 @@ def test_a_narrow_links_readings_falling_say_it_widened():
         wide.on_feedback(10.0 + 0.25 * k, 0.005 if k % 3 else 0.02, None, sending_kbps=45.0)
     assert not wide.link_widened(13.0)
     assert len(wide.readings) <= WIDENED_HISTORY_S / 0.25 + 1
+
+
+def test_theil_sen_slope_is_the_median_of_the_pairwise_slopes_as_scipy_reads_it():
+    import random
+
+    from scipy.stats import theilslopes
+
+    from sender.bwe import theil_sen_slope
+
+    rng = random.Random(37)
+    for _ in range(50):
+        xs = [rng.randrange(100, 400) for _ in range(rng.randrange(2, 8))]
+        ys = [rng.uniform(0.0, 0.3) for _ in xs]
+        if len(set(xs)) > 1:
+            assert theil_sen_slope(xs, ys) == pytest.approx(theilslopes(ys, xs).slope)
+    assert theil_sen_slope([200, 200], [0.1, 0.2]) is None
+    # One reading far off the line (a packet held by the receiver's busy loop) does not tilt it.
+    line = [0.0001 * x for x in (140, 190, 260, 330, 400)]
+    assert theil_sen_slope([140, 190, 260, 330, 400], line[:4] + [0.12]) == pytest.approx(0.0001)
+
+
+@pytest.mark.parametrize("link_kbps,widened", [(60.0, True), (15.0, False)])
+def test_one_packet_readings_against_their_sizes_say_a_narrow_link_widened(link_kbps, widened):
+    """The stepped cap with shapes, its narrow spell at s4t4: one 150-400 byte packet a feedback. On the widened 60 kbps
+    link each read its own time there over the least packet's, 0-35 ms, never four in a row under WIDENED_QUEUE_S, and
+    no probe went for the 8 s at 60. Against their sizes the readings lie on the link's time per byte. On a link as
+    narrow as the estimate's they read its own rate: no widening."""
+    from sender.bwe import SIZE_RATE_RATIO, WIDENED_QUEUE_S
+
+    bwe = narrowed(kbps=13.0)
+    t = 10.0
+    for _ in range(10):  # the narrow spell: a standing queue over each packet's own time at 15 kbps
+        t += 0.25
+        bwe.on_feedback(t, 0.12, None, sending_kbps=13.0, packet_bytes=250)
+    assert not bwe.link_widened(t)
+    for size in (139, 195, 172, 281, 207, 292):  # stop 37's A/B run's sizes after the step up
+        t += 0.25
+        reading = (size - 139) * 8 / (link_kbps * 1000) + (0.0 if widened else 0.02)
+        bwe.on_feedback(t, reading, None, sending_kbps=13.0, packet_bytes=size)
+    assert bwe.sized_rate_kbps(t) == pytest.approx(link_kbps, rel=0.01)
+    assert max(q for _, q in list(bwe.readings)[-4:]) >= WIDENED_QUEUE_S  # the rule by the readings alone reads nothing
+    assert bwe.link_widened(t) is widened and (bwe.widened_at == t) is widened
+    assert (bwe.sized_rate_kbps(t) >= SIZE_RATE_RATIO * bwe.estimate(t)) is widened
+
+
+def test_one_packet_readings_say_nothing_while_a_queue_drains_or_their_sizes_are_alike():
+    """Stop 37's replay: in two narrow spells a 150-280 ms queue draining while the sizes varied tilted the line to a
+    wide link's slope. Readings over FEEDBACK_HOLD_QUEUE_S, or sizes within SIZE_SPREAD_BYTES, read no rate."""
+    from sender.bwe import SIZE_READINGS, SIZE_SPREAD_BYTES
+
+    draining = narrowed(kbps=11.0)
+    t = 10.0
+    for size, reading in ((226, 0.273), (370, 0.192), (224, 0.200), (145, 0.149), (328, 0.168), (279, 0.140)):
+        t += 0.25
+        draining.on_feedback(t, reading, None, sending_kbps=11.0, packet_bytes=size)
+    assert draining.sized_rate_kbps(t) is None and not draining.link_widened(t)
+    alike = narrowed(kbps=13.0)
+    for k in range(SIZE_READINGS):
+        alike.on_feedback(10.0 + 0.25 * k, 0.001 * k, None, sending_kbps=13.0, packet_bytes=200 + k * (SIZE_SPREAD_BYTES - 1) // SIZE_READINGS)
+    assert alike.sized_rate_kbps(11.0) is None
+    # Feedbacks of more than one packet carry no size to read (the session passes none).
+    many = narrowed(kbps=13.0)
+    for k in range(8):
+        many.on_feedback(10.0 + 0.25 * k, 0.001 * k, None, sending_kbps=13.0)
+    assert many.sized_rate_kbps(12.0) is None
 
 
 def test_with_feedback_blind_probes_wait_longer_and_a_widened_link_is_probed_at_once():
