@@ -189,7 +189,7 @@ WIDENED_MIN_READINGS = 4
 # to one outlier), spanning at least SIZE_SPREAD_BYTES of sizes, all under FEEDBACK_HOLD_QUEUE_S (a queue draining
 # while sizes vary tilts the line), read as a rate SIZE_RATE_RATIO x the estimate or more, says the link widened.
 # Replayed over the feedback logs of stop 37's A/B runs and the earlier ones still on the machine: it read the three
-# s4t4 misses 1.0-1.8 s after the step up, and fired in none of 68 calls under the 15 kbps cap nor in any of 136
+# s4t4 misses 1.0-1.8 s after the step up, and fired in none of 78 calls under the 15 kbps cap nor in any of 156
 # stepped rows' narrow spells (without the hold, twice there, as a 150-280 ms queue drained).
 SIZE_READINGS = 5
 SIZE_HISTORY_S = 2.0
