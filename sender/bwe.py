@@ -324,7 +324,8 @@ def theil_sen_slope(xs: list[float], ys: list[float]) -> float | None:
     """The median of the slopes between every two points of different x (Theil-Sen: one outlier does not tilt it), or
     None where all x are equal. scipy.stats.theilslopes gives the same; importing it cost each sender process 0.75 s
     on the 2-core EPYC (sender.session 1.63 -> 2.64 s), for five points."""
-    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i]) for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]]
+    slopes = [(ys[j] - ys[i]) / (xs[j] - xs[i])
+              for i in range(len(xs)) for j in range(i + 1, len(xs)) if xs[j] != xs[i]]
     return median(slopes) if slopes else None
 
 

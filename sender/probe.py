@@ -239,9 +239,9 @@ class Prober:
         ok = whole and measured >= SUCCESS_SHARE * sent_kbps
         link_read = self._link_read(result)
         # What got through: everything that arrived in the cluster's span (FAILED_RAISE), no more than the video as sent
-        # and the padding; ACCEPT_SHARE of it (SUCCESS_LINK_SHARE after a success). The video as sent and the padding as it arrived alone read a success over
-        # a full link past it: the lab's stepped cap, 65-71 kbps of the 60 kbps link where the span read 59.5-59.6 (the
-        # padding came at full rate while the queue took the video's frames).
+        # and the padding; ACCEPT_SHARE of it (SUCCESS_LINK_SHARE after a success). The video as sent and the padding
+        # as it arrived alone read a success over a full link past it: the lab's stepped cap, 65-71 kbps of the 60 kbps
+        # link where the span read 59.5-59.6 (the padding came at full rate while the queue took the video's frames).
         # A receiver that counts only the padding (`counted` unset): the video as sent and the padding as it arrived, and
         # a failure raises nothing.
         got_through = None

@@ -470,7 +470,8 @@ def test_one_packet_readings_say_nothing_while_a_queue_drains_or_their_sizes_are
     assert draining.sized_rate_kbps(t) is None and not draining.link_widened(t)
     alike = narrowed(kbps=13.0)
     for k in range(SIZE_READINGS):
-        alike.on_feedback(10.0 + 0.25 * k, 0.001 * k, None, sending_kbps=13.0, packet_bytes=200 + k * (SIZE_SPREAD_BYTES - 1) // SIZE_READINGS)
+        size = 200 + k * (SIZE_SPREAD_BYTES - 1) // SIZE_READINGS
+        alike.on_feedback(10.0 + 0.25 * k, 0.001 * k, None, sending_kbps=13.0, packet_bytes=size)
     assert alike.sized_rate_kbps(11.0) is None
     # Feedbacks of more than one packet carry no size to read (the session passes none).
     many = narrowed(kbps=13.0)

@@ -461,7 +461,8 @@ def test_a_failed_probe_reads_the_link_from_everything_that_arrived_in_its_span(
     assert link.estimator.estimate(0.0) == pytest.approx(ACCEPT_SHARE * (35.0 + prober.outcomes[-1].padding_kbps), rel=0.01)
     # A success over the full link: the padding came at its full rate while the queue held the video's frames back, and
     # the span read the link; the video as sent and the padding as it arrived (0.95 x 73.7 = 70.0 kbps) would overflow
-    # it. A success takes more of the link than a failure (above), which built a queue the video must leave room to drain.
+    # it. A success takes more of the link than a failure (above), which built a queue the video must leave room to
+    # drain.
     prober, link = probe(38.7, 21.3)
     assert prober.outcomes[-1].ok and prober.outcomes[-1].link_kbps == pytest.approx(60.0, rel=0.02)
     assert link.estimator.estimate(0.0) == pytest.approx(SUCCESS_LINK_SHARE * 60.0, rel=0.02)
