@@ -368,7 +368,8 @@ def test_once_the_queue_drained_the_estimate_goes_back_to_under_the_link_at_once
 def test_a_slow_starts_queue_once_drained_goes_back_to_its_last_steps_base():
     """A queue read inside the slow start, after a step, is that step's overshoot: the cut drains it, then the estimate
     goes back to the step's base (as a REMB ending the start goes), not to RESTORE_SHARE of a delivered rate that reads
-    near the floor."""
+    near the floor; unless the link delivered much less than that base (START_BASE_DELIVERED): it narrowed under the
+    start."""
     from sender.bwe import FAST_INCREASE
 
     def stepped() -> BandwidthEstimator:
@@ -383,6 +384,17 @@ def test_a_slow_starts_queue_once_drained_goes_back_to_its_last_steps_base():
     assert cut == pytest.approx(10.96) and not bwe.starting
     assert bwe.on_feedback(1.0 + FEEDBACK_HOLD_S + 0.1, 0.01, None, sending_kbps=cut) == pytest.approx(sent / FAST_INCREASE)
     assert RESTORE_SHARE * 14.8 < sent / FAST_INCREASE
+    # A link that narrowed under the start delivers far less than the step's base: the base is not the link's. The lab's
+    # stepped cap, 60 -> 15 kbps while the start climbed: a 700 ms queue at 17.6 kbps delivered under a base of 44.
+    bwe = BandwidthEstimator(start_kbps=34.1, min_kbps=10.96, max_kbps=66.0)
+    bwe.on_report(0.5, 0.0, sending_kbps=34.1)
+    bwe.on_report(1.5, 0.0, sending_kbps=bwe.estimate(0.5))
+    climbed = bwe.estimate(1.5)
+    assert bwe.starting and climbed / FAST_INCREASE > 40.0
+    cut = bwe.on_feedback(2.0, 0.7, 17.6, sending_kbps=climbed)
+    assert cut < 15.0
+    drained = bwe.on_feedback(2.0 + 0.7 + FEEDBACK_HOLD_S + 0.1, 0.01, None, sending_kbps=cut)
+    assert drained <= RESTORE_SHARE * 17.6
     # Past the start a queue's cut goes back to RESTORE_SHARE of the delivered rate, as before.
     bwe = narrowed(kbps=sent)
     cut = bwe.on_feedback(10.0, 0.38, 14.8, sending_kbps=sent)
