@@ -148,12 +148,12 @@ FEEDBACK_MIN_SHARE = 0.5
 # DELIVERED_SHARE of the reading, 15.2, over the link: 19 frames concealed). As a share of the reading (0.75 of it) the
 # same restore left the 60 kbps cap at 46-47 kbps, under the 51 that count as climbed back.
 RESTORE_SHARE = 0.9
-# ... and a queue read inside the slow start goes back to the step's base (`on_feedback`) only where the link delivered
-# at least this share of that base. The lab's stepped cap narrowed from 60 to 15 kbps while the start still climbed:
-# its queue read 16-18 kbps delivered against a base of 40-46, and the base put the estimate back over the narrowed link
-# once the queue drained (29 of the 57 drain restores in the stepped rows, over the lab runs kept on the 2-core machine).
-# Only the REMB held it under, until the REMB climbed past the cap: 30 % lost 3.6 s after the step, settled 1 s late.
-# The 15 kbps cap, where the rule comes from, read 14.8 kbps delivered under a base of 13.5.
+# ... and a queue read inside the slow start goes back to the step's base (`on_feedback`) only where the link
+# delivered at least this share of that base. The lab's stepped cap narrowed from 60 to 15 kbps while the start still
+# climbed: its queue read 16-18 kbps delivered against a base of 40-46, and the base put the estimate back over the
+# narrowed link once the queue drained (29 of the 57 drain restores in the stepped rows, over the lab runs kept on the
+# 2-core machine). Only the REMB held it under, until the REMB climbed past the cap: 30 % lost 3.6 s after the step,
+# settled 1 s late. The 15 kbps cap, where the rule comes from, read 14.8 kbps delivered under a base of 13.5.
 START_BASE_DELIVERED = 0.8
 # A queue this long holds the climb (GCC's hold state): the link is full, a clean report there is no room to take.
 # Reports within FEEDBACK_HOLD_CLIMB_S of such a feedback do not raise the estimate, nor does a probe go out

@@ -78,6 +78,15 @@ SUCCESS_LINK_SHARE = 0.95
 # 68, over 71 probes), so the estimate either stayed where it was (45-51 kbps, under the 51 that count as climbed back)
 # or went over the link and overflowed its queue.
 FAILED_RAISE = 1.05
+# ... but a failure that offered the link this much more than its span read (the video and the padding, planned) read
+# the link full: the link is what it read. Its raise stands, and no follow-up goes soon: the next waits as after a
+# failure (a link that widens further shows in the feedback first, BandwidthEstimator.link_widened). Over the lab's
+# stepped cap (stop 37's and 38's runs), the 96 raises that offered 1.15x or more read 57.0-60.3 kbps of the 60 kbps
+# link; 79 were followed up within 2 s, 64 of those failed (42 with a queue the feedback read), and 15 raised the
+# estimate by 0-5.6 kbps. 2.6-2.7 s after such a failed follow-up's answer aiortc's REMB cut the estimate to 34-50
+# kbps, under the 51 that count as climbed back, in 4 of the 32 stepped rows run with stop 37's code. The 65 raises
+# that offered less read 27-60 kbps, and their follow-ups found up to 24 kbps more: they are followed up as before.
+FULL_READ_OFFER = 1.15
 # ... at once where its messages carried at least this much padding each. Messages of hardly more than headers (a
 # narrow link's probe) raise only once the transport feedback read no queue from the video's packets sent beside them
 # (CONFIRM_S): over a narrow link a probe at twice the estimate builds one, and the span's reading there is only as
@@ -141,6 +150,7 @@ class ProbeOutcome:
     sent_ms: float | None = None  # the cluster's span as sent (the sender's loop may sleep past a gap)
     through_kbps: float | None = None  # what got through, as the estimate would take it (its share of it)
     link_kbps: float | None = None  # everything that arrived in the cluster's span, padding and the rest (on the wire)
+    read_full: bool = False  # raised, by a span that read the link full (FULL_READ_OFFER): no follow-up soon
 
 
 @dataclass
@@ -258,16 +268,19 @@ class Prober:
             bwe = self.link.estimator
             confirmed = max(bwe.feedback_full_at, bwe.full_at()) >= started or bwe.queue_rose(started)
             raised = wider and not confirmed  # small messages: the link took them with no queue
+        read_full = raised and link_read is not None and total >= FULL_READ_OFFER * link_read
         now = self.clock()
         outcome = ProbeOutcome(round(now, 3), round(total, 2), round(sent_kbps, 2),
                                None if measured is None else round(measured, 2), 0 if result is None else result.received, ok,
                                raised, confirmed, round(sent_span * 1000, 1),
                                None if got_through is None else round(got_through, 2),
-                               None if link_read is None else round(link_read, 2))
+                               None if link_read is None else round(link_read, 2), read_full)
         self.outcomes.append(outcome)
         if ok or raised:
             self.failures_in_a_row = self.unconfirmed_in_a_row = 0
             self.wait_s = AFTER_SUCCESS_S
+            if read_full:
+                self.wait_s = (BACKOFF_FEEDBACK_S if self.link.estimator.feedbacks else BACKOFF_S)[0]
             self.last_probe_at = now
             self.link.on_probe_success(got_through)
         else:
