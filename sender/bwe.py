@@ -584,13 +584,14 @@ class BandwidthEstimator:
         self.loss_cut_at = self.overflow_at = self.feedback_cut_at = now
         self.feedback_cut_queue_s = queue_s
         restore = self._clamp(min(basis, RESTORE_SHARE * self.link_kbps(delivered_kbps)))
-        if start_step and sending_kbps and START_BASE_DELIVERED * sending_kbps / FAST_INCREASE <= delivered_kbps:
+        base = sending_kbps / FAST_INCREASE if start_step and sending_kbps else None
+        if base is not None and START_BASE_DELIVERED * base <= delivered_kbps:
             # The slow start's queue is its last step's overshoot: once it has drained, back to that step's base, as a
             # REMB ending the start goes. The lab's 15 kbps cap read 14.8 kbps delivered there: RESTORE_SHARE of its link
             # is the floor's neighbourhood (10.6 kbps), and the call climbed from it for 4-8 s (27.7-28.6 dB, against
             # 29.3-30.0 where the REMB ended the start at the base, 13.5). Not where the link delivers much less than
             # that base: it narrowed under the start (START_BASE_DELIVERED).
-            restore = max(restore, self._clamp(min(basis, sending_kbps / FAST_INCREASE)))
+            restore = max(restore, self._clamp(min(basis, base)))
         self.restore_kbps = restore if restore > target else None
         return self._note(now, before, f"a {queue_s * 1000:.0f} ms queue, {delivered_kbps:.1f} kbps delivered", sending_kbps)
 

@@ -279,9 +279,8 @@ class Prober:
         self.outcomes.append(outcome)
         if ok or raised:
             self.failures_in_a_row = self.unconfirmed_in_a_row = 0
-            self.wait_s = AFTER_SUCCESS_S
-            if read_full:
-                self.wait_s = (BACKOFF_FEEDBACK_S if self.link.estimator.feedbacks else BACKOFF_S)[0]
+            backoff = BACKOFF_FEEDBACK_S if self.link.estimator.feedbacks else BACKOFF_S
+            self.wait_s = backoff[0] if read_full else AFTER_SUCCESS_S
             self.last_probe_at = now
             self.link.on_probe_success(got_through)
         else:
