@@ -274,7 +274,9 @@ class ReconstructWorker:
                     self._adapt(busy, (index - previous_index) / self.info.fps, index, gated=waited > MODES_GATED_S)
                 previous_index = max(index, previous_index if previous_index is not None else index)
             began = time.perf_counter()
-            outputs = self.reconstructor.flush(self._total) if self.reconstructor is not None else []
+            # A stream that ends in a plain run: the model rests there and holds nothing (the baseline ends it).
+            resting = self.reconstructor is None or not self._model_open
+            outputs = self.reconstructor.flush(self._total) if not resting else []
             self.reconstruct_s += time.perf_counter() - began
             baseline = self.baseline.flush(self._total) if self.baseline else []
             self._emit(self._shown(outputs, baseline), baseline)

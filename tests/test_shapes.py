@@ -229,6 +229,24 @@ def test_the_worker_follows_shape_changes_with_one_output_per_source_frame(carph
     assert (stats["shape_waits"] >= 3) if late else (stats["shape_waits"] == 0)
 
 
+def test_a_stream_that_ends_in_a_plain_run_conceals_nothing(carphone, tiny_codec, tmp_path):
+    """The model rests through a plain run: at the end of the stream it has no frames to hold (it once counted the
+    whole last plain run as concealed)."""
+    source = to_uint8(carphone)[:12]
+    worker = ReconstructWorker(tiny_codec, StreamInfo((H, W), 15.0, 2, 12, adaptive=True, low_size=low_res_size(H, W, 4)),
+                               str(tmp_path / "o.mp4"), 1, "latent", reference=source)
+    for index in range(0, 4, 2):
+        worker.submit(index, shaped(source[index:index + 1], Shape(4, 2))[0])
+    worker.schedule_shape(4, 1, True, (H, W))
+    for index in range(4, 12):
+        worker.submit(index, source[index])
+        time.sleep(0.05)
+    worker.finish(12, timeout=60)
+    stats = worker.stats()
+    assert worker.error is None and stats["frames_out"] == 12
+    assert stats["frames_plain"] == 8 and stats["frames_concealed"] == 0
+
+
 def test_an_unannounced_size_is_rebuilt_as_the_shape_it_has(carphone, tiny_codec, tmp_path):
     """A key of a new size whose message never comes: after SHAPE_WAIT_S it is rebuilt from its own size."""
     source = to_uint8(carphone)[:8]
