@@ -18,9 +18,9 @@ Session (sender -> receiver unless marked <-):
   Modes(first, data)  -- a live call's guard (Config.guard): how to show source frames first.. (codec.guard)
   Update(version, part, parts, data) x parts  -- a live model update (codec.refresh), background flow
   <- UpdateAck(version, applied, reason)  -- the receiver verified and scheduled it, or refused it
-  Shape(first, scale, temporal, low_width, low_height, plain)  -- an adaptive stream (Config.shapes): from the
-      keyframe of source frame `first` on, the video is every `temporal`-th frame ÷`scale` (plain: the codec's
-      own frames at full size, shown as decoded, no model) (sender/shapes.py)
+  Shape(first, scale, temporal, low_width, low_height, plain, codec)  -- an adaptive stream (Config.shapes): from
+      the keyframe of source frame `first` on, the video is every `temporal`-th frame ÷`scale` (plain: the codec's
+      own frames at full size, shown as decoded, no model), in `codec` where it changes (sender/shapes.py)
   Probe(cluster, seq, count, data) x count  -- padding of a bandwidth probe (Config.probes), paced on the meta channel
   <- ProbeResult(cluster, received, span_us, counted, datagrams, datagram_bytes)  -- how many of them
       arrived, between the first and the last, and what else arrived meanwhile (sender/probe.py)
@@ -232,8 +232,12 @@ class Shape(Message):
     low_width: int
     low_height: int
     plain: bool = False
+    # The video codec from this key on, where the sender may switch it (sender/payload.py): one of CODECS; empty:
+    # the config's. The RTP payload type says it too; this is for the receiver's record.
+    codec: str = ""
     limits: ClassVar[dict] = {"first": (0, MAX_FRAMES), "scale": (1, 64), "temporal": (1, 64),
                               "low_width": (1, MAX_SIDE), "low_height": (1, MAX_SIDE)}
+    omit_empty: ClassVar[tuple[str, ...]] = ("codec",)
 
 
 @dataclass(frozen=True)
@@ -381,6 +385,8 @@ def _validate(cls: type[Message], fields: dict) -> Message:
         raise ProtocolError("bad_value", f"probe.seq: {message.seq} of {message.count} messages")
     if isinstance(message, Shape) and message.plain and message.scale != 1:
         raise ProtocolError("bad_value", f"shape.plain: a plain shape is full size (scale 1), got scale {message.scale}")
+    if isinstance(message, Shape) and message.codec and message.codec not in CODECS:
+        raise ProtocolError("bad_value", f"shape.codec: expected one of {CODECS}, got {message.codec!r}")
     if isinstance(message, Config) and message.codec not in CODECS:
         raise ProtocolError("bad_value", f"config.codec: expected one of {CODECS}, got {message.codec!r}")
     return message

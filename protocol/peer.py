@@ -7,8 +7,10 @@ one address only.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
+from typing import Sequence
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
@@ -20,6 +22,15 @@ DEFAULT_HOST = "127.0.0.1"
 BUFFER_HIGH = 256 * 1024
 BUFFER_LOW = 64 * 1024
 CODEC_MIME = {"vp8": "video/VP8", "h264": "video/H264"}
+
+
+def codec_list(text: str) -> tuple[str, ...]:
+    """An argparse type: codecs by name, comma-separated (`h264`, `vp8,h264`)."""
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CODEC_MIME]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected codecs from {', '.join(CODEC_MIME)}, comma-separated, got {text!r}")
+    return names
 
 
 def parse_address(text: str, default_host: str = DEFAULT_HOST) -> tuple[str, int]:
@@ -51,11 +62,13 @@ def new_peer_connection(host: str = DEFAULT_HOST) -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
-def prefer_codec(transceiver: RTCRtpTransceiver, codec: str) -> None:
-    """Offer only `codec` (plus its retransmission format) on a video transceiver."""
-    mime = CODEC_MIME[codec]
-    codecs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in (mime, "video/rtx")]
-    transceiver.setCodecPreferences(codecs)
+def prefer_codec(transceiver: RTCRtpTransceiver, codec: str | Sequence[str]) -> None:
+    """Offer only `codec` (plus its retransmission format) on a video transceiver; several: in that order, the
+    first the one the stream starts with (a sender that switches codec mid-call, sender/payload.py)."""
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    names = (codec,) if isinstance(codec, str) else tuple(codec)
+    chosen = [c for name in names for c in capabilities if c.mimeType == CODEC_MIME[name]]
+    transceiver.setCodecPreferences(chosen + [c for c in capabilities if c.mimeType == "video/rtx"])
 
 
 def install_event_loop() -> str:

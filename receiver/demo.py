@@ -25,6 +25,7 @@ from codec.train import DEFAULT_MINUTES
 from codec.video import VideoWriter, read_video, resolve_video
 from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.messages import CODECS
+from protocol.peer import codec_list
 
 from .cli import summary_line
 from .spawn import vsae_command
@@ -157,13 +158,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         model, fitted = cached_model(video, args.minutes)
     fit_s = time.monotonic() - began
     shape = f"÷{args.scale}, every {args.temporal} frame(s)"
+    if args.switch_codecs and not args.shapes:
+        raise VsaeError("--switch-codecs: the codec switches with the stream's shape (--shapes)")
     if args.shapes:
         shape = f"the shape following the rate by {args.shapes}"
+        if args.switch_codecs:
+            shape += f" (codec switching among {', '.join(dict.fromkeys((args.codec, *args.switch_codecs)))})"
     print(f"vsae demo: streaming {video.name} over loopback WebRTC: {shape}, {args.codec} at {args.kbps:g} kbps",
           file=sys.stderr)
     live = (("--guard",) if args.guard else ()) + (("--refresh", "--model-kbps", f"{args.model_kbps:g}") if args.refresh else ())
     if args.shapes:
         live += ("--shapes", args.shapes)
+    if args.switch_codecs:
+        live += ("--switch-codecs", ",".join(args.switch_codecs))
     stats = run_stream(video, model, out, args.scale, args.temporal, args.kbps, args.codec, args.frames, echo=args.verbose,
                        extra_send=live)
     count = side_by_side(source, out / "bicubic.mp4", out / "vsae.mp4", path=out / "side_by_side.mp4", fps=fps)
@@ -193,5 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-kbps", type=positive_float, default=10.0, help="model-update budget with --refresh (default 10)")
     p.add_argument("--shapes", default=None, metavar="RESULTS.json",
                    help="let the stream's shape follow the rate by this rate-quality table (vsae send --shapes)")
+    p.add_argument("--switch-codecs", type=codec_list, default=(), metavar="CODEC[,CODEC]",
+                   help="with --shapes: other codecs the stream may switch to mid-call (vsae send --switch-codecs)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the receiver's log")
     p.set_defaults(func=cmd_demo)

@@ -109,21 +109,21 @@ class DrainingJitterBuffer(JitterBuffer):
         self.renacks = 0  # NACKs repeated for a hole (see NACK_RETRY_S)
         self.recoveries_ms: list[float] = []  # from each skip to the keyframe that ended it
         self.bytes_received = 0  # RTP payload bytes that reached the buffer (the live view's kbps)
+        self.frames_by_codec: dict[str, int] = {}  # frames handed to the decoder, by codec name (VP8, H264)
         # Told of each packet as it arrives (receiver/feedback.py: the transport feedback), with the arrival time.
         self.on_arrival: Callable[[RtpPacket, float], None] | None = None
 
     # -- aiortc's entry point ------------------------------------------------------------------------
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        mime = self._codec(packet).mimeType
         self.bytes_received += len(packet.payload)
         if self.on_arrival is not None:
             self.on_arrival(packet, self._clock())
         pli, _ = super().add(packet)  # places the packet (aiortc's misorder and overflow rules); releases nothing
-        frames = self._drain(mime)
+        frames = self._drain()
         if self._stale(packet):
             self._skip_to(packet)
             pli = True
-            frames += self._drain(mime)  # the newest frame may be whole already (and a keyframe)
+            frames += self._drain()  # the newest frame may be whole already (and a keyframe)
         else:
             self._renack(packet)
         now = self._clock()
@@ -134,9 +134,15 @@ class DrainingJitterBuffer(JitterBuffer):
             self.plis += 1
         if not frames:
             return pli, None
-        # aiortc queues the frame we return; the ones before it go to its decoder queue first, in order.
-        self._enqueue(frames[:-1], packet)
-        return pli, frames[-1]
+        # aiortc queues the frame we return with the arriving packet's codec; the ones before it go to its decoder
+        # queue first, in order. Where the codec changed mid-call (sender/payload.py) and the last frame is of
+        # another codec than that packet, every frame goes from here, each with its own codec.
+        last, codec = frames[-1]
+        if codec is self._codec(packet):
+            self._enqueue(frames[:-1])
+            return pli, last
+        self._enqueue(frames)
+        return pli, None
 
     def send_feedback(self, media_ssrc: int, fci: bytes) -> None:
         """Send an RTCP application-layer feedback message (RFC 4585, PSFB FMT 15) about `media_ssrc` with this FCI
@@ -149,11 +155,11 @@ class DrainingJitterBuffer(JitterBuffer):
     def _remove_frame(self, sequence_number: int) -> None:
         return None  # frames leave through _drain only
 
-    def _drain(self, mime: str) -> list[JitterFrame]:
-        """Every complete frame at the head: its packets contiguous up to one with the RTP marker bit (the
-        frame's last), or up to the next frame's first packet (aiortc's own rule). A head frame whose first
-        packet is missing (lost before the first packet that arrived, or before a skip) is dropped, and the
-        frames after it wait for a keyframe: they reference it."""
+    def _drain(self) -> list[tuple[JitterFrame, object]]:
+        """Every complete frame at the head, with its codec (its first packet's payload type): its packets
+        contiguous up to one with the RTP marker bit (the frame's last), or up to the next frame's first packet
+        (aiortc's own rule). A head frame whose first packet is missing (lost before the first packet that arrived,
+        or before a skip) is dropped, and the frames after it wait for a keyframe: they reference it."""
         frames = []
         while True:
             packets: list[RtpPacket] = []
@@ -174,6 +180,8 @@ class DrainingJitterBuffer(JitterBuffer):
             self.remove(len(packets))
             self._last_released = packets[0].timestamp
             frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=packets[0].timestamp)
+            codec = self._codec(packets[0])
+            mime = codec.mimeType
             if not starts_frame(mime, packets[0].payload):
                 self.frames_skipped += 1
                 self._await_keyframe()
@@ -183,7 +191,9 @@ class DrainingJitterBuffer(JitterBuffer):
                 if self.awaiting_keyframe:
                     self.awaiting_keyframe = False
                     self.recoveries_ms.append(round((self._clock() - self._skip_began) * 1000, 1))
-                frames.append(frame)
+                frames.append((frame, codec))
+                name = mime.split("/")[-1]
+                self.frames_by_codec[name] = self.frames_by_codec.get(name, 0) + 1
 
     # -- giving up on a hole -------------------------------------------------------------------------
     def _oldest_held(self) -> RtpPacket | None:
@@ -265,20 +275,21 @@ class DrainingJitterBuffer(JitterBuffer):
     def _codec(self, packet: RtpPacket):
         return getattr(self._receiver, "_RTCRtpReceiver__codecs")[packet.payload_type]
 
-    def _enqueue(self, frames: list[JitterFrame], packet: RtpPacket) -> None:
-        """What aiortc's `_handle_rtp_packet` does with the frame `add` returns, for the frames before it."""
+    def _enqueue(self, frames: list[tuple[JitterFrame, object]]) -> None:
+        """What aiortc's `_handle_rtp_packet` does with the frame `add` returns, for other frames: each goes to the
+        decoder thread with its codec (which opens a new decoder when the codec changes)."""
         if not frames or getattr(self._receiver, "_RTCRtpReceiver__decoder_thread") is None:
             return
-        codec = self._codec(packet)
         mapper = getattr(self._receiver, "_RTCRtpReceiver__timestamp_mapper")
         queue = getattr(self._receiver, "_RTCRtpReceiver__decoder_queue")
-        for frame in frames:
+        for frame, codec in frames:
             frame.timestamp = mapper.map(frame.timestamp)
             queue.put((codec, frame))
 
     def stats(self) -> dict:
         return {"jitter_skips": self.skips, "frames_skipped_jitter": self.frames_skipped, "pli_sent": self.plis,
-                "nack_repeats": self.renacks, "recovery_ms": list(self.recoveries_ms)}
+                "nack_repeats": self.renacks, "recovery_ms": list(self.recoveries_ms),
+                "frames_by_codec": dict(self.frames_by_codec)}
 
 
 def install(pc: RTCPeerConnection) -> list[DrainingJitterBuffer]:

@@ -13,6 +13,7 @@ the receiver itself keeps listening for the next one until a session completes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import dataclasses
 import hashlib
@@ -45,7 +46,7 @@ from .feedback import ArrivalFeedback
 from .probes import CLUSTER_WAIT_S, ProbeTimer
 from .sampler import Sampler, worker_counters
 from .transport import DatagramCounter
-from .worker import MAX_PENDING_SHAPES, ReconstructWorker, StreamInfo
+from .worker import MAX_PENDING_SHAPES, MAX_SHAPE_RUNS, ReconstructWorker, StreamInfo
 
 log = logging.getLogger("vsae.receiver")
 
@@ -129,6 +130,7 @@ class Session:
         self.update_bytes = 0
         self.modes_bytes = 0
         self.last_shape_first = 0  # an adaptive stream: the first frame of the latest shape announced
+        self.shape_codecs: list[list] = []  # [first frame, codec] of each shape message that named its codec
         self.probes = ProbeTimer()  # the sender's bandwidth probes (Config.probes), timed as they arrive
         self.arrivals: ArrivalFeedback | None = None  # the video's packets as they arrive (Config.feedback)
         self._probe_check_pending = False
@@ -484,6 +486,8 @@ class Session:
             await self.refuse("too_large", f"more than {MAX_PENDING_SHAPES} shape changes ahead of the video")
             return
         self.last_shape_first = shape.first
+        if shape.codec and len(self.shape_codecs) < MAX_SHAPE_RUNS:
+            self.shape_codecs.append([shape.first, shape.codec])
         self.worker.schedule_shape(shape.first, shape.temporal, shape.plain, (shape.low_height, shape.low_width))
 
     async def _update(self, part: msg.Update) -> None:
@@ -603,6 +607,7 @@ class Session:
             "video_packets": bye.video_packets if bye else None,
             "target_kbps": config.kbps if config else None,
             "codec": config.codec if config else None,
+            **({"shape_codecs": self.shape_codecs} if self.shape_codecs else {}),
             "scale": config.scale if config else None,
             "temporal": config.temporal if config else None,
             "fps": config.fps if config else None,
@@ -645,6 +650,8 @@ class Session:
             "frames_skipped_jitter": sum(s["frames_skipped_jitter"] for s in stats),
             "recovery_ms": recoveries,
             "recovery_ms_max": max(recoveries) if recoveries else None,
+            "frames_by_codec": dict(sum((collections.Counter(s["frames_by_codec"]) for s in stats),
+                                        collections.Counter())),
         }
 
 

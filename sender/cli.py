@@ -29,7 +29,7 @@ from codec.video import read_video
 from protocol.auth import secret_option
 from protocol.defaults import DEFAULT_CODEC, DEFAULT_KBPS, DEFAULT_SCALE, DEFAULT_TEMPORAL
 from protocol.messages import CODECS, MAX_FRAMES
-from protocol.peer import install_event_loop, parse_address
+from protocol.peer import codec_list, install_event_loop, parse_address
 
 from .closedloop import RefreshOptions
 from .session import DEFAULT_RETRIES, MODEL_PACES, SWITCH_MODES, LiveFrames, SendOptions, SendResult, SessionError, prepare_low_res, send, stream_config
@@ -146,7 +146,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.shapes is not None:
         if args.guard or args.refresh:
             raise VsaeError("--shapes: the guard's closed loop keeps one stream shape")
-        table = load_table(args.shapes, args.codec, args.fps or fps)  # ShapeTableError is a VsaeError
+        table = load_table(args.shapes, (args.codec, *args.switch_codecs), args.fps or fps)  # a VsaeError if bad
+    elif args.switch_codecs:
+        raise VsaeError("--switch-codecs: the codec switches with the stream's shape (--shapes)")
     refresh = None
     if args.refresh:
         refresh = RefreshOptions(form=args.update_form, model_kbps=args.model_kbps, steps_per_s=args.refresh_steps)
@@ -173,7 +175,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         looped += f", live: guard + refresh ({refresh.form}, {refresh.model_kbps:g} kbps model stream)"
     elif args.guard:
         looped += ", live: guard"
-    shape = (f"shape by the estimate from {args.shapes} ({len(table.curves)} shapes, {setting_text(table)})"
+    shape = (f"shape by the estimate from {args.shapes} ({len(table.curves)} shapes"
+             + (f" of {', '.join(table.codecs)}" if len(table.codecs) > 1 else "") + f", {setting_text(table)})"
              if table is not None else f"÷{args.scale} every {args.temporal} frame(s)")
     print(f"vsae send: {len(frames)} frames{looped} {frames.shape[2]}x{frames.shape[1]} -> {where}, "
           f"{shape}, {args.codec} at {args.kbps:g} kbps", file=sys.stderr)
@@ -343,6 +346,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "this rate-quality table: a `vsae bench rd --setting heldout --split half` results.json measured on "
                         "prior footage (the model's shapes on frames after its own, as a call's are; scaled to the call's "
                         "frame rate by bits per frame); --scale and --temporal are then not used")
+    p.add_argument("--switch-codecs", type=codec_list, default=(), metavar="CODEC[,CODEC]",
+                   help="with --shapes: other codecs the stream may switch to mid-call, in-band at a keyframe, where "
+                        "the table predicts them better (e.g. h264 beside --codec vp8; the table must measure them)")
     p.add_argument("--probe", choices=SWITCH_MODES, default="auto",
                    help="probe the link with padding while the estimate is under --kbps, to find a link that widened "
                         "(auto: on unless the receiver is on this machine)")

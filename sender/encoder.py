@@ -98,6 +98,7 @@ class RealtimeEncoder:
         self.frames += 1
         packet = av.Packet(data)
         packet.pts, packet.time_base = pts, TIME_BASE
+        packet.opaque = self.codec_name  # which payload format carries it (sender/payload.py: a call may switch codec)
         return packet
 
     def flush(self) -> list[av.Packet]:

@@ -38,10 +38,10 @@ from protocol.peer import DEFAULT_HOST, new_peer_connection, prefer_codec, send_
 from protocol.signaling import ReceiverBusy, request_answer
 from protocol.timing import SYNC_FRAMES, SYNC_INTERVAL_S, frame_pts, sync_pts, ticks_per_frame
 
-from . import rtcp
+from . import payload, rtcp
 from .bwe import FEEDBACK_HOLD_QUEUE_S, NACK_WINDOW_S, BandwidthEstimator, NackLoss, SentRate
 from .closedloop import ClosedLoop, RefreshOptions
-from .encoder import RealtimeEncoder
+from .encoder import MIN_SIDE, RealtimeEncoder
 from .pacer import PACKET_OVERHEAD_BYTES, BackgroundPacer, rtp_wire_bytes
 from .probe import Prober
 from .rtx import RetransmissionGate
@@ -583,8 +583,10 @@ class AdaptiveLowResTrack(LowResTrack):
                  clock=time.monotonic, start_kbps: float | None = None):
         self.clip, self.count, self.table = clip, count, table
         self.source_size = tuple(int(v) for v in clip.shape[1:3])
-        # A plain stream is the source frames as they are: only for sizes yuv420p takes.
-        self.shapes = [c.shape for c in table.curves if not c.shape.plain or not (self.source_size[0] % 2 or self.source_size[1] % 2)]
+        # A plain stream is the source frames as they are: only for sizes yuv420p takes. H.264 takes no side under 16.
+        self.shapes = [c.shape for c in table.curves
+                       if (not c.shape.plain or not (self.source_size[0] % 2 or self.source_size[1] % 2))
+                       and min(self.shape_size(c.shape)) >= MIN_SIDE[c.shape.codec]]
         if not self.shapes:
             raise SessionError(f"the shape table {table.source} has no shape for {self.source_size[1]}x{self.source_size[0]} frames")
         first = max(self.shapes, key=lambda s: (s.plain, -s.scale))  # a placeholder until the start target is known
@@ -597,13 +599,13 @@ class AdaptiveLowResTrack(LowResTrack):
         self._next_index = 0
         self._trailer_sent = False
         estimate = self.estimator.estimate(clock())
-        shape, psnr = self.table.best(lambda s: self._target_for(estimate, s.temporal) if s in self.shapes else -1.0)
+        shape, psnr = self.table.best(lambda s: self._target_for(estimate, s.temporal), self.shapes)
         self._use_shape(shape)
         self.kbps = self.start_kbps = self._target_for(estimate)
         h, w = self.encoder_size()
         self.low = np.zeros((1, h, w, 3), np.uint8)  # the sync frames' size
-        self.encoder = RealtimeEncoder(codec, w, h, self.kbps, fps / self.temporal)
-        self._sync_encoder = RealtimeEncoder(codec, w, h, kbps, fps / self.temporal)
+        self.encoder = RealtimeEncoder(self.codec, w, h, self.kbps, fps / self.temporal)
+        self._sync_encoder = RealtimeEncoder(codec, w, h, kbps, fps / self.temporal)  # the negotiated first codec
         self._log_shape(0.0, shape, psnr, None, "start")
 
     def shape_size(self, shape: Shape) -> tuple[int, int]:
@@ -615,23 +617,48 @@ class AdaptiveLowResTrack(LowResTrack):
         return self.shape_size(self.shape)
 
     def _use_shape(self, shape: Shape) -> None:
-        self.shape, self.temporal = shape, shape.temporal
+        self.shape, self.temporal, self.codec = shape, shape.temporal, shape.codec
         # Fewer frames cost fewer packet headers: the floor's and the request's wire costs move.
         self.estimator.move_floor(self._clock(), self.wire_kbps(self.min_kbps))
         if self.background is None:
             self.estimator.max_kbps = self.wire_kbps(self.target_kbps)
 
+    def shape_text(self, shape: Shape) -> str:
+        """A shape's name, with its codec where the call may switch codec."""
+        return shape.label if len(self.table.codecs) > 1 else shape.name
+
+    def keep_codecs(self, codecs: tuple[str, ...]) -> None:
+        """The codecs the receiver took (sender/payload.py): the shapes of any other are dropped, and where the current
+        shape is one of them, the best of the rest takes over from the first real frame."""
+        kept = [s for s in self.shapes if s.codec in codecs]
+        if len(kept) == len(self.shapes) or not kept:  # none: no video at all, which the session reports
+            return
+        log.warning("vsae send: the receiver took only %s: the shapes in %s are left out", ", ".join(codecs),
+                    ", ".join(sorted({s.codec for s in self.shapes} - set(codecs))))
+        self.shapes = kept
+        if self.shape not in kept:
+            estimate = self.estimator.estimate(self._clock())
+            shape, psnr = self.table.best(lambda s: self._target_for(estimate, s.temporal), kept)
+            self._use_shape(shape)
+            self.kbps = self.start_kbps = self._target_for(estimate)
+            h, w = self.encoder_size()
+            self.encoder = RealtimeEncoder(self.codec, w, h, self.kbps, self.fps / self.temporal)
+            self._announce = True
+            if self.shape_log and self.shape_log[-1]["first"] is None:
+                self.shape_log.pop()  # never sent
+            self._log_shape(0.0, shape, psnr, None, "start: the receiver's codecs")
+
     def _log_shape(self, at: float, shape: Shape, psnr: float | None, was: float | None, why: str) -> None:
-        self.shape_log.append({"t": at, "first": None, "shape": shape.name, "scale": shape.scale, "temporal": shape.temporal,
-                               "plain": shape.plain, "kbps": round(self.kbps, 2),
+        self.shape_log.append({"t": at, "first": None, "shape": self.shape_text(shape), "codec": shape.codec,
+                               "scale": shape.scale, "temporal": shape.temporal, "plain": shape.plain,
+                               "kbps": round(self.kbps, 2),
                                "psnr_predicted": None if psnr is None else round(psnr, 2),
                                "psnr_before": None if was is None else round(was, 2), "reason": why})
 
     def _set_kbps(self, kbps: float, now: float, why: str) -> None:
         """A new target is a new encoder from a keyframe anyway: the shape may change with it."""
         estimate = self.estimator.estimate(now)
-        shape, psnr, was = self.table.choose(
-            self.shape, lambda s: self._target_for(estimate, s.temporal) if s in self.shapes else -1.0)
+        shape, psnr, was = self.table.choose(self.shape, lambda s: self._target_for(estimate, s.temporal), self.shapes)
         old = self.shape
         if shape != old:
             self._use_shape(shape)  # its floor may let a cut go lower
@@ -640,7 +667,8 @@ class AdaptiveLowResTrack(LowResTrack):
         if shape != old:
             self._announce = True
             self._log_shape(self.rate_log[-1]["t"], shape, psnr, was, why)
-            log.warning("vsae send: %s: shape %s -> %s at %.1f kbps (predicted %s dB, was %s)", why, old.name, shape.name,
+            log.warning("vsae send: %s: shape %s -> %s at %.1f kbps (predicted %s dB, was %s)", why,
+                        self.shape_text(old), self.shape_text(shape),
                         kbps, "?" if psnr is None else f"{psnr:.2f}", "?" if was is None else f"{was:.2f}")
 
     def _low_of(self, index: int, shape: Shape) -> np.ndarray:
@@ -838,7 +866,8 @@ async def send(frames: np.ndarray, source_fps: float, model: bytes, options: Sen
             raise SessionError("an adaptive stream shape (--shapes) works with a clip and without the guard: the closed loop "
                                "and a live source keep one shape")
         if options.shape_table.codec != options.codec:
-            raise SessionError(f"the shape table is of {options.shape_table.codec}, the call uses {options.codec}")
+            raise SessionError(f"the shape table is of {options.shape_table.codec} first, the call uses "
+                               f"{options.codec}")
     if live and (options.loop > 1 or options.guard):
         raise SessionError("a live source streams once and without the guard's closed loop (it needs the whole clip)")
     if live and options.fps is None:
@@ -897,7 +926,13 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
     control = pc.createDataChannel("control")  # reliable, ordered: model transfer and control
     meta = pc.createDataChannel("meta", ordered=False, maxRetransmits=0)  # per-frame metadata, probes: best effort
     transceiver = pc.addTransceiver(track, direction="sendonly")
-    prefer_codec(transceiver, options.codec)
+    switching = isinstance(track, AdaptiveLowResTrack) and len(track.table.codecs) > 1
+    prefer_codec(transceiver, track.table.codecs if switching else options.codec)
+    if switching:  # the codec follows the shape, in-band (sender/payload.py)
+        try:
+            payload_switch = payload.install(transceiver.sender, track.keep_codecs)
+        except payload.PayloadHookError as exc:
+            raise SessionError(str(exc)) from None
     # What the receiver says in RTCP (reports, REMB, PLI/FIR) reaches this track's estimate and encoder.
     try:
         rtcp.observe(transceiver.sender, track.on_receiver_report, track.on_remb, track.request_keyframe,
@@ -973,7 +1008,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
         # a new shape by the decoded frame's size, and waits a moment for this message).
         if control.readyState == "open":
             control.send(msg.encode(msg.Shape(first=first, scale=shape.scale, temporal=shape.temporal, low_width=size[1],
-                                              low_height=size[0], plain=shape.plain)))
+                                              low_height=size[0], plain=shape.plain,
+                                              codec=shape.codec if switching else "")))
 
     if isinstance(track, AdaptiveLowResTrack):
         track.on_shape = on_shape
@@ -1125,6 +1161,8 @@ async def _session(frames: np.ndarray, source_fps: float, indices: list[int], lo
                **({"probes": prober.summary(track._started_at or 0.0)} if prober is not None else {}),
                **({"shape_log": track.shape_log, "shape_table": track.table.source, "shape_table_setting": track.table.setting}
                   if isinstance(track, AdaptiveLowResTrack) else {}),
+               **({"codecs_negotiated": list(payload_switch.negotiated), "codec_switches": payload_switch.switches}
+                  if switching else {}),
                **({"live": _live_stats(closed_loop, live, total / fps)} if closed_loop else {})},
     )
 

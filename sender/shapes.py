@@ -22,7 +22,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, Sequence
 
 from codec.errors import VsaeError
 
@@ -57,10 +57,16 @@ class Shape:
     scale: int
     temporal: int
     plain: bool = False
+    codec: str = "vp8"  # the video encoder's (sender/encoder.py CODECS); a table of several lets the call switch codec
 
     @property
     def name(self) -> str:
         return "plain" if self.plain else f"s{self.scale}t{self.temporal}"
+
+    @property
+    def label(self) -> str:
+        """The name with its codec, for logs where the call may switch codec."""
+        return f"{self.name} {self.codec}"
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,17 @@ class ShapeCurve:
 
 @dataclass(frozen=True)
 class ShapeTable:
-    codec: str
+    codecs: tuple[str, ...]  # the call's codec first, then those it may switch to
     fps: float
     curves: tuple[ShapeCurve, ...]  # rates at `fps`
     source: str = ""
     measured_fps: float = 0.0  # the frame rate the table was measured at (its rates scaled to `fps`)
     setting: str = ""  # how its model's shapes were measured (`setting_text`): UNSEEN, or frames the model saw
+
+    @property
+    def codec(self) -> str:
+        """The call's own codec (the one negotiated first)."""
+        return self.codecs[0]
 
     @property
     def unseen(self) -> bool:
@@ -101,14 +112,16 @@ class ShapeTable:
         curve = next((c for c in self.curves if c.shape == shape), None)
         return curve.psnr_at(kbps) if curve is not None else None
 
-    def best(self, video_kbps_for: Callable[[Shape], float]) -> tuple[Shape, float | None]:
+    def best(self, video_kbps_for: Callable[[Shape], float],
+             among: Collection[Shape] | None = None) -> tuple[Shape, float | None]:
         """The shape with the highest predicted PSNR at the video rate `video_kbps_for(shape)` leaves it (the rate
         depends on the shape: fewer frames carry fewer packet headers). When no shape can hold its rate, the one
-        whose lowest measured rate is the smallest."""
-        scored = [(c.psnr_at(video_kbps_for(c.shape)), c) for c in self.curves]
+        whose lowest measured rate is the smallest. `among`: only these shapes (those the call can send)."""
+        curves = [c for c in self.curves if among is None or c.shape in among]
+        scored = [(c.psnr_at(video_kbps_for(c.shape)), c) for c in curves]
         held = [(p, c) for p, c in scored if p is not None]
         if not held:
-            cheapest = min(self.curves, key=lambda c: c.points[0][0])
+            cheapest = min(curves, key=lambda c: c.points[0][0])
             return cheapest.shape, None
         psnr, curve = max(held, key=lambda pc: pc[0])
         return curve.shape, psnr
@@ -118,10 +131,11 @@ class ShapeTable:
         curve = next((c for c in self.curves if c.shape == shape), None)
         return curve is not None and kbps > curve.points[-1][0]
 
-    def choose(self, current: Shape, video_kbps_for: Callable[[Shape], float]) -> tuple[Shape, float | None, float | None]:
-        """(shape, its predicted PSNR, the current shape's): the best shape, unless the current one is within
-        SWITCH_GAIN_DB of it (SATURATED_GAIN_DB where the current one is saturated) and can hold its rate."""
-        best, best_psnr = self.best(video_kbps_for)
+    def choose(self, current: Shape, video_kbps_for: Callable[[Shape], float],
+               among: Collection[Shape] | None = None) -> tuple[Shape, float | None, float | None]:
+        """(shape, its predicted PSNR, the current shape's): the best shape (`among` these), unless the current one
+        is within SWITCH_GAIN_DB of it (SATURATED_GAIN_DB where the current one is saturated) and can hold its rate."""
+        best, best_psnr = self.best(video_kbps_for, among)
         rate = video_kbps_for(current)
         now = self.predict(current, rate)
         margin = SATURATED_GAIN_DB if self.saturated(current, rate) else SWITCH_GAIN_DB
@@ -130,10 +144,14 @@ class ShapeTable:
         return best, best_psnr, now
 
 
-def load_table(path: str | Path, codec: str, fps: float | None = None, plain_codec: bool = True) -> ShapeTable:
-    """The shapes `vsae bench rd` measured for `codec` (results.json: one clip's result or a list of them, the
-    first clip used). `fps`: the call's frame rate, the rates scaled to it. `plain_codec`: include the
-    codec's own full-size stream."""
+def load_table(path: str | Path, codecs: str | Sequence[str], fps: float | None = None,
+               plain_codec: bool = True) -> ShapeTable:
+    """The shapes `vsae bench rd` measured for `codecs` (results.json: one clip's result or a list of them, the
+    first clip used): one codec, or the call's codec first and those it may switch to. `fps`: the call's frame
+    rate, the rates scaled to it. `plain_codec`: include each codec's own full-size stream."""
+    codecs = (codecs,) if isinstance(codecs, str) else tuple(dict.fromkeys(codecs))
+    if not codecs:
+        raise ShapeTableError("a shape table needs at least one codec")
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -151,8 +169,10 @@ def load_table(path: str | Path, codec: str, fps: float | None = None, plain_cod
     if fps is not None and abs(table_fps - fps) > FPS_TOLERANCE * fps:
         rate_scale = fps / table_fps  # the same bits per frame at the call's rate
     curves = []
+    by_name = {_table_codec(codec): codec for codec in codecs}
     for method in result["methods"]:
-        if not isinstance(method, dict) or method.get("codec") != _table_codec(codec):
+        codec = by_name.get(method.get("codec")) if isinstance(method, dict) else None
+        if codec is None:
             continue
         name, scale, temporal = method.get("name", ""), method.get("scale"), method.get("temporal")
         if not (isinstance(scale, int) and isinstance(temporal, int) and scale >= 1 and temporal >= 1):
@@ -162,10 +182,12 @@ def load_table(path: str | Path, codec: str, fps: float | None = None, plain_cod
             continue
         points = tuple((kbps * rate_scale, psnr) for kbps, psnr in _points(method.get("points"), path, name))
         if points:
-            curves.append(ShapeCurve(Shape(scale, temporal, plain), points))
-    if not curves:
-        raise ShapeTableError(f"{path}: no shape measured with {codec} (run `vsae bench rd --codecs {codec}`)")
-    return ShapeTable(codec, float(fps or table_fps), tuple(curves), str(path), float(table_fps), _setting(result))
+            curves.append(ShapeCurve(Shape(scale, temporal, plain, codec), points))
+    for codec in codecs:
+        if not any(c.shape.codec == codec for c in curves):
+            raise ShapeTableError(f"{path}: no shape measured with {codec} (run `vsae bench rd --codecs "
+                                  f"{_table_codec(codec)}`)")
+    return ShapeTable(codecs, float(fps or table_fps), tuple(curves), str(path), float(table_fps), _setting(result))
 
 
 def _setting(result: dict) -> str:

@@ -92,7 +92,7 @@ def test_h264_calls_read_the_x264_rows(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(rd_result(codec="h264")))
     table = load_table(path, "h264", fps=15.0)
-    assert Shape(1, 1, True) in {c.shape for c in table.curves}
+    assert Shape(1, 1, True, "h264") in {c.shape for c in table.curves}
 
 
 def test_a_table_measured_after_the_models_frames_is_preferred(tmp_path):
