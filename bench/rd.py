@@ -111,7 +111,7 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
     rates = [float(r) for r in args.rates.split(",")] if args.rates else target_rates(h, w)
     methods: list[dict] = []
     notes: list[str] = []
-    codecs = [c for c in args.codecs.split(",")]
+    codecs = codec_names(args.codecs) if isinstance(args.codecs, str) else list(args.codecs)
     jobs = [("classic", c, 1, 1) for c in codecs] + [
         ("vsae", c, s, t) for c in codecs if c in VSAE_CODECS for s in args.scales for t in args.temporals
     ]
@@ -263,6 +263,15 @@ def _on_envelope(method: dict, result: dict) -> bool:
     return env is not None and any(p.get("method") == method["name"] for p in env["points"])
 
 
+def codec_names(text: str) -> list[str]:
+    """An argparse type: the codecs to measure, comma-separated (`x264`, as the results name it, for h264)."""
+    names = [{"x264": "h264"}.get(c.strip().lower(), c.strip().lower()) for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CODEC_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected codecs from {', '.join(CODEC_NAMES)}, comma-separated, got {text!r}")
+    return names
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="+", help="video files or bundled clip names (carphone, bikes)")
     p.add_argument("--out", required=True, help="output folder")
@@ -271,7 +280,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="heldout split: fit even frames, evaluate odd (default), or fit the first half, evaluate the second")
     p.add_argument("--size", default=None, help="resize the clips to WxH first (e.g. 320x136 for bikes)")
     p.add_argument("--rates", default=None, help="target kbps list, e.g. 10,20,40 (default: 5–300 scaled to the size)")
-    p.add_argument("--codecs", default=",".join(CLASSIC), help="classic codecs (vp8,h264,vp9,av1); vsae uses vp8 and h264 of them")
+    p.add_argument("--codecs", type=codec_names, default=",".join(CLASSIC),
+                   help="classic codecs (vp8,h264,vp9,av1; x264 names h264); vsae uses vp8 and h264 of them")
     p.add_argument("--scales", type=lambda t: tuple(int(v) for v in t.split(",")), default=SCALES)
     p.add_argument("--temporals", type=lambda t: tuple(int(v) for v in t.split(",")), default=TEMPORALS)
     p.add_argument("--fit-minutes", type=float, default=DEFAULT_MINUTES, help="fit budget (models are cached per clip, split and budget)")

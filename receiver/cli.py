@@ -26,6 +26,13 @@ from .view import LiveView
 RECEIVER_THREADS = max(1, (torch.get_num_threads() or 1) - 1)
 
 
+def plain_codecs(stats: dict) -> str:
+    """The codec(s) of an adaptive stream's plain runs: the config's, or those its shape messages named."""
+    named = dict((first, codec) for first, codec in stats.get("shape_codecs") or [])
+    codecs = {named[first] for first, _, plain in stats.get("shape_runs") or [] if plain and first in named}
+    return " and ".join(sorted(codecs)) if codecs else stats.get("codec", "")
+
+
 def summary_line(stats: dict) -> str:
     parts = [f"{stats['frames_out']}/{stats['frames_in']} frames ({stats['frames_concealed']} concealed)"]
     if stats.get("video_kbps") is not None:
@@ -37,7 +44,7 @@ def summary_line(stats: dict) -> str:
         parts.append(f"PSNR vsae {stats['psnr']:.2f} dB vs bicubic {stats['psnr_bicubic']:.2f} dB")
     if stats.get("frames_plain"):
         # An adaptive stream's plain runs (sender/shapes.py) are shown as decoded: "vsae" and "bicubic" are one picture.
-        parts.append(f"{stats['frames_plain']} frames plain {stats.get('codec', '')} at full size (shown as decoded)")
+        parts.append(f"{stats['frames_plain']} frames plain {plain_codecs(stats)} at full size (shown as decoded)")
     if stats.get("early_start"):
         if stats.get("time_to_model_ms") is None:
             parts.append(f"the model never arrived: bicubic throughout (first frame after {stats['time_to_first_frame_ms']:.0f} ms)")

@@ -1,8 +1,10 @@
 """Stream shapes and the rate–quality table that picks one for the bandwidth the estimate leaves the video.
 
 A shape is what the video track carries: every T-th source frame ÷S, rebuilt by the model at the receiver, or
-the codec's own frames at full size ("plain": scale 1, every frame, shown as decoded). Which is best depends on
-the rate: at a few kbps a small, sparse stream rebuilt by the model wins; as the rate grows, more keys and more
+the codec's own frames at full size ("plain": scale 1, every frame, shown as decoded), in one codec. A table read
+for several codecs (the call's first, `vsae send --switch-codecs`) holds each codec's shapes, and the call switches
+codec with the shape (sender/payload.py): plain VP8 cannot hold under ~28 kbps at 176x144 and 30 frames/s, where
+plain H.264 can. Which is best depends on the rate: at a few kbps a small, sparse stream rebuilt by the model wins; as the rate grows, more keys and more
 pixels pay; at high rates the plain codec beats anything the model's manifold can show (the RD bench's
 envelope switches configurations, `vsae bench rd`).
 
@@ -185,8 +187,7 @@ def load_table(path: str | Path, codecs: str | Sequence[str], fps: float | None 
             curves.append(ShapeCurve(Shape(scale, temporal, plain, codec), points))
     for codec in codecs:
         if not any(c.shape.codec == codec for c in curves):
-            raise ShapeTableError(f"{path}: no shape measured with {codec} (run `vsae bench rd --codecs "
-                                  f"{_table_codec(codec)}`)")
+            raise ShapeTableError(f"{path}: no shape measured with {codec} (run `vsae bench rd --codecs {codec}`)")
     return ShapeTable(codecs, float(fps or table_fps), tuple(curves), str(path), float(table_fps), _setting(result))
 
 

@@ -69,7 +69,7 @@ def test_a_codec_the_table_did_not_measure_is_one_clear_error(tmp_path):
     result["methods"] = [m for m in result["methods"] if m["codec"] != "x264"]
     path = tmp_path / "r.json"
     path.write_text(json.dumps(result))
-    with pytest.raises(ShapeTableError, match="no shape measured with h264.*--codecs x264"):
+    with pytest.raises(ShapeTableError, match="no shape measured with h264.*--codecs h264"):
         load_table(path, ("vp8", "h264"))
 
 
@@ -224,3 +224,15 @@ def test_a_call_that_switches_codec_keeps_one_output_per_source_frame(model_byte
     keys[log[-1]["codec"].upper()] += 1
     assert stats["frames_by_codec"] == keys
     assert stats["frames_plain"] == sum(end - first for (first, s), end in zip(zip(firsts, log), ends) if s["plain"])
+    from receiver.cli import summary_line
+    assert f"{stats['frames_plain']} frames plain h264 and vp8 at full size" in summary_line(stats)
+
+
+def test_the_rd_bench_takes_h264_by_either_name_and_refuses_others():
+    import argparse
+
+    from bench.rd import codec_names
+
+    assert codec_names("vp8,x264") == codec_names("VP8, h264") == ["vp8", "h264"]
+    with pytest.raises(argparse.ArgumentTypeError, match="expected codecs from"):
+        codec_names("vp8,mjpeg")
