@@ -27,6 +27,7 @@ from typing import Sequence
 
 from codec.argtypes import positive
 from codec.errors import VsaeError
+from protocol.peer import codec_list
 
 from .impair import Impairment
 
@@ -48,6 +49,8 @@ FAULT_LOOPS = 2
 STEP_KBPS = (60.0, 15.0, 60.0)
 STEP_DOWN_S, STEP_UP_S = 8.0, 16.0
 STEP_LOOPS = 3
+# The stepped rows stream at least this long whatever the clip's length (`--frames`): a shorter clip loops more.
+STEP_STREAM_S = 24.0
 # A step has settled once the video's measured rate on the link is under the new cap with nothing dropped, or,
 # going up, within SETTLE_SHARE of the new cap, and stays so until the next step (whole seconds of the relay).
 # The sender's rate settles up (`settle_rate_s`) in a second where either holds, or its target's cost on the wire is
@@ -212,8 +215,12 @@ class Scenario:
     send_args: tuple[str, ...] = ()  # more `vsae send` options
 
 
-def scenarios(kbps: float, shape_table: Path | str = SHAPE_TABLE) -> list[Scenario]:
-    """The issue's scenarios. Loss and delay apply both ways (media one way, feedback the other)."""
+def scenarios(kbps: float, shape_table: Path | str = SHAPE_TABLE, steps: Sequence[float] = STEP_KBPS,
+              step_loops: int = STEP_LOOPS, shape_args: Sequence[str] = ()) -> list[Scenario]:
+    """The issue's scenarios. Loss and delay apply both ways (media one way, feedback the other). `steps`: the
+    stepped cap's three rates (kbps); `step_loops`: its passes of the clip; `shape_args`: more `vsae send` options
+    for the adaptive-shape row (`--switch-codecs h264`)."""
+    stepped = "-".join(f"{k:g}" for k in steps)
 
     def both(name: str, note: str = "", **kw) -> Scenario:
         return Scenario(name, Impairment(**kw), Impairment(**kw), note)
@@ -230,14 +237,15 @@ def scenarios(kbps: float, shape_table: Path | str = SHAPE_TABLE) -> list[Scenar
         Scenario(f"cap {kbps * 0.75:g} kbps", Impairment(rate_kbps=kbps * 0.75), note="below the 20 kbps target, media direction, while streaming"),
         both("outage 3 s", outage_after_media_s=6.5, outage_s=3.0, note="everything dropped, 6.5 to 9.5 s into the 16 s stream"),
         both("model loss 10%", model_loss=0.10, note="data-channel packets before the first media packet"),
-        Scenario("cap steps 60-15-60 kbps",
-                 Impairment(rate_kbps=STEP_KBPS[0], rate_steps=[[STEP_DOWN_S, STEP_KBPS[1]], [STEP_UP_S, STEP_KBPS[2]]]),
-                 note=f"requested {STEP_KBPS[0]:g} kbps; the cap drops at {STEP_DOWN_S:g} s and comes back at {STEP_UP_S:g} s",
-                 kbps=STEP_KBPS[0], loops=STEP_LOOPS),
-        Scenario("cap steps 60-15-60 kbps + shapes",
-                 Impairment(rate_kbps=STEP_KBPS[0], rate_steps=[[STEP_DOWN_S, STEP_KBPS[1]], [STEP_UP_S, STEP_KBPS[2]]]),
+        Scenario(f"cap steps {stepped} kbps",
+                 Impairment(rate_kbps=steps[0], rate_steps=[[STEP_DOWN_S, steps[1]], [STEP_UP_S, steps[2]]]),
+                 note=f"requested {steps[0]:g} kbps; the cap drops at {STEP_DOWN_S:g} s and comes back at "
+                      f"{STEP_UP_S:g} s",
+                 kbps=steps[0], loops=step_loops),
+        Scenario(f"cap steps {stepped} kbps + shapes",
+                 Impairment(rate_kbps=steps[0], rate_steps=[[STEP_DOWN_S, steps[1]], [STEP_UP_S, steps[2]]]),
                  note="the same, the stream's shape (S, T, plain) following the estimate by a rate-quality table",
-                 kbps=STEP_KBPS[0], loops=STEP_LOOPS, send_args=("--shapes", str(shape_table))),
+                 kbps=steps[0], loops=step_loops, send_args=("--shapes", str(shape_table), *shape_args)),
         Scenario(f"cap {TCP_CAP_KBPS:g} kbps + TCP", Impairment(rate_kbps=TCP_CAP_KBPS),
                  note="a bulk TCP flow (Cubic) shares the capped link from the start", competing_tcp=True),
         *(Scenario(f"model transfer cap {TRANSFER_CAP_KBPS:g} kbps {label}", Impairment(rate_kbps=TRANSFER_CAP_KBPS, rate_from_start=True),
@@ -459,6 +467,17 @@ def write_table(rows: list[dict], out: Path) -> Path:
     return path
 
 
+def step_rates(text: str) -> tuple[float, float, float]:
+    """An argparse type: the stepped cap's three rates, kbps (`60,20,60`)."""
+    try:
+        rates = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        rates = ()
+    if len(rates) != 3 or not all(math.isfinite(r) and r > 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"expected three positive rates in kbps, comma-separated, got {text!r}")
+    return rates
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default="carphone")
     p.add_argument("--model", default=None, help="model bundle (default: the demo's cached fit on the even frames)")
@@ -472,6 +491,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="more `vsae send` options for every scenario, e.g. \"--probe off\" (an ablation)")
     p.add_argument("--shapes", default=str(SHAPE_TABLE), metavar="RESULTS.json",
                    help="the rate-quality table of the adaptive-shape scenario (default: the committed carphone table)")
+    p.add_argument("--switch-codecs", type=codec_list, default=(), metavar="CODEC[,CODEC]",
+                   help="the adaptive-shape scenario may switch to these codecs too (vsae send --switch-codecs)")
+    p.add_argument("--steps", type=step_rates, default=STEP_KBPS, metavar="HIGH,LOW,HIGH",
+                   help="the stepped cap's rates in kbps (default %s)" % ",".join(f"{k:g}" for k in STEP_KBPS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -480,12 +503,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"vsae bench faults: error: {why}", file=sys.stderr)
         return 1
     from codec.cache import cached_fit
-    from codec.video import resolve_video
+    from codec.video import read_video, resolve_video
 
     video = resolve_video(args.video)
     model = args.model or str(cached_fit(video, "even", 4.0)[0])
     out = Path(args.out)
-    chosen = scenarios(args.kbps, args.shapes)
+    count = len(read_video(video, args.frames)[0])  # a bad selection is one clear error here, before the lab
+    step_loops = max(1, math.ceil(STEP_STREAM_S * args.fps / count))
+    chosen = scenarios(args.kbps, args.shapes, args.steps, step_loops,
+                       ("--switch-codecs", ",".join(args.switch_codecs)) if args.switch_codecs else ())
     if args.send_args:
         extra = tuple(shlex.split(args.send_args))
         chosen = [dataclasses.replace(s, send_args=(*s.send_args, *extra)) for s in chosen]

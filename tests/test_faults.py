@@ -234,3 +234,19 @@ def test_random_seed_matters():
     a = fates(Relay(Impairment(loss=0.5), Impairment(), "10.77.2.2", seed=1), RTP, 50)
     b = fates(Relay(Impairment(loss=0.5), Impairment(), "10.77.2.2", seed=2), RTP, 50)
     assert a != b
+
+
+def test_the_stepped_rows_take_other_rates_and_a_codec_switch():
+    import argparse
+
+    from bench.faults import STEP_DOWN_S, STEP_UP_S, scenarios, step_rates
+
+    assert step_rates("60,20,60") == (60.0, 20.0, 60.0)
+    for bad in ("60,20", "60,x,60", "60,0,60", "60,nan,60"):
+        with pytest.raises(argparse.ArgumentTypeError, match="three positive rates"):
+            step_rates(bad)
+    rows = {s.name: s for s in scenarios(20.0, "t.json", (60.0, 20.0, 60.0), 6, ("--switch-codecs", "h264"))}
+    fixed, shapes = rows["cap steps 60-20-60 kbps"], rows["cap steps 60-20-60 kbps + shapes"]
+    assert fixed.forward.rate_steps == [[STEP_DOWN_S, 20.0], [STEP_UP_S, 60.0]] and fixed.loops == shapes.loops == 6
+    assert shapes.send_args == ("--shapes", "t.json", "--switch-codecs", "h264") and fixed.send_args == ()
+    assert "cap steps 60-15-60 kbps" in {s.name for s in scenarios(20.0)}  # the default, as the tables name it
