@@ -132,6 +132,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     if (args.video is None) == (args.input is None):
         raise VsaeError("give a video file (or clip name) or --input URL for a live source, not both")
     size = codec.meta.get("frame_size")
+    if args.switch_codecs and args.shapes is None:
+        raise VsaeError("--switch-codecs: the codec switches with the stream's shape (--shapes)")
     if args.input is not None and args.shapes is not None:
         raise VsaeError("--shapes: a live source keeps one stream shape (its frames are downsized as they come)")
     if args.input is not None:
@@ -147,8 +149,6 @@ def cmd_send(args: argparse.Namespace) -> int:
         if args.guard or args.refresh:
             raise VsaeError("--shapes: the guard's closed loop keeps one stream shape")
         table = load_table(args.shapes, (args.codec, *args.switch_codecs), args.fps or fps)  # a VsaeError if bad
-    elif args.switch_codecs:
-        raise VsaeError("--switch-codecs: the codec switches with the stream's shape (--shapes)")
     refresh = None
     if args.refresh:
         refresh = RefreshOptions(form=args.update_form, model_kbps=args.model_kbps, steps_per_s=args.refresh_steps)

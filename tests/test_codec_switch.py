@@ -236,3 +236,24 @@ def test_the_rd_bench_takes_h264_by_either_name_and_refuses_others():
     assert codec_names("vp8,x264") == codec_names("VP8, h264") == ["vp8", "h264"]
     with pytest.raises(argparse.ArgumentTypeError, match="expected codecs from"):
         codec_names("vp8,mjpeg")
+
+
+@pytest.mark.parametrize("extra,why", [
+    (["--switch-codecs", "h264"], "--switch-codecs: the codec switches with the stream's shape"),
+    (["--switch-codecs", "h264", "--input", "x.mp4"], "--switch-codecs: the codec switches with the stream's shape"),
+    (["--switch-codecs", "h264", "--shapes", "VP8_ONLY"], "no shape measured with h264"),
+])
+def test_the_cli_refuses_a_switch_it_cannot_make_in_one_line(tmp_path, tiny_codec, capsys, extra, why):
+    from codec import bundle
+    from codec.cli import main
+
+    model = tmp_path / "m.vsae"
+    bundle.save(tiny_codec, model)
+    result = two_codec_result(15.0)
+    result["methods"] = [m for m in result["methods"] if m["codec"] != "x264"]
+    (tmp_path / "vp8.json").write_text(json.dumps(result))
+    extra = [str(tmp_path / "vp8.json") if a == "VP8_ONLY" else a for a in extra]
+    video = [] if "--input" in extra else ["carphone", "--frames", "0:4"]
+    code = main(["send", *video, "--model", str(model), "--connect", "127.0.0.1:9", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("vsae: error:") and why in err[0], err
