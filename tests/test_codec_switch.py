@@ -4,7 +4,6 @@ payload format per frame (sender/payload.py), the receiver's jitter buffer keepi
 
 from __future__ import annotations
 
-import asyncio
 import json
 from types import SimpleNamespace
 
@@ -19,11 +18,11 @@ from codec.video import to_uint8
 from protocol import messages as msg
 from protocol.timing import SYNC_FRAMES
 from receiver.jitter import DrainingJitterBuffer
-from sender import session as sender_session
 from sender.encoder import RealtimeEncoder
 from sender.payload import PayloadHookError, PayloadSwitch
-from sender.session import AdaptiveLowResTrack, SendOptions, send
+from sender.session import AdaptiveLowResTrack
 from sender.shapes import Shape, ShapeTableError, load_table
+from tests.calls import scheduled_call
 
 H, W = 144, 176
 
@@ -175,37 +174,12 @@ def test_a_call_that_switches_codec_keeps_one_output_per_source_frame(model_byte
     """A loopback call with the estimate stepped so that the table picks plain VP8, plain H.264, VP8 at s8t4, then
     plain H.264 again: the sender switches codec at keys on one RTP stream, the receiver decodes each codec's frames,
     and every source frame is output once."""
-    from codec.video import read_video
-    from receiver.session import Receiver, ReceiveOptions
-
-    frames, _ = read_video("carphone", frames="0:12")
     fps, loops = 8.0, 4  # 48 frames, 6 s
-    schedule = [(0.0, 400.0), (1.2, 32.0), (2.8, 6.0), (4.3, 32.0)]  # wire kbps from the first estimate on
-    began: list[float] = []
-
-    def estimate(self, now):
-        began[:] = began or [now]
-        return [kbps for at, kbps in schedule if now - began[0] >= at][-1]
-
-    monkeypatch.setattr(sender_session.BandwidthEstimator, "estimate", estimate)
-    monkeypatch.setattr(sender_session, "RETARGET_UP_S", 0.0)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(two_codec_result(fps)))
     table = load_table(path, ("vp8", "h264"), fps=fps)
-
-    async def run():
-        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4"), reference=frames,
-                                           reference_loop=True))
-        port = await receiver.start()
-        try:
-            options = SendOptions(port=port, kbps=100.0, fps=fps, loop=loops, model_pace="off", early_start=False,
-                                  shape_table=table)
-            result = await send(frames, fps, model_bytes, options)
-            return await receiver.wait(30), result
-        finally:
-            await receiver.stop()
-
-    stats, result = asyncio.run(run())
+    frames, stats, result = scheduled_call(monkeypatch, tmp_path, model_bytes, table,
+                                           [(0.0, 400.0), (1.2, 32.0), (2.8, 6.0), (4.3, 32.0)], fps, loops)
     log = result.extra["shape_log"]
     assert [s["shape"] for s in log] == ["plain vp8", "plain h264", "s8t4 vp8", "plain h264"], log
     assert result.extra["codecs_negotiated"] == ["vp8", "h264"]

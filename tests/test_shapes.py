@@ -14,9 +14,9 @@ import pytest
 from codec.errors import VsaeError
 from codec.video import to_uint8
 from receiver.worker import ReconstructWorker, StreamInfo
-from sender import session as sender_session
 from sender.session import AdaptiveLowResTrack, SendOptions, SessionError, low_res_size, send
 from sender.shapes import SATURATED_GAIN_DB, SWITCH_GAIN_DB, Shape, ShapeTable, ShapeTableError, load_table
+from tests.calls import scheduled_call
 
 H, W = 144, 176
 
@@ -294,34 +294,12 @@ def test_a_call_whose_shape_changes_keeps_one_output_per_source_frame(model_byte
     """A loopback call with the estimate stepped high, low, and up again (the link's part is not the subject here:
     tests/test_bwe.py and the fault lab): the sender changes shape at keys and says so, the receiver follows,
     and every source frame is output once."""
-    from codec.video import read_video
-    from receiver.session import Receiver, ReceiveOptions
-
-    frames, _ = read_video("carphone", frames="0:12")
     fps, loops = 8.0, 4  # 48 frames, 6 s
-    schedule = [(0.0, 400.0), (1.2, 6.0), (3.5, 60.0)]  # wire kbps from the first estimate on (the floor: 10 kbps)
-    began: list[float] = []
-
-    def estimate(self, now):
-        began[:] = began or [now]
-        return [kbps for at, kbps in schedule if now - began[0] >= at][-1]
-
-    monkeypatch.setattr(sender_session.BandwidthEstimator, "estimate", estimate)
-    monkeypatch.setattr(sender_session, "RETARGET_UP_S", 0.0)
     table_path.write_text(json.dumps(rd_result(fps=fps)))
     table = load_table(table_path, "vp8", fps=fps)
-
-    async def run():
-        receiver = Receiver(ReceiveOptions(port=0, output=str(tmp_path / "out.mp4"), reference=frames, reference_loop=True))
-        port = await receiver.start()
-        try:
-            result = await send(frames, fps, model_bytes, SendOptions(port=port, kbps=100.0, fps=fps, loop=loops,
-                                                                      model_pace="off", early_start=False, shape_table=table))
-            return await receiver.wait(30), result
-        finally:
-            await receiver.stop()
-
-    stats, result = asyncio.run(run())
+    # Wire kbps from the first estimate on (the floor: 10 kbps).
+    frames, stats, result = scheduled_call(monkeypatch, tmp_path, model_bytes, table,
+                                           [(0.0, 400.0), (1.2, 6.0), (3.5, 60.0)], fps, loops)
     log = result.extra["shape_log"]
     assert [s["shape"] for s in log] == ["plain", "s8t4", "s4t2"], log
     assert result.extra["shape_table_setting"] == table.setting  # how its table was measured, in the report
