@@ -4,6 +4,7 @@ payload format per frame (sender/payload.py), the receiver's jitter buffer keepi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 
@@ -231,3 +232,54 @@ def test_the_cli_refuses_a_switch_it_cannot_make_in_one_line(tmp_path, tiny_code
     code = main(["send", *video, "--model", str(model), "--connect", "127.0.0.1:9", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and err[0].startswith("vsae: error:") and why in err[0], err
+
+
+class FakeSender:
+    """The names sender.payload wraps on aiortc's RTCRtpSender, recording what aiortc would do with them."""
+
+    def __init__(self, history: dict):
+        self._enabled = True
+        self._RTCRtpSender__rtx_payload_type = None
+        self._RTCRtpSender__rtp_history = history
+        self.track = None
+        self.resent: list[tuple[int, int | None]] = []
+        self.started_with = None
+
+    async def send(self, parameters):
+        self.started_with = parameters
+
+    async def _run_rtp(self, codec):
+        self.started_with = codec
+
+    async def _next_encoded_frame(self, codec):
+        raise AssertionError("replaced by sender.payload")
+
+    async def _retransmit(self, sequence_number: int) -> None:
+        self.resent.append((sequence_number, self._RTCRtpSender__rtx_payload_type))
+
+
+def test_a_resent_packet_goes_in_its_own_payload_types_retransmission_format():
+    from sender.payload import CurrentCodec, install
+
+    history = {10: RtpPacket(payload_type=97, sequence_number=10), 11: RtpPacket(payload_type=99, sequence_number=11)}
+    sender = FakeSender(history)
+    told = []
+    switch = install(sender, told.append)
+    asyncio.run(sender.send(SimpleNamespace(codecs=negotiated())))
+    assert told == [("vp8", "h264")] and switch.current.payloadType == 97
+    asyncio.run(sender._run_rtp(negotiated()[0]))
+    assert isinstance(sender.started_with, CurrentCodec) and sender.started_with.payloadType == 97
+    switch.pack(encoded("h264", 1)[0])
+    assert sender.started_with.payloadType == 99  # what aiortc stamps on the next packets
+    for seq in (10, 11, 10):
+        asyncio.run(sender._retransmit(seq))
+    assert sender.resent == [(10, 98), (11, 100), (10, 98)]
+
+
+def test_an_aiortc_without_the_hooks_is_one_clear_error():
+    from sender.payload import install
+
+    sender = FakeSender({})
+    del sender._RTCRtpSender__rtp_history
+    with pytest.raises(PayloadHookError, match="_RTCRtpSender__rtp_history.*pin aiortc"):
+        install(sender)
