@@ -111,7 +111,7 @@ def run_clip(video: Path, setting: str, args: argparse.Namespace, progress: bool
     rates = [float(r) for r in args.rates.split(",")] if args.rates else target_rates(h, w)
     methods: list[dict] = []
     notes: list[str] = []
-    codecs = codec_names(args.codecs) if isinstance(args.codecs, str) else list(args.codecs)
+    codecs = list(args.codecs)  # parsed by codec_names
     jobs = [("classic", c, 1, 1) for c in codecs] + [
         ("vsae", c, s, t) for c in codecs if c in VSAE_CODECS for s in args.scales for t in args.temporals
     ]
@@ -268,7 +268,8 @@ def codec_names(text: str) -> list[str]:
     names = [{"x264": "h264"}.get(c.strip().lower(), c.strip().lower()) for c in text.split(",") if c.strip()]
     unknown = [c for c in names if c not in CODEC_NAMES]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected codecs from {', '.join(CODEC_NAMES)}, comma-separated, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected codecs from {', '.join(CODEC_NAMES)}, comma-separated, "
+                                         f"got {text!r}")
     return names
 
 

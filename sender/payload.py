@@ -50,8 +50,7 @@ class PayloadSwitch:
     """One sender's codecs as negotiated (`negotiated`: our codec name -> its parameters), the current one, and each
     change (`switches`: the codec and the RTP timestamp of its first frame)."""
 
-    def __init__(self, sender: RTCRtpSender, on_negotiated: Callable[[tuple[str, ...]], None] | None = None):
-        self.sender = sender
+    def __init__(self, on_negotiated: Callable[[tuple[str, ...]], None] | None = None):
         self.on_negotiated = on_negotiated
         self.negotiated: dict[str, RTCRtpCodecParameters] = {}
         self.rtx_of: dict[int, int] = {}  # payload type -> its retransmission format's
@@ -98,7 +97,7 @@ def install(sender: RTCRtpSender, on_negotiated: Callable[[tuple[str, ...]], Non
     if missing:
         raise PayloadHookError(f"aiortc's RTCRtpSender has no {', '.join(missing)}: this aiortc version is not "
                                "supported by sender.payload (pin aiortc or update the codec switch)")
-    switch = PayloadSwitch(sender, on_negotiated)
+    switch = PayloadSwitch(on_negotiated)
     send, run_rtp, retransmit = sender.send, sender._run_rtp, sender._retransmit
     history = getattr(sender, "_RTCRtpSender__rtp_history")
 

@@ -583,8 +583,8 @@ class AdaptiveLowResTrack(LowResTrack):
                  clock=time.monotonic, start_kbps: float | None = None):
         self.clip, self.count, self.table = clip, count, table
         self.source_size = tuple(int(v) for v in clip.shape[1:3])
-        # A plain stream is the source frames as they are: only for sizes yuv420p takes. No side under the shape's codec's
-        # MIN_SIDE (sender/encoder.py; the rate-quality bench pads such frames, the call does not).
+        # A plain stream is the source frames as they are: only for sizes yuv420p takes. No side under the shape's
+        # codec's MIN_SIDE (sender/encoder.py; the rate-quality bench pads such frames, the call does not).
         self.shapes = [c.shape for c in table.curves
                        if (not c.shape.plain or not (self.source_size[0] % 2 or self.source_size[1] % 2))
                        and min(self.shape_size(c.shape)) >= MIN_SIDE[c.shape.codec]]

@@ -3,10 +3,10 @@
 A shape is what the video track carries: every T-th source frame ÷S, rebuilt by the model at the receiver, or
 the codec's own frames at full size ("plain": scale 1, every frame, shown as decoded), in one codec. A table read
 for several codecs (the call's first, `vsae send --switch-codecs`) holds each codec's shapes, and the call switches
-codec with the shape (sender/payload.py): plain VP8 cannot hold under ~28 kbps at 176x144 and 30 frames/s, where
-plain H.264 can. Which is best depends on the rate: at a few kbps a small, sparse stream rebuilt by the model wins; as the rate grows, more keys and more
-pixels pay; at high rates the plain codec beats anything the model's manifold can show (the RD bench's
-envelope switches configurations, `vsae bench rd`).
+codec with the shape (sender/payload.py): plain VP8 cannot hold under ~30 kbps at 176x144 and 30 frames/s, where
+plain H.264 can. Which is best depends on the rate: at a few kbps a small, sparse stream rebuilt by the model wins;
+as the rate grows, more keys and more pixels pay; at high rates the plain codec beats anything the model's manifold
+can show (the RD bench's envelope switches configurations, `vsae bench rd`).
 
 The table is a `vsae bench rd` result (its results.json) measured on the sender's prior footage, in the setting a
 call is in: frames after those the model was fitted on (`--setting heldout --split half`; UNSEEN below). A table

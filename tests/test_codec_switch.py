@@ -100,7 +100,7 @@ def encoded(codec: str, count: int, pts0: int = 0) -> list[av.Packet]:
 
 
 def test_each_frame_goes_in_its_own_codecs_payload_format():
-    switch = PayloadSwitch(sender=None)
+    switch = PayloadSwitch()
     switch.learn(negotiated())
     assert set(switch.negotiated) == {"vp8", "h264"} and switch.rtx_of == {97: 98, 99: 100}
     assert switch.current.payloadType == 97
@@ -116,7 +116,7 @@ def test_each_frame_goes_in_its_own_codecs_payload_format():
 
 
 def test_a_frame_of_a_codec_the_receiver_did_not_take_is_refused():
-    switch = PayloadSwitch(sender=None)
+    switch = PayloadSwitch()
     switch.learn(negotiated()[:2])
     with pytest.raises(PayloadHookError, match="took only vp8"):
         switch.pack(encoded("h264", 1)[0])

@@ -233,8 +233,8 @@ def test_a_stream_that_ends_in_a_plain_run_conceals_nothing(carphone, tiny_codec
     """The model rests through a plain run: at the end of the stream it has no frames to hold (it once counted the
     whole last plain run as concealed)."""
     source = to_uint8(carphone)[:12]
-    worker = ReconstructWorker(tiny_codec, StreamInfo((H, W), 15.0, 2, 12, adaptive=True, low_size=low_res_size(H, W, 4)),
-                               str(tmp_path / "o.mp4"), 1, "latent", reference=source)
+    info = StreamInfo((H, W), 15.0, 2, 12, adaptive=True, low_size=low_res_size(H, W, 4))
+    worker = ReconstructWorker(tiny_codec, info, str(tmp_path / "o.mp4"), 1, "latent", reference=source)
     for index in range(0, 4, 2):
         worker.submit(index, shaped(source[index:index + 1], Shape(4, 2))[0])
     worker.schedule_shape(4, 1, True, (H, W))
